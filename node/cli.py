@@ -1,0 +1,67 @@
+"""`verdict-node` entry point: parses the command line and hands each command to the module that owns it.
+
+Each handler imports its module lazily, so `verdict-node --help` and light commands start fast and a
+node without torch installed can still answer `peers list`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, function: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+
+    return handler
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=None,
+                   help="node.yaml (default: ./data/node.yaml, created with init's defaults if missing)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="verdict-node",
+        description="Scan, fingerprint and sign image verdicts, share them with trusted peers, guard pict-rs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", help="create a data directory: node.yaml, keys, database")
+    p.add_argument("--dir", default="data", help="data directory (default: ./data)")
+    p.add_argument("--url", default=None, help="public base URL of this node, e.g. https://node.example")
+    p.add_argument("--force", action="store_true", help="overwrite an existing node.yaml (keys are kept)")
+    p.set_defaults(handler=_lazy("node.config", "cmd_init"))
+
+    p = sub.add_parser("serve", help="run the node (HTTP server, federation, queues)")
+    _add_config_option(p)
+    p.add_argument("--host", default=None, help="listen address (overrides node.yaml)")
+    p.add_argument("--port", type=int, default=None, help="listen port (overrides node.yaml)")
+    p.set_defaults(handler=_lazy("node.server", "cmd_serve"))
+
+    p = sub.add_parser("check", help="fingerprint and classify image files, one JSON line each")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--model", default=None,
+                   help="classifier: open_clip name/pretrained (e.g. ViT-L-14/openai), local-dir:PATH, or open_nsfw")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(handler=_lazy("node.check", "cmd_check"))
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

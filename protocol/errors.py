@@ -1,0 +1,9 @@
+"""The one error type of the wire layer, so callers can refuse bad input with a single except clause."""
+
+
+class ProtocolError(ValueError):
+    """Input that does not follow the protocol. ``field`` names the offending field when there is one."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
