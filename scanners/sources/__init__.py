@@ -1,0 +1,59 @@
+"""Storage sources a sweep walks: local directory, SSH/SFTP, S3-compatible buckets, pict-rs admin API.
+
+``open_source(url, **options)`` picks the kind from the URL; each kind lives in its own module and is
+imported only when used (asyncssh and boto3 stay unloaded for a local sweep).
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .base import Cursor, Item, ItemError, ItemGone, Source, SourceError
+
+__all__ = ["Cursor", "Item", "ItemError", "ItemGone", "Source", "SourceError", "open_source"]
+
+
+def open_source(url: str, **options: Any) -> Source:
+    """Open a source from a URL; ``options`` are passed to the kind's constructor (they override the
+    URL's query parameters).
+
+    - ``/path`` or ``file:///path``: :class:`~scanners.sources.local.LocalSource`
+    - ``ssh://user@host:port/path``: :class:`~scanners.sources.ssh.SSHSource`
+    - ``s3://bucket/prefix?endpoint=http://...&prefix=other/``: :class:`~scanners.sources.s3.S3Source`
+    - ``pictrs://host:port`` (http) or ``pictrs+https://host``: :class:`~scanners.sources.pictrs.PictrsSource`
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query: dict[str, Any] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in query:  # repeated parameter (prefix=a&prefix=b) -> list
+            query[name] = (query[name] if isinstance(query[name], list) else [query[name]]) + [value]
+        else:
+            query[name] = value
+    merged = {**query, **options}
+    if scheme in ("", "file"):
+        from .local import LocalSource
+        return LocalSource(parts.path if scheme == "file" else url, **options)
+    if scheme in ("ssh", "sftp"):
+        from .ssh import SSHSource
+        if not parts.hostname:
+            raise SourceError(f"{url}: ssh URL needs a host (ssh://user@host:port/path)")
+        return SSHSource(host=parts.hostname, port=parts.port or 22, username=parts.username,
+                         root=parts.path or ".", **merged)
+    if scheme == "s3":
+        from .s3 import S3Source
+        if not parts.netloc:
+            raise SourceError(f"{url}: s3 URL needs a bucket (s3://bucket/prefix)")
+        prefixes = merged.pop("prefix", None)
+        if isinstance(prefixes, str):
+            prefixes = [prefixes]
+        path_prefix = parts.path.lstrip("/")
+        prefixes = list(prefixes or []) or [path_prefix]
+        return S3Source(bucket=parts.netloc, prefixes=prefixes, **merged)
+    if scheme in ("pictrs", "pictrs+http", "pictrs+https"):
+        from .pictrs import PictrsSource
+        http = "https" if scheme == "pictrs+https" else "http"
+        if not parts.netloc:
+            raise SourceError(f"{url}: pictrs URL needs host:port")
+        return PictrsSource(base_url=f"{http}://{parts.netloc}{parts.path.rstrip('/')}", **merged)
+    raise SourceError(f"{url}: unknown source kind {scheme!r} (use a path, ssh://, s3:// or pictrs://)")

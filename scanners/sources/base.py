@@ -1,0 +1,213 @@
+"""The one small interface every storage kind implements: list, read, delete, quarantine, release.
+
+A sweep walks storage it does not own (a pict-rs `files` tree, a remote host, a bucket, pict-rs's own
+admin API). Each kind differs in how it enumerates and where a quarantined item goes, but the sweep must
+not care, so the contract is kept tiny (in the manner of python-threatexchange's `SignalType`):
+
+* ``list(since)`` streams :class:`Item` s (never a full listing in memory) in an order the kind defines
+  and keeps stable, so an interrupted listing can resume after the last item handed out.
+* ``checkpoint()`` / ``resume(cursor)`` persist that progress as an opaque JSON string (see
+  :class:`Cursor`). Listing is *at least once*: after a crash or between incremental runs an item may be
+  listed again; consumers de-duplicate on ``(key, size, mtime, etag)``.
+* Per-item failures (vanished, unreadable, too large) raise :class:`ItemError` from ``read``/``delete``
+  and never end a listing; directory-level listing failures are logged and collected in
+  ``listing_errors`` so the walk goes on.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, ClassVar
+
+log = logging.getLogger(__name__)
+
+#: Keep at most this many listing errors in memory; a broken tree must not grow memory without bound.
+MAX_LISTING_ERRORS = 1000
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored object. ``key`` is stable (relative path, S3 key, pict-rs alias); ``size``, ``mtime``
+    (seconds since the epoch) and ``etag`` are whatever the storage offers cheaply, used to notice that
+    the object behind a key changed."""
+
+    key: str
+    size: int | None = None
+    mtime: float | None = None
+    etag: str | None = None
+
+
+class SourceError(Exception):
+    """The source as a whole is misconfigured or unreachable (bad URL, auth failure, retries exhausted)."""
+
+
+class ItemError(SourceError):
+    """One item could not be read/deleted/moved. The sweep records it and goes on with the next item."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class ItemGone(ItemError):
+    """The item vanished between listing and acting on it (someone else deleted it: not a failure of ours)."""
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Progress of listing, serialised by :meth:`Source.checkpoint`.
+
+    ``since``: lower bound (mtime, epoch seconds) of the next incremental listing; None = list all.
+    ``after``: position (source-defined, usually the last key handed out) inside an interrupted listing.
+    ``high``: largest mtime seen so far by the interrupted listing; ``elapsed``: seconds it has run.
+
+    Why an overlap: an object written *during* a listing into a part already walked is missed by that
+    listing; its mtime is at least the listing's start, and every mtime the listing saw is at most its end,
+    so the next run starts at ``high - (elapsed + slack)``. Only differences of the storage's own clock are
+    used, so skew between our clock and a remote host's does not matter.
+    """
+
+    since: float | None = None
+    after: str | None = None
+    high: float | None = None
+    elapsed: float = 0.0
+
+    def dumps(self) -> str:
+        return json.dumps({"v": 1, **dataclasses.asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> "Cursor":
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict) or raw.get("v") != 1:
+                raise ValueError("not a version 1 cursor")
+            since, after, high = raw.get("since"), raw.get("after"), raw.get("high")
+            elapsed = float(raw.get("elapsed") or 0.0)
+            for value in (since, high):
+                if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                    raise ValueError("since/high must be numbers")
+            if after is not None and not isinstance(after, str):
+                raise ValueError("after must be a string")
+        except (ValueError, TypeError) as exc:
+            raise SourceError(f"invalid listing cursor: {exc}") from None
+        return cls(since=since, after=after, high=high, elapsed=max(elapsed, 0.0))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_sidecar(item: Item, data: bytes, extra: dict[str, Any], source: str) -> dict[str, Any]:
+    """What is kept next to a quarantined object: the caller's evidence (verdict id, scores, reason) plus
+    enough to put it back exactly where it was and to prove the bytes are unchanged."""
+    return {
+        **extra,
+        "original": {
+            "source": source,
+            "key": item.key,
+            "size": item.size if item.size is not None else len(data),
+            "mtime": item.mtime,
+            "etag": item.etag,
+        },
+        "sha256": sha256_hex(data),
+        "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+class Source(abc.ABC):
+    """A storage location to sweep. Subclasses implement ``_list`` and the item operations."""
+
+    scheme: ClassVar[str]
+    #: Seconds added to the measured listing time when computing the next incremental bound (mtime
+    #: resolution, writes that land just before a listing starts, slow metadata propagation).
+    overlap_slack: float = 120.0
+
+    def __init__(self) -> None:
+        self._cursor = Cursor()
+        self.listing_errors: list[str] = []
+
+    # -- listing ---------------------------------------------------------------------------------
+    async def list(self, since: float | None = None) -> AsyncIterator[Item]:
+        """Stream items whose mtime >= ``since`` (or the resumed cursor's bound when ``since`` is None).
+
+        Items without an mtime are always listed. A listing that runs to its end moves the cursor to the
+        next incremental bound; an abandoned one leaves ``after`` at the last item handed out.
+        """
+        start = self._cursor
+        lower = since if since is not None else start.since
+        high, elapsed = start.high, start.elapsed
+        began = time.monotonic()
+        async for item in self._list(lower, start.after):
+            if lower is not None and item.mtime is not None and item.mtime < lower:
+                continue
+            if item.mtime is not None:
+                high = item.mtime if high is None else max(high, item.mtime)
+            self._cursor = Cursor(since=start.since, after=self._position(item), high=high,
+                                  elapsed=elapsed + time.monotonic() - began)
+            yield item
+        total = elapsed + time.monotonic() - began
+        if high is None:
+            next_since = lower
+        else:
+            next_since = high - (total + self.overlap_slack)
+            if lower is not None:
+                next_since = max(next_since, lower)
+        self._cursor = Cursor(since=next_since)
+
+    @abc.abstractmethod
+    def _list(self, since: float | None, after: str | None) -> AsyncIterator[Item]:
+        """Yield items in the kind's stable order, starting after position ``after``. ``since`` is a
+        hint: kinds that can filter server-side do; the base filters the rest."""
+
+    def _position(self, item: Item) -> str:
+        """The resume position of ``item`` in listing order (the key, unless the kind orders otherwise)."""
+        return item.key
+
+    def checkpoint(self) -> str:
+        """The listing progress as an opaque string to persist; valid for :meth:`resume` of the same URL."""
+        return self._cursor.dumps()
+
+    def resume(self, cursor: str | None) -> None:
+        """Continue from a saved :meth:`checkpoint` (None = from scratch). Raises SourceError if garbage."""
+        self._cursor = Cursor.loads(cursor) if cursor else Cursor()
+
+    def _listing_error(self, where: str, exc: BaseException) -> None:
+        message = f"{where}: {exc.__class__.__name__}: {exc}"
+        log.warning("%s listing skipped %s", self.scheme, message)
+        if len(self.listing_errors) < MAX_LISTING_ERRORS:
+            self.listing_errors.append(message)
+
+    # -- item operations -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def read(self, item: Item) -> bytes:
+        """The item's bytes. Raises ItemGone / ItemError (too large, unreadable)."""
+
+    @abc.abstractmethod
+    async def delete(self, item: Item) -> None:
+        """Remove the item from the storage for good. Raises ItemGone if it was already gone."""
+
+    @abc.abstractmethod
+    async def quarantine(self, item: Item, sidecar: dict[str, Any]) -> str:
+        """Move the item out of the served storage into a private (0700) quarantine, with a JSON sidecar
+        (``sidecar`` + original key/size/mtime/etag, sha256, time). Returns the location string that
+        :meth:`release` takes."""
+
+    @abc.abstractmethod
+    async def release(self, location: str) -> Item:
+        """Put a quarantined item back under its original key (a false positive) and return it."""
+
+    async def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    async def __aenter__(self) -> "Source":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

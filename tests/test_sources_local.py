@@ -1,0 +1,207 @@
+"""LocalSource on a real directory tree shaped like pict-rs's `files` store."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from scanners.sources import Item, ItemError, ItemGone, SourceError, open_source
+from scanners.sources.local import LocalSource
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def collect(source, since=None, limit=None):
+    out = []
+    async for item in source.list(since):
+        out.append(item)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """Nested dirs of extension-less files like pict-rs 0.5's files/ layout, plus things to skip."""
+    files = {}
+    for i in range(12):
+        key = f"{i % 3:03d}/{i % 2:03d}/{i:04d}{'abcdef'[i % 6]}-uuid"
+        files[key] = os.urandom(100 + i)
+    files["top-level-file"] = b"top"
+    for key, data in files.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / ".tmp-upload").write_bytes(b"partial")
+    (root / "000" / ".hidden").write_bytes(b"x")
+    outside = root.parent / "outside-secret"
+    outside.write_bytes(b"secret")
+    (root / "escape-link").symlink_to(outside)
+    (root / "inside-link").symlink_to(root / "top-level-file")
+    files["inside-link"] = b"top"
+    return files
+
+
+def test_lists_nested_tree_skipping_hidden_and_escaping_symlinks(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    src = open_source(str(root))
+    assert isinstance(src, LocalSource)
+    items = run(collect(src))
+    assert sorted(i.key for i in items) == sorted(files)
+    assert all(i.size == len(files[i.key]) for i in items)
+    assert any("escape-link" in e for e in src.listing_errors)
+    # depth-first, per-directory sorted: stable order that resume relies on
+    assert [i.key for i in items] == [i.key for i in run(collect(LocalSource(root)))]
+
+
+def test_read_and_per_item_errors(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    src = LocalSource(root, max_bytes=105)
+    items = {i.key: i for i in run(collect(src))}
+    key = "000/000/0000a-uuid"
+    assert run(src.read(items[key])) == files[key]
+    with pytest.raises(ItemError, match="too large"):
+        run(src.read(items["002/001/0011f-uuid"]))
+    (root / key).unlink()
+    with pytest.raises(ItemGone):
+        run(src.read(items[key]))
+    with pytest.raises(ItemError, match="relative"):
+        run(src.read(Item("../outside-secret")))
+    with pytest.raises(ItemError, match="outside"):
+        run(src.read(Item("escape-link")))
+
+
+def test_unreadable_directory_does_not_stop_listing(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    # A directory that vanishes while the walk is under way (another sweeper, pict-rs cleanup).
+    bad = root / "001"
+    src = LocalSource(root)
+
+    async def walk():
+        keys = []
+        async for item in src.list():
+            keys.append(item.key)
+            if item.key.startswith("000/") and bad.exists():
+                # vanish a directory that is still ahead of the walk
+                for p in sorted(bad.rglob("*"), reverse=True):
+                    p.unlink() if p.is_file() else p.rmdir()
+                bad.rmdir()
+        return keys
+
+    keys = run(walk())
+    assert not any(k.startswith("001/") for k in keys)
+    assert "top-level-file" in keys and any(k.startswith("002/") for k in keys)
+
+
+def test_incremental_since_and_resume(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    old = 1_600_000_000
+    very_old = old - 100_000
+    for n, key in enumerate(sorted(files)):
+        if key != "inside-link":
+            t = old if n % 2 else very_old
+            os.utime(root / key, (t, t))
+    recent = {k for n, k in enumerate(sorted(files)) if n % 2 and k != "inside-link"}
+    src = LocalSource(root)
+    assert len(run(collect(src))) == len(files)
+    cursor = src.checkpoint()
+    assert json.loads(cursor)["since"] <= old  # next bound covers writes during the listing
+    # A new upload and a quiet period: the incremental listing from the cursor finds only the new file.
+    new_key = "001/000/9999z-uuid"
+    (root / new_key).write_bytes(b"new")
+    later = LocalSource(root)
+    later.resume(cursor)
+    keys = [i.key for i in run(collect(later, since=None))]
+    # the newest old files fall inside the overlap window; the very old ones are not listed again
+    assert set(keys) - {"inside-link"} == recent | {new_key}
+    explicit = [i.key for i in run(collect(LocalSource(root), since=old + 10))]
+    assert explicit == [new_key]
+
+    # Interrupted listing resumes after the last key handed out, without repeats or gaps.
+    full = [i.key for i in run(collect(LocalSource(root)))]
+    first = LocalSource(root)
+    head = [i.key for i in run(collect(first, limit=5))]
+    second = LocalSource(root)
+    second.resume(first.checkpoint())
+    tail = [i.key for i in run(collect(second))]
+    assert head + tail == full
+    with pytest.raises(SourceError):
+        second.resume("{not json")
+
+
+def test_quarantine_release_delete(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    qdir = tmp_path / "q"
+    src = LocalSource(root, quarantine_dir=qdir)
+    items = {i.key: i for i in run(collect(src))}
+    key = "001/001/0007b-uuid"
+    os.utime(root / key, (1_650_000_000, 1_650_000_000))
+    item = next(i for i in run(collect(LocalSource(root))) if i.key == key)
+    location = run(src.quarantine(item, {"verdict": "urn:uuid:1", "scores": {"csam": 0.9}}))
+    assert not (root / key).exists()
+    assert stat.S_IMODE(os.stat(qdir).st_mode) == 0o700
+    assert Path(location).read_bytes() == files[key]
+    assert stat.S_IMODE(os.stat(location).st_mode) == 0o600
+    sidecar = json.loads(Path(location + ".json").read_text())
+    assert sidecar["verdict"] == "urn:uuid:1" and sidecar["scores"] == {"csam": 0.9}
+    assert sidecar["original"]["key"] == key and sidecar["original"]["size"] == len(files[key])
+    assert sidecar["original"]["mtime"] == 1_650_000_000
+    import hashlib
+    assert sidecar["sha256"] == hashlib.sha256(files[key]).hexdigest()
+    assert sidecar["quarantined_at"].endswith("Z")
+    # The quarantine is not listed as part of the storage.
+    assert key not in {i.key for i in run(collect(LocalSource(root, quarantine_dir=qdir)))}
+
+    # Release refuses to overwrite a different file, then restores identical bytes and mtime.
+    (root / key).write_bytes(b"someone else uploaded here")
+    with pytest.raises(SourceError, match="not overwriting"):
+        run(src.release(location))
+    (root / key).unlink()
+    restored = run(src.release(location))
+    assert restored.key == key and (root / key).read_bytes() == files[key]
+    assert os.stat(root / key).st_mtime == 1_650_000_000
+    assert not Path(location).exists() and not Path(location + ".json").exists()
+    with pytest.raises(SourceError):
+        run(src.release(location))
+    with pytest.raises(SourceError, match="not inside"):
+        run(src.release(str(root / key)))
+
+    # Delete really removes; deleting again says it is gone.
+    victim = items["000/000/0000a-uuid"]
+    run(src.delete(victim))
+    assert not (root / victim.key).exists()
+    with pytest.raises(ItemGone):
+        run(src.delete(victim))
+
+
+def test_quarantine_inside_root_is_not_listed(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    make_tree(root)
+    src = LocalSource(root, quarantine_dir=root / "quarantine")
+    first = run(collect(src))[0]
+    run(src.quarantine(first, {}))
+    assert not any(i.key.startswith("quarantine") for i in run(collect(src)))
+
+
+def test_open_source_errors(tmp_path):
+    with pytest.raises(SourceError):
+        open_source(str(tmp_path / "missing"))
+    with pytest.raises(SourceError, match="unknown source kind"):
+        open_source("gopher://x/")
+    assert isinstance(open_source(f"file://{tmp_path}"), LocalSource)
