@@ -7,3 +7,11 @@ class ProtocolError(ValueError):
     def __init__(self, message: str, field: str | None = None) -> None:
         self.field = field
         super().__init__(f"{field}: {message}" if field else message)
+
+
+class ProofError(ProtocolError):
+    """An object integrity proof (FEP-8b32) is missing, malformed or does not verify."""
+
+
+class SignatureError(ProtocolError):
+    """An HTTP signature is missing, malformed, outside its time window or does not verify."""
