@@ -1,0 +1,576 @@
+"""Hardened decode: any bytes in, a ``Media`` out, never an exception.
+
+Everything that reaches the node is hostile until proven otherwise: a decompression bomb, a GIF of ten
+thousand frames, a ZIP glued to a JPEG, an HTML page named ``.jpg``, a video. ``decode`` sniffs the format
+from the bytes (never the name or Content-Type), walks the container structure itself before Pillow
+allocates anything (so header dimensions are refused before decoding), and gives one explicit outcome:
+
+- ``"image"``: ``frames`` holds up to ``max_frames`` RGB frames, sampled evenly over an animation and
+  downscaled to ``max_side`` (JPEG draft mode, so a 12 MP photo is never decoded at full size);
+- ``"video"``: mp4/mov/webm/mkv/avi, which pict-rs accepts; never classified as an image;
+- ``"unreadable"`` with ``reason``: empty, random, SVG/HTML, bombs, unsupported or broken data.
+
+Truncation policy: a truncated JPEG is decoded as far as its data goes (libjpeg pads the missing rows
+grey, like a browser shows it) and a truncated GIF keeps its complete frames; both are flagged
+``truncated``. Any other truncated format (PNG, WebP, ...) is ``unreadable`` with reason "truncated ...":
+Pillow can only decode those partially through a process-wide switch that we refuse to flip.
+
+The structure walkers here also serve ``scanners.fingerprint`` (its metadata-insensitive exact key hashes
+the byte ranges that ``Structure.image_parts`` names), so the container is parsed once per image.
+"""
+from __future__ import annotations
+
+import io
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Callable
+
+from PIL import Image
+
+__all__ = [
+    "Limits",
+    "DEFAULT_LIMITS",
+    "Media",
+    "Structure",
+    "decode",
+    "sniff",
+    "walk",
+    "open_first_frame",
+    "orientation_of",
+    "to_rgb",
+    "PINNED_SIDE",
+]
+
+# The fingerprint recipe (scanners.fingerprint.PREPROCESSING_ID) is defined at this side length.
+PINNED_SIDE = 512
+# A composite background for transparent images: fixed, so the same image always gives the same pixels.
+BACKGROUND = (255, 255, 255)
+# GIF frames are rebuilt from at most this many frames back (see _gif_frames).
+_GIF_WINDOW = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits for one decode. ``max_pixels`` is per frame and checked on header dimensions before
+    any allocation; ``max_frames`` is how many frames of an animation are sampled; ``animation_budget``
+    caps the pixels decoded while seeking through APNG/WebP/TIFF animations (their decoders must go
+    through every earlier frame), so a long animation is sampled over its reachable prefix."""
+
+    max_bytes: int = 50_000_000
+    max_pixels: int = 64_000_000
+    max_frames: int = 8
+    max_side: int = PINNED_SIDE
+    animation_budget: int = 100_000_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Structure:
+    """What a container walk learnt without decoding pixels.
+
+    ``image_parts`` are (tag, start, end) byte ranges that determine the pixels (metadata left out);
+    ``end`` is where the image ends (trailing data starts), None when the data is truncated.
+    """
+
+    format: str
+    width: int = 0
+    height: int = 0
+    end: int | None = None
+    truncated: bool = False
+    image_parts: list[tuple[bytes, int, int]] = field(default_factory=list)
+    frame_count: int = 1
+    # GIF only: offsets to rebuild single frames without decoding the animation up to them.
+    gif_header_end: int = 0
+    gif_frames: list[tuple[int, int, bool]] = field(default_factory=list)  # (start, end, covers_screen)
+
+
+@dataclass
+class Media:
+    """The outcome of ``decode``. ``frames`` are RGB, at most ``frame_side`` px on the long side, with
+    EXIF orientation applied; ``frame_indices`` says which animation frames they are."""
+
+    outcome: str
+    format: str | None = None
+    width: int = 0
+    height: int = 0
+    frame_count: int = 0
+    frames: list[Image.Image] = field(default_factory=list)
+    frame_indices: list[int] = field(default_factory=list)
+    flags: dict = field(default_factory=dict)
+    reason: str | None = None
+    frame_side: int = PINNED_SIDE
+    structure: Structure | None = field(default=None, repr=False)
+
+
+class Unreadable(Exception):
+    """Internal: a decode step refuses the data; becomes ``Media(outcome="unreadable", reason=...)``."""
+
+
+# ---------------------------------------------------------------------------------------------- sniffing
+
+_IMAGE_BRANDS = {
+    b"avif": "avif", b"avis": "avif",
+    b"heic": "heif", b"heix": "heif", b"heim": "heif", b"heis": "heif",
+    b"hevc": "heif", b"hevx": "heif", b"mif1": "heif", b"msf1": "heif",
+}
+_MOV_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
+
+
+def sniff(data: bytes) -> str | None:
+    """Name the format from magic numbers. Images: jpeg png gif webp bmp tiff avif heif jxl ico;
+    videos: mp4 mov webm avi; text: svg html; None when unknown."""
+    head = data[:64]
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:2] == b"BM" and len(head) >= 26:
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[:2] == b"\xff\x0a" or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "jxl"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "webm" if b"webm" in data[:64] else "mkv"
+    if head[4:8] == b"ftyp":
+        major = head[8:12]
+        if major in _IMAGE_BRANDS:
+            return _IMAGE_BRANDS[major]
+        return "mov" if major == b"qt  " else "mp4"
+    if head[4:8] in _MOV_ATOMS:
+        return "mov"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ico"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"<"):
+        lower = data[:4096].lower()
+        if b"<svg" in lower:
+            return "svg"
+        return "html"
+    return None
+
+
+_VIDEO = {"mp4", "mov", "webm", "mkv", "avi"}
+# Formats Pillow decodes here (AVIF through Pillow's own plugin); jxl/heif/ico are refused as unsupported.
+_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF",
+                "avif": "AVIF"}
+
+
+# ---------------------------------------------------------------------------------------------- walkers
+
+
+def _walk_jpeg(data: bytes) -> Structure:
+    """Walk JPEG markers up to EOI. Pixel-relevant: SOFn, DHT, DQT, DRI, DAC, DNL, SOS + entropy data, and
+    APP14 "Adobe" (it selects the colour transform, so exiftool keeps it too). APPn/COM are metadata."""
+    s = Structure("jpeg")
+    n = len(data)
+    pos = 2
+    entropy_end = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+    while True:
+        # Markers may be preceded by any number of 0xFF fill bytes.
+        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
+            pos += 1
+        if pos + 2 > n:
+            s.truncated = True
+            return s
+        if data[pos] != 0xFF:
+            raise Unreadable("corrupt jpeg: marker expected")
+        marker = data[pos + 1]
+        if marker == 0xD9:  # EOI
+            s.image_parts.append((b"EOI", pos, pos + 2))
+            s.end = pos + 2
+            return s
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if pos + 4 > n:
+            s.truncated = True
+            return s
+        length = struct.unpack_from(">H", data, pos + 2)[0]
+        if length < 2:
+            raise Unreadable("corrupt jpeg: segment length")
+        seg_end = pos + 2 + length
+        if seg_end > n:
+            s.truncated = True
+            return s
+        is_sof = 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
+        if is_sof and length >= 7 and not s.width:
+            s.height, s.width = struct.unpack_from(">HH", data, pos + 5)
+        adobe = marker == 0xEE and data[pos + 4:pos + 9] == b"Adobe"
+        if is_sof or marker in (0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xDF) or adobe:
+            s.image_parts.append((b"M%02X" % marker, pos + 2, seg_end))
+        if marker == 0xDA:  # SOS: entropy-coded data runs to the next non-RST marker
+            match = entropy_end.search(data, seg_end)
+            scan_end = match.start() if match else n
+            s.image_parts.append((b"SOS", pos + 2, scan_end))
+            if match is None:
+                s.truncated = True
+                return s
+            pos = scan_end
+            continue
+        pos = seg_end
+
+
+_PNG_IMAGE_CHUNKS = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"acTL", b"fcTL", b"fdAT", b"IEND"}
+
+
+def _walk_png(data: bytes) -> Structure:
+    """Walk PNG chunks up to IEND. Pixel-relevant: IHDR PLTE tRNS IDAT and the APNG chunks; text, time,
+    eXIf, iCCP, gAMA... are metadata (exiftool removes or rewrites them without touching IDAT)."""
+    s = Structure("png")
+    n = len(data)
+    pos = 8
+    while True:
+        if pos + 8 > n:
+            s.truncated = True
+            return s
+        length, ctype = struct.unpack_from(">I4s", data, pos)
+        start, end = pos + 8, pos + 8 + length
+        if end + 4 > n:
+            s.truncated = True
+            return s
+        if ctype == b"IHDR" and length >= 8:
+            s.width, s.height = struct.unpack_from(">II", data, start)
+        if ctype == b"acTL" and length >= 4:
+            s.frame_count = max(1, struct.unpack_from(">I", data, start)[0])
+        if ctype in _PNG_IMAGE_CHUNKS:
+            s.image_parts.append((ctype, start, end))
+        pos = end + 4
+        if ctype == b"IEND":
+            s.end = pos
+            return s
+
+
+_WEBP_IMAGE_CHUNKS = {b"VP8 ", b"VP8L", b"ALPH", b"ANIM", b"ANMF"}
+
+
+def _walk_webp(data: bytes) -> Structure:
+    """Walk RIFF/WebP chunks. Pixel-relevant: VP8/VP8L/ALPH/ANIM/ANMF and the VP8X canvas size (its flag
+    byte changes when EXIF/XMP/ICCP are stripped, so it is left out); EXIF/XMP/ICCP are metadata."""
+    s = Structure("webp")
+    n = len(data)
+    riff_end = 8 + struct.unpack_from("<I", data, 4)[0]
+    riff_end += riff_end & 1
+    limit = min(riff_end, n)
+    pos = 12
+    frames = 0
+    while pos + 8 <= limit:
+        ctype, length = struct.unpack_from("<4sI", data, pos)
+        start, end = pos + 8, pos + 8 + length
+        if end > limit:
+            break
+        if ctype == b"VP8X" and length >= 10:
+            s.width = 1 + int.from_bytes(data[start + 4:start + 7], "little")
+            s.height = 1 + int.from_bytes(data[start + 7:start + 10], "little")
+            s.image_parts.append((b"VP8X-canvas", start + 4, start + 10))
+        elif ctype == b"VP8 " and length >= 10 and not s.width:
+            w, h = struct.unpack_from("<HH", data, start + 6)
+            s.width, s.height = w & 0x3FFF, h & 0x3FFF
+        elif ctype == b"VP8L" and length >= 5 and not s.width:
+            bits = int.from_bytes(data[start + 1:start + 5], "little")
+            s.width, s.height = 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+        if ctype == b"ANMF":
+            frames += 1
+        if ctype in _WEBP_IMAGE_CHUNKS:
+            s.image_parts.append((ctype, start, end))
+        pos = end + (length & 1)
+    s.frame_count = max(1, frames)
+    if riff_end > n or pos < riff_end:
+        s.truncated = True
+    else:
+        s.end = riff_end
+    return s
+
+
+def _gif_skip_sub_blocks(data: bytes, pos: int) -> int:
+    """Return the offset after a chain of GIF data sub-blocks (length byte + data, 0-terminated)."""
+    n = len(data)
+    while pos < n:
+        size = data[pos]
+        if size == 0:
+            return pos + 1
+        pos += 1 + size
+    raise IndexError
+
+
+def _walk_gif(data: bytes) -> Structure:
+    """Walk GIF blocks without LZW-decoding anything: frame count and offsets come from block lengths, so a
+    GIF of 10,000 frames is counted in milliseconds. Pixel-relevant: logical screen + global palette,
+    graphic control and plain-text extensions, image descriptors + data; comments and application
+    extensions (XMP, loop count) are metadata."""
+    s = Structure("gif")
+    n = len(data)
+    if n < 13:
+        s.truncated = True
+        return s
+    s.width, s.height, packed = struct.unpack_from("<HHB", data, 6)
+    pos = 13
+    if packed & 0x80:
+        pos += 3 << ((packed & 7) + 1)
+    if pos > n:
+        s.truncated = True
+        return s
+    s.image_parts.append((b"LSD", 6, pos))
+    s.gif_header_end = pos
+    frame_start = pos
+    try:
+        while True:
+            block = data[pos]
+            if block == 0x3B:  # trailer
+                s.end = pos + 1
+                break
+            if block == 0x21:
+                label = data[pos + 1]
+                end = _gif_skip_sub_blocks(data, pos + 2)
+                if label in (0xF9, 0x01):
+                    s.image_parts.append((b"X%02X" % label, pos, end))
+                pos = end
+            elif block == 0x2C:
+                left, top, w, h, fpacked = struct.unpack_from("<HHHHB", data, pos + 1)
+                lzw = pos + 10
+                if fpacked & 0x80:
+                    lzw += 3 << ((fpacked & 7) + 1)
+                end = _gif_skip_sub_blocks(data, lzw + 1)
+                s.image_parts.append((b"IMG", pos, end))
+                covers = left == 0 and top == 0 and w >= s.width and h >= s.height
+                s.gif_frames.append((frame_start, end, covers))
+                s.width, s.height = max(s.width, left + w), max(s.height, top + h)
+                pos = frame_start = end
+            else:
+                raise Unreadable("corrupt gif: unknown block 0x%02x" % block)
+    except (IndexError, struct.error):
+        s.truncated = True
+    s.frame_count = max(1, len(s.gif_frames))
+    return s
+
+
+_WALKERS: dict[str, Callable[[bytes], Structure]] = {
+    "jpeg": _walk_jpeg, "png": _walk_png, "webp": _walk_webp, "gif": _walk_gif,
+}
+
+
+def walk(data: bytes, fmt: str | None = None) -> Structure | None:
+    """Walk the container of ``data`` (format sniffed when not given); None for formats without a walker.
+    Raises ``Unreadable`` for a structure that cannot be an image."""
+    fmt = fmt or sniff(data)
+    walker = _WALKERS.get(fmt or "")
+    if walker is None:
+        return None
+    try:
+        return walker(data)
+    except struct.error as exc:
+        raise Unreadable(f"corrupt {fmt}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- pixels
+
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def orientation_of(im: Image.Image) -> int:
+    """EXIF orientation (1..8) of an opened image; 1 when absent or unparsable (hostile EXIF is common)."""
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return value if value in _ORIENT else 1
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make the image unreadable
+        return 1
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: 16/32-bit grey scaled (not clipped), transparency composited on the
+    fixed ``BACKGROUND`` (so hidden pixels under alpha=0 cannot differ between decoders)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode == "I":
+        import numpy as np
+
+        arr = np.asarray(im.convert("I") if mode != "I" else im, dtype=np.int64)
+        peak = 65535 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
+        grey = Image.fromarray((np.clip(arr, 0, peak) * 255 // peak).astype(np.uint8), "L")
+        return grey.convert("RGB")
+    if mode == "F":
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float32)
+        grey = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+        return grey.convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode in ("P", "L", "RGB", "1")
+                                                               and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def _downscale(im: Image.Image, side: int) -> Image.Image:
+    """Fit within ``side`` px with a fixed filter; the output size depends on the input size only."""
+    w, h = im.size
+    longest = max(w, h)
+    if longest <= side:
+        return im
+    scale = side / longest
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return im.resize(size, Image.Resampling.BICUBIC)
+
+
+def _finish(im: Image.Image, side: int, orientation: int) -> Image.Image:
+    out = _downscale(to_rgb(im), side)
+    if orientation != 1:
+        out = out.transpose(_ORIENT[orientation])
+    return out
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    # formats= restricts Pillow to the sniffed plugin: no other parser ever sees hostile bytes.
+    return Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+
+
+def open_first_frame(data: bytes, fmt: str, side: int, jpeg_draft: bool = True) -> Image.Image:
+    """Decode the first frame as RGB within ``side`` px, orientation applied. JPEGs use draft mode
+    (DCT scaling) with a request of (side, side): the draft scale depends on the image size only."""
+    im = _open(data, fmt)
+    orientation = orientation_of(im)
+    if fmt == "jpeg" and jpeg_draft:
+        im.draft(im.mode, (side, side))
+    im.load()
+    return _finish(im, side, orientation)
+
+
+def _sample(count: int, k: int) -> list[int]:
+    """``k`` frame indices spread evenly over ``count`` frames, first and last included."""
+    if count <= k:
+        return list(range(count))
+    if k == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (k - 1)) for i in range(k)})
+
+
+def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int) -> list[Image.Image]:
+    """Rebuild each sampled GIF frame from a small GIF holding only the frames back to the last one that
+    covers the whole screen (at most ``_GIF_WINDOW``): Pillow then composites a handful of frames instead
+    of decoding the whole animation up to the sample. Frames drawn over an older background than the
+    window reaches are approximated (documented limit)."""
+    header = data[:s.gif_header_end]
+    out = []
+    for k in indices:
+        j = k
+        while j > 0 and k - j < _GIF_WINDOW - 1 and not s.gif_frames[j][2]:
+            j -= 1
+        mini = header + data[s.gif_frames[j][0]:s.gif_frames[k][1]] + b";"
+        im = _open(mini, "gif")
+        if k > j:
+            im.seek(k - j)
+        im.load()
+        out.append(_finish(im, side, 1))
+    return out
+
+
+def _seek_frames(im: Image.Image, indices: list[int], side: int, orientation: int) -> list[Image.Image]:
+    out = []
+    for k in indices:
+        im.seek(k)
+        im.load()
+        out.append(_finish(im, side, orientation))
+    return out
+
+
+def _unreadable(reason: str, fmt: str | None = None, **flags) -> Media:
+    return Media(outcome="unreadable", format=fmt, reason=reason, flags=dict(flags))
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Media:
+    """Decode hostile bytes into a ``Media``. Never raises: every failure is an explicit outcome."""
+    try:
+        return _decode(bytes(data), limits)
+    except Unreadable as exc:
+        return _unreadable(str(exc), sniff(data[:64]) if data else None)
+    except Image.DecompressionBombError as exc:
+        return _unreadable(f"too many pixels: {exc}", sniff(data[:64]))
+    except MemoryError:
+        return _unreadable("out of memory while decoding", sniff(data[:64]))
+    except Exception as exc:  # noqa: BLE001 - the contract: decode never raises
+        return _unreadable(f"undecodable: {type(exc).__name__}: {exc}"[:300], sniff(data[:64]) if data else None)
+
+
+def _decode(data: bytes, limits: Limits) -> Media:
+    if not data:
+        return _unreadable("empty")
+    if len(data) > limits.max_bytes:
+        return _unreadable(f"too large: {len(data)} bytes > {limits.max_bytes}", sniff(data))
+    fmt = sniff(data)
+    if fmt is None:
+        return _unreadable("not an image (unknown format)")
+    if fmt in _VIDEO:
+        return Media(outcome="video", format=fmt, reason="video is not scanned as an image")
+    if fmt in ("svg", "html"):
+        return _unreadable("not an image (svg/html)", fmt)
+    if fmt not in _PIL_FORMATS:
+        return _unreadable(f"unsupported format ({fmt})", fmt)
+
+    s = walk(data, fmt)
+    flags: dict = {}
+    if s is not None:
+        if s.width * s.height > limits.max_pixels:
+            return _unreadable(f"too many pixels: {s.width}x{s.height} > {limits.max_pixels}", fmt)
+        if s.end is not None and s.end < len(data):
+            flags["trailing_bytes"] = len(data) - s.end
+        if s.truncated:
+            flags["truncated"] = True
+            if fmt == "gif" and not s.gif_frames:
+                return _unreadable("truncated gif: no complete frame", fmt, truncated=True)
+            if fmt not in ("jpeg", "gif"):
+                return _unreadable(f"truncated {fmt}", fmt, truncated=True)
+        elif fmt == "jpeg" and not s.width:
+            return _unreadable("corrupt jpeg: no frame header", fmt)
+
+    side = limits.max_side
+    media = Media(outcome="image", format=fmt, flags=flags, frame_side=side, structure=s)
+
+    if fmt == "gif" and s is not None:
+        media.width, media.height, media.frame_count = s.width, s.height, len(s.gif_frames)
+        media.frame_indices = _sample(media.frame_count, limits.max_frames)
+        media.frames = _gif_frames(data, s, media.frame_indices, side)
+    else:
+        src = data
+        if fmt == "jpeg" and s is not None and s.truncated:
+            src = data + b"\xff\xd9"  # let libjpeg finish the scan: missing rows come out grey
+        im = _open(src, fmt)
+        media.width, media.height = im.size
+        if media.width * media.height > limits.max_pixels:
+            return _unreadable(f"too many pixels: {media.width}x{media.height} > {limits.max_pixels}", fmt)
+        orientation = orientation_of(im)
+        if orientation != 1:
+            flags["orientation"] = orientation
+        count = max(1, int(getattr(im, "n_frames", 1) or 1))
+        media.frame_count = count
+        if count == 1:
+            if fmt == "jpeg":
+                im.draft(im.mode, (side, side))
+            im.load()
+            media.frame_indices = [0]
+            media.frames = [_finish(im, side, orientation)]
+        else:
+            # APNG/WebP/TIFF decoders reach frame k through the frames before it: sample within budget.
+            reachable = max(1, min(count, limits.animation_budget // max(1, media.width * media.height)))
+            if reachable < count:
+                flags["sampled_frames_upto"] = reachable
+            media.frame_indices = _sample(reachable, limits.max_frames)
+            media.frames = _seek_frames(im, media.frame_indices, side, orientation)
+    if media.frame_count > 1:
+        flags["animated"] = True
+    return media
