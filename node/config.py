@@ -1,0 +1,586 @@
+"""node.yaml and peers.yaml: typed, validated, documented from one place.
+
+Each section of node.yaml is one dataclass whose fields are declared with `setting(default, doc, ...)`.
+The same declarations drive three things, so they cannot drift apart:
+  - validation (`load_config`): a wrong value gives ONE line naming the key, e.g.
+    `node.yaml: policy.thresholds.csam: must be a number in [0, 1], got "high"`;
+  - the documented template that `verdict-node init` writes (a comment on every key, every default);
+  - the defaults used when no node.yaml exists yet.
+
+To add a section (e.g. `federation:`), write a dataclass of `setting(...)` fields and add one field
+`federation: FederationSection = section(FederationSection, "what it is")` to `NodeConfig`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import secrets
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import yaml
+
+CONFIG_FILE = "node.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased as the one line the admin will read."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared mechanism: declarations, validation, template
+# --------------------------------------------------------------------------------------------------
+
+def setting(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
+            check: Callable[[Any], str | None] | None = None, example: Any = None) -> Any:
+    """Declare one key: its default, the comment written above it, and optional bounds / a check that
+    returns an error message (or None when the value is fine)."""
+    meta = {"doc": doc, "min": min, "max": max, "check": check, "example": example}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str) -> Any:
+    """Declare a nested section (a dataclass of settings)."""
+    return field(default_factory=cls, metadata={"doc": doc, "section": True})
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if not isinstance(value, (dict, list)) else yaml.safe_dump(value, default_flow_style=True).strip()
+
+
+def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    """Check `value` against the annotated type `tp`; return the value (ints widened to float)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _coerce(value, rest[0] if len(rest) == 1 else typing.Union[tuple(rest)], key, meta)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {_describe(value)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list, got {_describe(value)}")
+        return [_coerce(item, args[0], f"{key}[{i}]", {}) for i, item in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {_describe(value)}")
+        return value
+    lo, hi = meta.get("min"), meta.get("max")
+    if tp in (int, float):
+        ok = isinstance(value, int if tp is int else (int, float)) and not isinstance(value, bool)
+        ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+        if not ok:
+            kind = "an integer" if tp is int else "a number"
+            if lo is not None and hi is not None:
+                bounds = f" in [{lo:g}, {hi:g}]"
+            elif lo is not None:
+                bounds = f" >= {lo:g}"
+            elif hi is not None:
+                bounds = f" <= {hi:g}"
+            else:
+                bounds = ""
+            raise ConfigError(f"{key}: must be {kind}{bounds}, got {_describe(value)}")
+        return float(value) if tp is float else value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported setting type {tp!r} for {key}")  # a programming error, not a config one
+
+
+def parse_section(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a YAML mapping, refusing unknown keys (typos silently ignored are worse)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'top level'}: must be a mapping of keys, got {_describe(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for name in raw:
+        if name not in fields:
+            where = f"{prefix}.{name}" if prefix else str(name)
+            known = ", ".join(fields)
+            raise ConfigError(f"{where}: unknown key (known here: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        if f.metadata.get("section"):
+            values[name] = parse_section(hints[name], raw[name], key)
+            continue
+        value = _coerce(raw[name], hints[name], key, f.metadata)
+        check = f.metadata.get("check")
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{key}: {problem}, got {_describe(value)}")
+        values[name] = value
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate:
+        problem = validate()
+        if problem:
+            raise ConfigError(f"{prefix}.{problem}" if prefix else problem)
+    return obj
+
+
+def _yaml_scalar(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000).strip().removesuffix("\n...").strip()
+
+
+def render_template(cls: type, obj: Any = None, indent: int = 0) -> str:
+    """The documented YAML for a section: every key with a comment and its (default) value."""
+    obj = obj if obj is not None else cls()
+    pad = " " * indent
+    out: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        doc = f.metadata.get("doc", "")
+        for line in doc.splitlines():
+            out.append(f"{pad}# {line}".rstrip())
+        value = getattr(obj, f.name)
+        if f.metadata.get("section"):
+            out.append(f"{pad}{f.name}:")
+            out.append(render_template(hints[f.name], value, indent + 2))
+        else:
+            out.append(f"{pad}{f.name}: {_yaml_scalar(value)}")
+        if indent == 0:
+            out.append("")
+    return "\n".join(out).rstrip("\n") + ("\n" if indent == 0 else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks shared by several keys
+# --------------------------------------------------------------------------------------------------
+
+def _check_url(value: str) -> str | None:
+    if not (value.startswith("http://") or value.startswith("https://")) or value.endswith("/"):
+        return "must be an http(s) URL without a trailing slash"
+    return None
+
+
+def _check_networks(values: list[str]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{_describe(v)} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8)"
+    return None
+
+
+def _check_model_refs(values: list[str]) -> str | None:
+    for v in values:
+        name, _, rules = v.rpartition("@")
+        if not name or not rules:
+            return f"{_describe(v)} must be NAME@RULES, e.g. ViT-L-14/openai@horde-safety-nsfwchecker-1"
+    return None
+
+
+def _check_tokens(values: list[str]) -> str | None:
+    for v in values:
+        if len(v) < 16 or "/" in v or v == "IPADDR":
+            return "every token must be at least 16 characters, without '/', and not IPADDR"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The sections of node.yaml
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class NodeSection:
+    url: str = setting("http://127.0.0.1:8080",
+                       "Public base URL of this node (no trailing slash). The actor is <url>/actor;\n"
+                       "peers fetch keys and deliver verdicts here.", check=_check_url)
+    name: str = setting("verdict-node", "Display name of the actor.")
+
+
+@dataclass
+class ListenSection:
+    host: str = setting("127.0.0.1", "Address to listen on. 127.0.0.1 keeps the node private to this host;\n"
+                                     "use 0.0.0.0 (or ::) in a container network or behind a reverse proxy.")
+    port: int = setting(8080, "TCP port to listen on.", min=1, max=65535)
+
+
+@dataclass
+class PictrsSection:
+    tokens: list[str] = setting([], "Secret tokens accepted in /pictrs/validate/<token> and /api/v1/scan/<token>.\n"
+                                    "init generates one. Use a token when pict-rs is on another host.",
+                                check=_check_tokens)
+    allowed_ips: list[str] = setting(["127.0.0.1", "::1"],
+                                     "Addresses (or networks) allowed to use the token-less form\n"
+                                     "/pictrs/validate/IPADDR and /api/v1/scan/IPADDR (pictrs-safety compatible).",
+                                     check=_check_networks)
+    trust_forwarded_for: bool = setting(False, "Take the caller's address from X-Forwarded-For (only behind a\n"
+                                               "reverse proxy you control; otherwise anyone can claim 127.0.0.1).")
+    budget_seconds: float = setting(25.0, "Every answer is sent within this many seconds; must stay below pict-rs's\n"
+                                          "external_validation_timeout (30 s by default).", min=0.5, max=300)
+    on_unavailable: Literal["reject", "accept"] = setting(
+        "reject", "What to answer for an unknown image when no classifier is available, its queue is full\n"
+                  "or the budget runs out: reject (406, the upload fails) or accept (200).")
+
+
+@dataclass
+class MediaSection:
+    on_video: Literal["accept", "reject"] = setting("accept", "Videos are not classified (yet): accept or reject them.")
+    on_unreadable: Literal["reject", "accept"] = setting(
+        "reject", "Bodies that are not a readable image (corrupt, truncated, over the limits): reject or accept.\n"
+                  "Either way they are recorded as unreadable, never as CSAM.")
+    max_bytes: int = setting(50_000_000, "Largest accepted body in bytes (413 above).", min=1)
+    max_pixels: int = setting(64_000_000, "Largest decoded image in pixels (width x height), against decompression bombs.",
+                              min=1)
+    max_frames: int = setting(8, "Frames sampled from an animated image (scores are the max over them).", min=1, max=256)
+
+
+@dataclass
+class ClassifierSection:
+    model: str = setting("ViT-L-14/openai",
+                         "Classifier: an open_clip name/pretrained tag (ViT-L-14/openai, the reference),\n"
+                         "local-dir:PATH (a saved open_clip model), open_nsfw, or none (answer only from\n"
+                         "verdicts already known; unknown images follow pictrs.on_unavailable).")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1, mps.")
+    cache_dir: str | None = setting(None, "Where model weights are looked up (default: the open_clip / Hugging Face cache).")
+    batch_size: int = setting(32, "Most frames per forward pass.", min=1, max=4096)
+    max_wait_ms: float = setting(20.0, "How long a batch waits for more frames before it runs.", min=0, max=10_000)
+    max_queue: int = setting(256, "Frames waiting beyond this are refused at once (QueueFull -> on_unavailable),\n"
+                                  "so a flood cannot push answers past the budget.", min=1)
+
+
+@dataclass
+class ThresholdsSection:
+    csam: float | None = setting(0.5, "Block when the csam score is >= this. 0.5 is the reference rule set's boundary;\n"
+                                      "lower is stricter. null: never block on this category.", min=0, max=1)
+    nsfw: float | None = setting(None, "Block when the nsfw score is >= this (null: nsfw never blocks).", min=0, max=1)
+    underage: float | None = setting(None, "Block when the underage score is >= this (null: never).", min=0, max=1)
+
+
+@dataclass
+class PolicySection:
+    thresholds: ThresholdsSection = section(ThresholdsSection, "This node's own strictness, applied to every score (own or peers').")
+    reuse_safe_perceptual: bool = setting(False, "Reuse a SAFE verdict on a perceptual match too (default: only on an exact\n"
+                                                 "key, because perceptual hashes can be forged to look like a safe image).")
+    safe_phash_distance: int = setting(2, "With reuse_safe_perceptual: largest pHash distance (of 64) for safe reuse.",
+                                       min=0, max=64)
+    safe_pdq_distance: int = setting(10, "With reuse_safe_perceptual: largest PDQ distance (of 256) for safe reuse.",
+                                     min=0, max=256)
+    block_phash_distance: int = setting(8, "Largest pHash distance (of 64) at which a block verdict is reused.", min=0, max=64)
+    block_pdq_distance: int = setting(31, "Largest PDQ distance (of 256) at which a block verdict is reused.", min=0, max=256)
+    safe_quorum: int = setting(1, "How many independent safe verdicts are needed to reuse 'safe'.", min=1, max=100)
+    compare_unknown_models: bool = setting(False, "Compare scores of models not listed in known_models with our thresholds.")
+    known_models: list[str] = setting([], "Other models whose scores are comparable with our thresholds, as NAME@RULES\n"
+                                          "(e.g. ViT-L-14/openai@horde-safety-nsfwchecker-1). Our own model always is.",
+                                      check=lambda v: _check_model_refs(v))
+
+
+@dataclass
+class NodeConfig:
+    """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
+
+    node: NodeSection = section(NodeSection, "Identity of this node.")
+    listen: ListenSection = section(ListenSection, "HTTP server.")
+    pictrs: PictrsSection = section(PictrsSection, "The pict-rs external validation endpoint.")
+    media: MediaSection = section(MediaSection, "Decoding limits and what to do with media that is not an image.")
+    classifier: ClassifierSection = section(ClassifierSection, "The local classifier.")
+    policy: PolicySection = section(PolicySection, "How scores and verdicts become decisions.")
+    database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
+    keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
+    peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")
+    data_dir: Path = field(default=Path("data"), init=False, repr=True, compare=False)
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from the config against the data directory."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def database_path(self) -> Path:
+        return self.path(self.database)
+
+    @property
+    def rsa_key_path(self) -> Path:
+        return self.path(self.keys_dir) / "rsa.pem"
+
+    @property
+    def ed25519_key_path(self) -> Path:
+        return self.path(self.keys_dir) / "ed25519.pem"
+
+    @property
+    def peers_path(self) -> Path:
+        return self.path(self.peers_file)
+
+    @property
+    def actor_id(self) -> str:
+        return f"{self.node.url}/actor"
+
+    def media_limits(self) -> Any:
+        """scanners.media.Limits from the media section (lazy import: config stays light)."""
+        from scanners.media import DEFAULT_LIMITS
+
+        return dataclasses.replace(DEFAULT_LIMITS, max_bytes=self.media.max_bytes,
+                                   max_pixels=self.media.max_pixels, max_frames=self.media.max_frames)
+
+
+def default_template() -> str:
+    return ("# verdict-node configuration. Every key is shown with its default; see README.md.\n"
+            "# A wrong value stops the node with one line naming the key.\n\n" + render_template(NodeConfig))
+
+
+def parse_config(raw: Any, data_dir: Path | str, source: str = CONFIG_FILE) -> NodeConfig:
+    """Validate an already-loaded YAML document. Errors are prefixed with `source`."""
+    try:
+        config = parse_section(NodeConfig, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    config.data_dir = Path(data_dir)
+    return config
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate node.yaml; its directory is the data directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path.name}: not valid YAML{where}: {problem}") from None
+    return parse_config(raw, path.parent, path.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# peers.yaml
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class PeerThresholds:
+    csam: float | None = setting(None, "Override of our csam threshold for this peer's scores.", min=0, max=1)
+    nsfw: float | None = setting(None, "Override of our nsfw threshold for this peer's scores.", min=0, max=1)
+    underage: float | None = setting(None, "Override of our underage threshold for this peer's scores.", min=0, max=1)
+
+
+@dataclass
+class PeerEntry:
+    actor: str = setting("", "The peer's actor URL, e.g. https://peer.example/actor.", check=_check_url)
+    key_fingerprint: str | None = setting(None, "Pinned fingerprint of the peer's Ed25519 key (sha256:<hex>), as printed by\n"
+                                                "its `verdict-node peers show-key`. Verdicts signed by another key are refused.")
+    trust: Literal["full", "block-only", "observe"] = setting(
+        "observe", "full: its block and safe verdicts count; block-only: only its blocks count;\n"
+                   "observe: stored and compared, never acted on.")
+    thresholds: PeerThresholds | None = setting(None, "Per-category thresholds used for this peer's scores instead of ours.")
+    known_models: list[str] = setting([], "Models (NAME@RULES) whose scores from this peer are comparable with our thresholds.",
+                                      check=lambda v: _check_model_refs(v))
+    follow: bool = setting(True, "Subscribe to this peer's verdicts.")
+    share: bool = setting(True, "Let this peer follow us and receive our verdicts.")
+
+    def validate(self) -> str | None:
+        if not self.actor:
+            return "actor: is required"
+        return None
+
+
+def parse_peers(raw: Any, source: str = "peers.yaml") -> list[PeerEntry]:
+    """Validate a peers.yaml document: `peers:` is a list of PeerEntry mappings, actors unique."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict) or set(raw) - {"peers"}:
+        raise ConfigError(f"{source}: top level must be a mapping with one key, peers")
+    items = raw.get("peers") or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{source}: peers: must be a list, got {_describe(items)}")
+    peers: list[PeerEntry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        prefix = f"peers[{i}]"
+        item = dict(item) if isinstance(item, dict) else item
+        thresholds = None
+        if isinstance(item, dict) and item.get("thresholds") is not None:
+            try:
+                thresholds = parse_section(PeerThresholds, item.pop("thresholds"), f"{prefix}.thresholds")
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+        try:
+            entry = parse_section(PeerEntry, item, prefix)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        entry.thresholds = thresholds
+        if entry.actor in seen:
+            raise ConfigError(f"{source}: {prefix}.actor: listed twice, got {_describe(entry.actor)}")
+        seen.add(entry.actor)
+        peers.append(entry)
+    return peers
+
+
+def load_peers(path: str | Path) -> list[PeerEntry]:
+    """Read peers.yaml; a missing file means no peers."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path.name}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_peers(raw, path.name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mapping onto node.policy
+# --------------------------------------------------------------------------------------------------
+
+def _model_keys(refs: list[str]) -> frozenset[tuple[str, str]]:
+    """NAME@RULES strings -> policy's (name, rules) model keys."""
+    keys = set()
+    for ref in refs:
+        name, _, rules = ref.rpartition("@")
+        keys.add((name, rules))
+    return frozenset(keys)
+
+
+def thresholds_of(section: ThresholdsSection | PeerThresholds) -> Any:
+    from node.policy import Thresholds
+
+    return Thresholds(csam=section.csam, nsfw=section.nsfw, underage=section.underage)
+
+
+def peer_trust_of(entry: PeerEntry, own: ThresholdsSection) -> Any:
+    """policy.PeerTrust for one peer; per-peer overrides fall back to our own value per category."""
+    from node.policy import PeerTrust
+
+    thresholds = None
+    if entry.thresholds is not None:
+        merged = ThresholdsSection(**{c: (getattr(entry.thresholds, c) if getattr(entry.thresholds, c) is not None
+                                          else getattr(own, c)) for c in ("csam", "nsfw", "underage")})
+        thresholds = thresholds_of(merged)
+    return PeerTrust(level=entry.trust, thresholds=thresholds, known_models=_model_keys(entry.known_models))
+
+
+def policy_config_of(config: NodeConfig, peers: list[PeerEntry], own_model: Any = None) -> Any:
+    """node.policy.PolicyConfig from node.yaml's policy section and peers.yaml."""
+    from node.policy import PolicyConfig
+
+    p = config.policy
+    known = set(_model_keys(p.known_models))
+    if own_model is not None:
+        known.add((own_model.name, own_model.rules))
+    return PolicyConfig(**{
+        "thresholds": thresholds_of(p.thresholds),
+        "peers": {e.actor: peer_trust_of(e, p.thresholds) for e in peers},
+        "known_models": frozenset(known),
+        "reuse_safe_perceptual": p.reuse_safe_perceptual,
+        "safe_phash_distance": p.safe_phash_distance,
+        "block_phash_distance": p.block_phash_distance,
+        "block_pdq_distance": p.block_pdq_distance,
+        "safe_pdq_distance": p.safe_pdq_distance,
+        "safe_quorum": p.safe_quorum,
+        "compare_unknown_models": p.compare_unknown_models,
+    })
+
+
+# --------------------------------------------------------------------------------------------------
+# `verdict-node init`
+# --------------------------------------------------------------------------------------------------
+
+def ensure_keys(config: NodeConfig) -> None:
+    """Create the RSA-2048 (HTTP signatures) and Ed25519 (verdict proofs) keys if missing; never overwrite."""
+    from protocol import keys
+
+    config.rsa_key_path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.rsa_key_path.parent, 0o700)
+    if not config.rsa_key_path.exists():
+        keys.save_private_key(keys.generate_rsa(), config.rsa_key_path)
+    if not config.ed25519_key_path.exists():
+        keys.save_private_key(keys.generate_ed25519(), config.ed25519_key_path)
+
+
+def init_data_dir(data_dir: str | Path, url: str | None = None, *, force: bool = False) -> NodeConfig:
+    """Create node.yaml (with a fresh pict-rs token), keys and database in `data_dir`. Idempotent for keys."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / CONFIG_FILE
+    if path.exists() and not force:
+        config = load_config(path)
+    else:
+        defaults = NodeConfig()
+        if url is not None:
+            defaults.node.url = url.rstrip("/")
+            problem = _check_url(defaults.node.url)
+            if problem:
+                raise ConfigError(f"--url: {problem}, got {_describe(url)}")
+        defaults.pictrs.tokens = [secrets.token_urlsafe(24)]
+        text = ("# verdict-node configuration. Every key is shown with its default; see README.md.\n"
+                "# A wrong value stops the node with one line naming the key.\n\n" + render_template(NodeConfig, defaults))
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.chmod(tmp, 0o600)  # it holds the pict-rs token
+        tmp.replace(path)
+        config = load_config(path)
+    ensure_keys(config)
+    from node.store import Store
+
+    Store(config.database_path).close()
+    return config
+
+
+def pictrs_urls(config: NodeConfig) -> list[str]:
+    """The URLs to give pict-rs as PICTRS__MEDIA__EXTERNAL_VALIDATION."""
+    host = config.listen.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    base = f"http://{host}:{config.listen.port}"
+    urls = [f"{base}/pictrs/validate/{t}" for t in config.pictrs.tokens]
+    urls.append(f"{base}/pictrs/validate/IPADDR")
+    return urls
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        config = init_data_dir(args.dir, args.url, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"data directory: {config.data_dir.resolve()}")
+    print(f"  config:   {config.data_dir / CONFIG_FILE}")
+    print(f"  keys:     {config.rsa_key_path}, {config.ed25519_key_path} (mode 0600)")
+    print(f"  database: {config.database_path}")
+    print("Point pict-rs at the node (either URL; the token one works from another host):")
+    for u in pictrs_urls(config):
+        print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION={u}")
+    print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT={int(config.pictrs.budget_seconds) + 5}")
+    return 0
+
+
+def resolve_config(path: str | Path | None) -> NodeConfig:
+    """The config `serve` runs with: the given node.yaml, or ./data/node.yaml, created with init's
+    defaults (keys, database, a pict-rs token) when it does not exist yet."""
+    if path is not None:
+        return load_config(path)
+    default = Path("data") / CONFIG_FILE
+    if default.exists():
+        return load_config(default)
+    return init_data_dir(default.parent)

@@ -1,0 +1,379 @@
+"""The node's SQLite database: verdicts (own and peers'), one decision row per image seen, peers, and the
+tables federation needs (outbox log, deliveries, seen activity ids).
+
+WAL with synchronous=NORMAL: readers never block the writer and a commit costs no fsync (a power cut may
+lose the last commits, never corrupt the file). SQLite connections must not cross threads, so `Store`
+hands each thread its own connection (`store.db`).
+
+Schema changes are an append-only list, `MIGRATIONS`: the database records how many have run
+(`PRAGMA user_version`) and runs the rest in order at open. To change the schema, APPEND a new
+`Migration` (never edit one that has shipped): e.g.
+    MIGRATIONS.append(Migration("sweep checkpoints", "CREATE TABLE sweep_checkpoints (...);"))
+from your module before the Store is opened, or add it to the list here.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlite_utils
+
+from protocol.verdict import Fingerprint, ModelInfo, Verdict
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: a name (for humans) and SQL run in one transaction."""
+
+    name: str
+    sql: str
+
+
+MIGRATIONS: list[Migration] = [
+    Migration("initial schema", """
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY,                 -- rowid: the key of the in-memory perceptual indexes
+    verdict_id TEXT NOT NULL UNIQUE,        -- the AS2 id (URL) of the verdict
+    issuer TEXT NOT NULL,                   -- actor id of the node that signed it
+    own INTEGER NOT NULL DEFAULT 0,         -- 1 when this node issued it
+    received_at REAL NOT NULL,              -- unix time we stored it
+    sha256 TEXT NOT NULL,
+    pixel_sha256 TEXT NOT NULL,
+    phash64 TEXT,
+    pdq256 TEXT,
+    preprocessing TEXT,
+    scores TEXT NOT NULL,                   -- JSON {category: score}
+    label TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    model_rules TEXT NOT NULL,
+    published TEXT NOT NULL,
+    supersedes TEXT,
+    retracted_at REAL,                      -- set when the issuer retracts it (or an admin does)
+    retract_reason TEXT,
+    document TEXT                           -- the signed AS2 document, as received / issued
+);
+CREATE INDEX verdicts_sha256 ON verdicts(sha256);
+CREATE INDEX verdicts_pixel_sha256 ON verdicts(pixel_sha256);
+CREATE INDEX verdicts_issuer ON verdicts(issuer);
+
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    source TEXT NOT NULL,                   -- pictrs | sweep | check | ...
+    source_key TEXT,                        -- e.g. the storage key of a sweep item
+    sha256 TEXT,
+    pixel_sha256 TEXT,
+    phash64 TEXT,
+    pdq256 TEXT,
+    media_type TEXT,
+    decision TEXT NOT NULL,                 -- accept | reject (pict-rs) or block | allow | unknown
+    reason TEXT NOT NULL,
+    origin TEXT NOT NULL,                   -- cache | peer | inference | unavailable | media
+    verdict_ids TEXT NOT NULL DEFAULT '[]', -- JSON list of the verdicts used
+    inferred INTEGER NOT NULL DEFAULT 0,    -- 1 when inference ran for this request
+    elapsed_ms REAL
+);
+CREATE INDEX decisions_sha256 ON decisions(sha256);
+CREATE INDEX decisions_created_at ON decisions(created_at);
+
+CREATE TABLE peers (
+    actor TEXT PRIMARY KEY,
+    inbox TEXT,
+    shared_inbox TEXT,
+    public_key_pem TEXT,                    -- RSA key for HTTP signatures
+    ed25519_multikey TEXT,                  -- assertionMethod key for verdict proofs
+    key_fingerprint TEXT,
+    trust TEXT,                             -- full | block-only | observe
+    following_state TEXT,                   -- we follow them: none | pending | accepted | rejected
+    follower_state TEXT,                    -- they follow us: none | pending | accepted | rejected
+    actor_document TEXT,
+    updated_at REAL
+);
+
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the cursor (FIRES-style change log): never reused
+    activity_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    object_id TEXT,
+    audience TEXT,                          -- JSON list, or null for all approved followers
+    created_at REAL NOT NULL,
+    document TEXT NOT NULL
+);
+
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    outbox_seq INTEGER NOT NULL REFERENCES outbox(seq),
+    inbox TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    delivered_at REAL,
+    UNIQUE (outbox_seq, inbox)
+);
+CREATE INDEX deliveries_pending ON deliveries(delivered_at, next_attempt_at);
+
+CREATE TABLE seen_activities (
+    activity_id TEXT PRIMARY KEY,
+    received_at REAL NOT NULL
+);
+"""),
+]
+
+_VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
+                    "model_name, model_version, model_rules, published, supersedes")
+
+
+def verdict_from_row(row: Sequence[Any]) -> Verdict:
+    """Rebuild a Verdict from the columns in `_VERDICT_COLUMNS` order (the proof stays in `document`)."""
+    (_rowid, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label,
+     model_name, model_version, model_rules, published, supersedes) = row
+    return Verdict(
+        id=verdict_id, issuer=issuer,
+        fingerprint=Fingerprint(sha256=sha256, pixel_sha256=pixel_sha256, phash64=phash64 or "",
+                                preprocessing=preprocessing or "", pdq256=pdq256),
+        scores=json.loads(scores), label=label,
+        model=ModelInfo(name=model_name, version=model_version, rules=model_rules),
+        published=published, supersedes=supersedes)
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """A verdict with its rowid (the perceptual index key) and which key matched."""
+
+    rowid: int
+    verdict: Verdict
+    own: bool
+    match: str = "sha256"
+
+
+class Store:
+    """One SQLite file; a connection per thread; decision rows written in batches.
+
+    `record_decision` only queues the row; `flush()` writes the queue in one transaction. The server
+    flushes from a background task and on shutdown (`close()` flushes too), so a busy pict-rs endpoint
+    pays one commit per batch, not per request."""
+
+    FLUSH_AT = 512
+
+    def __init__(self, path: str | Path, migrations: Sequence[Migration] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._migrations = list(MIGRATIONS if migrations is None else migrations)
+        self.migrate()
+
+    # -- connections -----------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils view of this thread's connection (for ad-hoc queries and other modules' tables)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite_utils.Database(self.conn)
+        return db
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- migrations ------------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        """Run the migrations this file has not seen yet, each in its own transaction."""
+        conn = self.conn
+        current = self.schema_version
+        if current > len(self._migrations):
+            raise RuntimeError(f"{self.path}: schema version {current} is newer than this program "
+                               f"({len(self._migrations)} migrations); upgrade verdict-node")
+        for number, migration in enumerate(self._migrations[current:], start=current + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(migration.sql):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    def insert_verdict(self, verdict: Verdict, document: Mapping[str, Any] | None, *, own: bool) -> tuple[int, bool]:
+        """Store a verdict (idempotent on its id). Returns (rowid, inserted_now)."""
+        fp = verdict.fingerprint
+        conn = self.conn
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO verdicts (verdict_id, issuer, own, received_at, sha256, pixel_sha256, phash64, "
+            "pdq256, preprocessing, scores, label, model_name, model_version, model_rules, published, supersedes, "
+            "document) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (verdict.id, verdict.issuer, int(own), time.time(), fp.sha256, fp.pixel_sha256, fp.phash64 or None,
+             fp.pdq256, fp.preprocessing, json.dumps(dict(verdict.scores), sort_keys=True), verdict.label,
+             verdict.model.name, verdict.model.version, verdict.model.rules, verdict.published, verdict.supersedes,
+             json.dumps(document, sort_keys=True) if document is not None else None))
+        if cur.rowcount == 1:
+            return int(cur.lastrowid), True
+        row = conn.execute("SELECT id FROM verdicts WHERE verdict_id = ?", (verdict.id,)).fetchone()
+        return int(row[0]), False
+
+    def find_exact(self, sha256: str, pixel_sha256: str | None) -> list[StoredVerdict]:
+        """Active verdicts whose byte sha256 or pixel sha256 equals ours (a row matching both counts once,
+        as a sha256 match)."""
+        rows = self.conn.execute(
+            f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND "
+            f"(sha256 = ? OR pixel_sha256 = ?)", (sha256, pixel_sha256 or "")).fetchall()
+        out = []
+        for row in rows:
+            match = "sha256" if row[3] == sha256 else "pixel_sha256"
+            out.append(StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1]), match))
+        return out
+
+    def verdicts_by_rowid(self, rowids: Iterable[int]) -> dict[int, StoredVerdict]:
+        """Active verdicts for index hits (rowids from HammingIndex)."""
+        ids = list(dict.fromkeys(int(r) for r in rowids))
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(
+            f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND id IN ({marks})",
+            ids).fetchall()
+        return {row[0]: StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1])) for row in rows}
+
+    def get_verdict(self, verdict_id: str) -> StoredVerdict | None:
+        row = self.conn.execute(f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE verdict_id = ?",
+                                (verdict_id,)).fetchone()
+        return StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1])) if row else None
+
+    def verdict_document(self, verdict_id: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT document FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def active_perceptual(self) -> Iterator[tuple[int, str | None, str | None]]:
+        """(rowid, phash64, pdq256) of every active verdict, to load the in-memory indexes at start."""
+        yield from self.conn.execute(
+            "SELECT id, phash64, pdq256 FROM verdicts WHERE retracted_at IS NULL "
+            "AND (phash64 IS NOT NULL OR pdq256 IS NOT NULL)")
+
+    def retract_verdict(self, verdict_id: str, reason: str) -> int | None:
+        """Mark a verdict retracted; returns its rowid (to drop from the indexes) or None if unknown/already."""
+        conn = self.conn
+        row = conn.execute("SELECT id FROM verdicts WHERE verdict_id = ? AND retracted_at IS NULL",
+                           (verdict_id,)).fetchone()
+        if not row:
+            return None
+        conn.execute("UPDATE verdicts SET retracted_at = ?, retract_reason = ? WHERE id = ?",
+                     (time.time(), reason, row[0]))
+        return int(row[0])
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    def record_decision(self, *, source: str, decision: str, reason: str, origin: str,
+                        fingerprint: Fingerprint | None = None, sha256: str | None = None,
+                        pixel_sha256: str | None = None, source_key: str | None = None,
+                        media_type: str | None = None, verdict_ids: Sequence[str] = (), inferred: bool = False,
+                        elapsed_ms: float | None = None) -> None:
+        """Queue one decision row (written by `flush`, at once when FLUSH_AT rows are pending)."""
+        row = {
+            "created_at": time.time(), "source": source, "source_key": source_key,
+            "sha256": fingerprint.sha256 if fingerprint else sha256,
+            "pixel_sha256": fingerprint.pixel_sha256 if fingerprint else pixel_sha256,
+            "phash64": (fingerprint.phash64 or None) if fingerprint else None,
+            "pdq256": fingerprint.pdq256 if fingerprint else None,
+            "media_type": media_type, "decision": decision, "reason": reason, "origin": origin,
+            "verdict_ids": json.dumps(list(verdict_ids)), "inferred": int(inferred), "elapsed_ms": elapsed_ms,
+        }
+        with self._lock:
+            self._pending.append(row)
+            full = len(self._pending) >= self.FLUSH_AT
+        if full:
+            self.flush()
+
+    @property
+    def pending_decisions(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> int:
+        """Write queued decision rows in one transaction; returns how many."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows:
+            return 0
+        columns = list(rows[0])
+        sql = f"INSERT INTO decisions ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, [tuple(r[c] for c in columns) for r in rows])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            with self._lock:
+                self._pending[:0] = rows  # keep them for the next try
+            raise
+        return len(rows)
+
+    def decisions(self, sha256: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent decision rows (newest first), optionally for one image."""
+        where, params = ("WHERE sha256 = ?", [sha256]) if sha256 else ("", [])
+        return list(self.db.query(f"SELECT * FROM decisions {where} ORDER BY id DESC LIMIT ?", [*params, limit]))
+
+    # -- counts (healthz, CLI) -------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        conn = self.conn
+        own, peers = conn.execute(
+            "SELECT COALESCE(SUM(own), 0), COALESCE(SUM(1 - own), 0) FROM verdicts WHERE retracted_at IS NULL").fetchone()
+        decisions = conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] + len(self._pending)
+        return {"own_verdicts": int(own), "peer_verdicts": int(peers), "decisions": int(decisions)}
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (sqlite3.complete_statement keeps ';' inside literals/triggers whole)."""
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements

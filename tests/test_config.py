@@ -1,0 +1,114 @@
+"""node.yaml / peers.yaml: defaults, one-line errors naming the key, the documented template, init."""
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from node.config import (ConfigError, NodeConfig, default_template, init_data_dir, load_config, load_peers,
+                         parse_config, parse_peers, policy_config_of)
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_template_documents_every_key_and_parses_back_to_defaults():
+    text = default_template()
+    assert parse_config(yaml.safe_load(text), "d") == NodeConfig()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):  # every key line is preceded by a comment line
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert lines[i - 1].lstrip().startswith("#"), line
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"policy": {"thresholds": {"csam": "high"}}},
+     'node.yaml: policy.thresholds.csam: must be a number in [0, 1], got "high"'),
+    ({"policy": {"thresholds": {"nsfw": 1.5}}}, "node.yaml: policy.thresholds.nsfw: must be a number in [0, 1], got 1.5"),
+    ({"listen": {"port": 0}}, "node.yaml: listen.port: must be an integer in [1, 65535], got 0"),
+    ({"listen": {"prot": 1}}, "node.yaml: listen.prot: unknown key"),
+    ({"pictrs": {"on_unavailable": "maybe"}}, "node.yaml: pictrs.on_unavailable: must be one of reject, accept"),
+    ({"pictrs": {"trust_forwarded_for": "yes"}}, "node.yaml: pictrs.trust_forwarded_for: must be true or false"),
+    ({"pictrs": {"allowed_ips": ["localhost"]}}, "node.yaml: pictrs.allowed_ips:"),
+    ({"pictrs": {"tokens": ["short"]}}, "node.yaml: pictrs.tokens: every token must be at least 16"),
+    ({"node": {"url": "node.example"}}, "node.yaml: node.url: must be an http(s) URL"),
+    ({"media": 3}, "node.yaml: media: must be a mapping"),
+    ([1, 2], "node.yaml: top level: must be a mapping"),
+])
+def test_wrong_values_give_one_line_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, "d")
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_partial_config_keeps_other_defaults(tmp_path):
+    (tmp_path / "node.yaml").write_text("policy:\n  thresholds:\n    nsfw: 0.7\nlisten: {port: 9000}\n")
+    c = load_config(tmp_path / "node.yaml")
+    assert c.policy.thresholds.nsfw == 0.7 and c.policy.thresholds.csam == 0.5
+    assert c.listen.port == 9000 and c.listen.host == "127.0.0.1"
+    assert c.database_path == tmp_path / "verdict-node.db"
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    (tmp_path / "node.yaml").write_text("listen: [\n")
+    with pytest.raises(ConfigError, match=r"^node.yaml: not valid YAML"):
+        load_config(tmp_path / "node.yaml")
+
+
+def test_peers_example_parses_and_maps_onto_policy(tmp_path):
+    peers = load_peers(ROOT / "peers.example.yaml")
+    assert peers and {p.trust for p in peers} == {"full", "block-only", "observe"}
+    policy = policy_config_of(NodeConfig(), peers)
+    for p in peers:
+        assert policy.peers[p.actor].level == p.trust
+    with_override = [p for p in peers if p.thresholds is not None][0]
+    assert policy.peers[with_override.actor].thresholds is not None
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"peers": [{"actor": "https://a.example/actor", "trust": "total"}]}, "peers.yaml: peers[0].trust: must be one of"),
+    ({"peers": [{"trust": "full"}]}, "peers.yaml: peers[0].actor: is required"),
+    ({"peers": [{"actor": "https://a.example/actor", "thresholds": {"csam": 2}}]},
+     "peers.yaml: peers[0].thresholds.csam: must be a number in [0, 1]"),
+    ({"peers": [{"actor": "https://a.example/actor"}, {"actor": "https://a.example/actor"}]},
+     "peers.yaml: peers[1].actor: listed twice"),
+    ({"followers": []}, "peers.yaml: top level must be a mapping with one key, peers"),
+])
+def test_wrong_peers(raw, message):
+    with pytest.raises(ConfigError) as e:
+        parse_peers(raw)
+    assert str(e.value).startswith(message)
+
+
+def test_init_writes_config_keys_0600_and_database(tmp_path):
+    data = tmp_path / "data"
+    config = init_data_dir(data, "https://node.example/")
+    assert config.node.url == "https://node.example"
+    assert len(config.pictrs.tokens) == 1 and len(config.pictrs.tokens[0]) >= 16
+    for key in (config.rsa_key_path, config.ed25519_key_path):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "node.yaml").stat().st_mode) == 0o600
+    assert config.database_path.exists()
+    before = config.ed25519_key_path.read_bytes()
+    again = init_data_dir(data, "https://other.example")  # re-running keeps config and keys
+    assert again.node.url == "https://node.example" and config.ed25519_key_path.read_bytes() == before
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_init_prints_pictrs_urls_and_wrong_config_exits_2(tmp_path):
+    r = _cli("init", "--dir", str(tmp_path / "d"), "--url", "https://node.example", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    token = load_config(tmp_path / "d" / "node.yaml").pictrs.tokens[0]
+    assert f"PICTRS__MEDIA__EXTERNAL_VALIDATION=http://127.0.0.1:8080/pictrs/validate/{token}" in r.stdout
+    (tmp_path / "d" / "node.yaml").write_text("policy:\n  thresholds:\n    csam: high\n")
+    r = _cli("serve", "--config", str(tmp_path / "d" / "node.yaml"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        'error: node.yaml: policy.thresholds.csam: must be a number in [0, 1], got "high"']
