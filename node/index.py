@@ -127,9 +127,10 @@ class HammingIndex:
         self._words = bits // 64
         self._hex_len = bits // 4
         chunk_count = DEFAULT_CHUNKS[bits] if chunks is None else chunks
-        if chunk_count < self._words or chunk_count % self._words or chunk_count > 4 * self._words:
+        # 2-4 chunks per 64-bit word: a chunk value must fit 32 bits (it is packed with a 32-bit position)
+        if chunk_count % self._words or not 2 * self._words <= chunk_count <= 4 * self._words:
             raise ValueError(f"chunks for {bits} bits must be a multiple of {self._words} "
-                             f"between {self._words} and {4 * self._words}, got {chunk_count!r}")
+                             f"between {2 * self._words} and {4 * self._words}, got {chunk_count!r}")
         per_word = chunk_count // self._words
         self._chunks: list[_Chunk] = []
         for word in range(self._words):
