@@ -1,0 +1,174 @@
+"""SSHSource against a real OpenSSH sshd on loopback (tests/storage_servers.py)."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from scanners.sources import ItemError, ItemGone, SourceError, open_source
+from scanners.sources.ssh import SSHSource
+from tests.storage_servers import PASSPHRASE, sshd_server  # noqa: F401
+from tests.test_sources_local import collect, make_tree, run
+
+
+def ssh_source(server, root: Path, key: str = "ed25519", **options) -> SSHSource:
+    options.setdefault("client_keys", [str(server.client_keys[key])])
+    options.setdefault("host_key", server.host_public_key)
+    return open_source(server.url(str(root)), **options)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "files"
+    root.mkdir()
+    return root, make_tree(root)
+
+
+def test_list_read_nested_and_skips(sshd_server, tree):
+    root, files = tree
+    src = ssh_source(sshd_server, root)
+
+    async def go():
+        async with src:
+            items = await collect(src)
+            datas = await asyncio.gather(*(src.read(i) for i in items))
+            return items, datas
+    items, datas = run(go())
+    assert sorted(i.key for i in items) == sorted(files)
+    assert [i.key for i in items] == [i.key for i in run(collect_local(root))]
+    assert all(d == files[i.key] for i, d in zip(items, datas))
+    assert any("escape-link" in e for e in src.listing_errors)
+    assert src.reconnects == 0
+
+
+async def collect_local(root):
+    from scanners.sources.local import LocalSource
+    return await collect(LocalSource(root))
+
+
+@pytest.mark.parametrize("key", ["ecdsa", "rsa"])
+def test_other_key_types(sshd_server, tree, key):
+    root, files = tree
+    src = ssh_source(sshd_server, root, key=key)
+
+    async def go():
+        async with src:
+            return await src.read(next(i for i in await collect(src) if i.key == "top-level-file"))
+    assert run(go()) == b"top"
+
+
+def test_encrypted_key_passphrase_from_env(sshd_server, tree, monkeypatch):
+    root, _ = tree
+    monkeypatch.delenv("VERDICT_SSH_PASSPHRASE", raising=False)
+    with pytest.raises(SourceError, match="VERDICT_SSH_PASSPHRASE"):
+        ssh_source(sshd_server, root, key="ed25519-encrypted")
+    monkeypatch.setenv("VERDICT_SSH_PASSPHRASE", PASSPHRASE)
+    src = ssh_source(sshd_server, root, key="ed25519-encrypted")
+
+    async def go():
+        async with src:
+            return len(await collect(src))
+    assert run(go()) == 14
+
+
+def test_host_key_is_checked(sshd_server, tree, tmp_path):
+    root, _ = tree
+    import asyncssh
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode()
+    src = ssh_source(sshd_server, root, host_key=other)
+    with pytest.raises(SourceError, match="host key"):
+        run(collect(src))
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    src = ssh_source(sshd_server, root, host_key=None, known_hosts=str(empty_known_hosts))
+    with pytest.raises(SourceError, match="host key"):
+        run(collect(src))
+    good = tmp_path / "known_hosts_good"
+    good.write_text(f"[127.0.0.1]:{sshd_server.port} {sshd_server.host_public_key}\n")
+    src = ssh_source(sshd_server, root, host_key=None, known_hosts=str(good))
+
+    async def go():
+        async with src:
+            return len(await collect(src))
+    assert run(go()) == 14
+
+
+def test_reconnects_after_connection_drop(sshd_server, tree):
+    root, files = tree
+    src = ssh_source(sshd_server, root, backoff=0.05)
+
+    async def go():
+        seen, datas = [], {}
+        async with src:
+            async for item in src.list():
+                seen.append(item.key)
+                if len(seen) in (3, 9):
+                    assert sshd_server.drop_connections() >= 1
+                    await asyncio.sleep(0.1)
+                datas[item.key] = await src.read(item)
+        return seen, datas
+    seen, datas = run(go())
+    assert sorted(seen) == sorted(files)
+    assert datas == files
+    assert src.reconnects >= 2
+
+
+def test_quarantine_release_delete_remote(sshd_server, tree, tmp_path):
+    root, files = tree
+    qdir = tmp_path / "remote-q"
+    src = ssh_source(sshd_server, root, quarantine_dir=str(qdir))
+    key = "002/000/0008c-uuid"
+    os.utime(root / key, (1_650_000_000, 1_650_000_000))
+
+    async def go():
+        async with src:
+            items = {i.key: i for i in await collect(src)}
+            location = await src.quarantine(items[key], {"verdict": "urn:x", "reason": "csam"})
+            assert not (root / key).exists()
+            assert stat.S_IMODE(os.stat(qdir).st_mode) == 0o700
+            assert Path(location).read_bytes() == files[key]
+            sidecar = json.loads(Path(location + ".json").read_text())
+            assert sidecar["reason"] == "csam" and sidecar["original"]["key"] == key
+            assert sidecar["original"]["mtime"] == 1_650_000_000
+            assert sidecar["sha256"] == hashlib.sha256(files[key]).hexdigest()
+            (root / key).write_bytes(b"different")
+            with pytest.raises(SourceError, match="not overwriting"):
+                await src.release(location)
+            (root / key).unlink()
+            restored = await src.release(location)
+            assert restored.key == key
+            assert (root / key).read_bytes() == files[key]
+            assert os.stat(root / key).st_mtime == 1_650_000_000
+            assert not Path(location).exists()
+            # The remote delete really deletes on the remote host (fedi-safety's bug used os.remove).
+            victim = items["000/000/0000a-uuid"]
+            await src.delete(victim)
+            assert not (root / victim.key).exists()
+            with pytest.raises(ItemGone):
+                await src.delete(victim)
+            with pytest.raises(ItemGone):
+                await src.read(victim)
+    run(go())
+
+
+def test_per_item_errors_do_not_stop(sshd_server, tree):
+    root, files = tree
+    src = ssh_source(sshd_server, root, max_bytes=105)
+
+    async def go():
+        ok, errors = 0, []
+        async with src:
+            async for item in src.list():
+                try:
+                    await src.read(item)
+                    ok += 1
+                except ItemError as exc:
+                    errors.append(exc)
+        return ok, errors
+    ok, errors = run(go())
+    assert ok + len(errors) == len(files) and errors and all("too large" in e.reason for e in errors)
