@@ -46,7 +46,7 @@ __all__ = [
 PINNED_SIDE = 512
 # A composite background for transparent images: fixed, so the same image always gives the same pixels.
 BACKGROUND = (255, 255, 255)
-# GIF frames are rebuilt from at most this many frames back (see _gif_frames).
+# Over budget, a GIF frame is rebuilt from its key frame and at most this many frames back (_gif_frames).
 _GIF_WINDOW = 16
 
 
@@ -84,7 +84,8 @@ class Structure:
     frame_count: int = 1
     # GIF only: offsets to rebuild single frames without decoding the animation up to them.
     gif_header_end: int = 0
-    gif_frames: list[tuple[int, int, bool]] = field(default_factory=list)  # (start, end, covers_screen)
+    # (start, end, is_key): a key frame covers the whole screen opaquely, so it resets the picture.
+    gif_frames: list[tuple[int, int, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -322,6 +323,7 @@ def _walk_gif(data: bytes) -> Structure:
     s.image_parts.append((b"LSD", 6, pos))
     s.gif_header_end = pos
     frame_start = pos
+    transparent = False  # the pending graphic control extension makes the next frame see-through
     try:
         while True:
             block = data[pos]
@@ -333,6 +335,8 @@ def _walk_gif(data: bytes) -> Structure:
                 end = _gif_skip_sub_blocks(data, pos + 2)
                 if label in (0xF9, 0x01):
                     s.image_parts.append((b"X%02X" % label, pos, end))
+                if label == 0xF9 and pos + 3 < n:
+                    transparent = bool(data[pos + 3] & 1)
                 pos = end
             elif block == 0x2C:
                 left, top, w, h, fpacked = struct.unpack_from("<HHHHB", data, pos + 1)
@@ -341,7 +345,8 @@ def _walk_gif(data: bytes) -> Structure:
                     lzw += 3 << ((fpacked & 7) + 1)
                 end = _gif_skip_sub_blocks(data, lzw + 1)
                 s.image_parts.append((b"IMG", pos, end))
-                covers = left == 0 and top == 0 and w >= s.width and h >= s.height
+                covers = left == 0 and top == 0 and w >= s.width and h >= s.height and not transparent
+                transparent = False
                 s.gif_frames.append((frame_start, end, covers))
                 s.width, s.height = max(s.width, left + w), max(s.height, top + h)
                 pos = frame_start = end
@@ -460,24 +465,48 @@ def _sample(count: int, k: int) -> list[int]:
     return sorted({round(i * (count - 1) / (k - 1)) for i in range(k)})
 
 
-def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int) -> list[Image.Image]:
-    """Rebuild each sampled GIF frame from a small GIF holding only the frames back to the last one that
-    covers the whole screen (at most ``_GIF_WINDOW``): Pillow then composites a handful of frames instead
-    of decoding the whole animation up to the sample. Frames drawn over an older background than the
-    window reaches are approximated (documented limit)."""
+def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int, budget: int) -> tuple[list[Image.Image], bool]:
+    """Sampled GIF frames, composited as a browser shows them, without decoding the whole animation.
+
+    A frame that covers the screen without transparency resets the picture, so frame k only depends on
+    the frames from the last such "key" frame up to k. Samples are decoded from small GIFs rebuilt from
+    those byte ranges (header + frames key..k). When even that would exceed ``budget`` pixel operations
+    (10,000 tiny deltas over one key frame), each sample is rebuilt from its key frame plus the last
+    ``_GIF_WINDOW`` frames before it: approximate (deltas older than the window are missing), flagged.
+    Returns (frames, approximate)."""
     header = data[:s.gif_header_end]
-    out = []
+    last_key, key = [], 0
+    for i, (_start, _end, covers) in enumerate(s.gif_frames):
+        key = i if covers else key
+        last_key.append(key)
+    groups: list[tuple[int, list[int]]] = []
     for k in indices:
-        j = k
-        while j > 0 and k - j < _GIF_WINDOW - 1 and not s.gif_frames[j][2]:
-            j -= 1
-        mini = header + data[s.gif_frames[j][0]:s.gif_frames[k][1]] + b";"
-        im = _open(mini, "gif")
-        if k > j:
-            im.seek(k - j)
+        if groups and last_key[k] <= groups[-1][1][-1]:
+            groups[-1][1].append(k)
+        else:
+            groups.append((last_key[k], [k]))
+    per_frame = s.width * s.height + 20_000  # pixels touched + fixed per-frame overhead, in pixel units
+    cost = sum(ks[-1] - start + 1 for start, ks in groups) * per_frame
+    out: list[Image.Image] = []
+    if cost <= budget:
+        for start, ks in groups:
+            im = _open(header + data[s.gif_frames[start][0]:s.gif_frames[ks[-1]][1]] + b";", "gif")
+            for k in ks:
+                im.seek(k - start)
+                im.load()
+                out.append(_finish(im, side, 1))
+        return out, False
+    for k in indices:
+        j = last_key[k]
+        first = max(j + 1, k - _GIF_WINDOW + 1)
+        parts = [header, data[s.gif_frames[j][0]:s.gif_frames[j][1]]]
+        if first <= k:
+            parts.append(data[s.gif_frames[first][0]:s.gif_frames[k][1]])
+        im = _open(b"".join(parts) + b";", "gif")
+        im.seek(getattr(im, "n_frames", 1) - 1)
         im.load()
         out.append(_finish(im, side, 1))
-    return out
+    return out, True
 
 
 def _seek_frames(im: Image.Image, indices: list[int], side: int, orientation: int) -> list[Image.Image]:
@@ -535,7 +564,10 @@ def _decode(data: bytes, limits: Limits) -> Media:
                 return _unreadable("truncated gif: no complete frame", fmt, truncated=True)
             if fmt not in ("jpeg", "gif"):
                 return _unreadable(f"truncated {fmt}", fmt, truncated=True)
-        elif fmt == "jpeg" and not s.width:
+        if fmt == "jpeg" and not any(tag == b"SOS" for tag, _a, _b in s.image_parts):
+            return _unreadable("truncated jpeg: no image data" if s.truncated else "corrupt jpeg: no scan",
+                               fmt, **flags)
+        if fmt == "jpeg" and not s.width:
             return _unreadable("corrupt jpeg: no frame header", fmt)
 
     side = limits.max_side
@@ -544,7 +576,9 @@ def _decode(data: bytes, limits: Limits) -> Media:
     if fmt == "gif" and s is not None:
         media.width, media.height, media.frame_count = s.width, s.height, len(s.gif_frames)
         media.frame_indices = _sample(media.frame_count, limits.max_frames)
-        media.frames = _gif_frames(data, s, media.frame_indices, side)
+        media.frames, approximate = _gif_frames(data, s, media.frame_indices, side, limits.animation_budget)
+        if approximate:
+            flags["frames_approximate"] = True
     else:
         src = data
         if fmt == "jpeg" and s is not None and s.truncated:
