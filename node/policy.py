@@ -212,7 +212,7 @@ def label_for(scores: Mapping[str, float], thresholds: Thresholds) -> str:
 @dataclass(frozen=True, slots=True)
 class _Judged:
     candidate: Candidate
-    who: str             # "own verdict" / "peer (full)" ... for the reason
+    who: str             # "own" or "<issuer> (<level>)", for the reason
     assessment: Assessment
     detail: str
 
@@ -234,7 +234,7 @@ def decide(config: PolicyConfig, candidates: Sequence[Candidate], own: Scored | 
     for candidate in candidates:
         verdict = candidate.verdict
         if candidate.own:
-            trust, who, thresholds = None, "own verdict", config.thresholds
+            trust, who, thresholds = None, "own", config.thresholds
         else:
             trust = config.peers.get(verdict.issuer)
             if trust is None:
@@ -243,7 +243,7 @@ def decide(config: PolicyConfig, candidates: Sequence[Candidate], own: Scored | 
             if trust.level == "observe":
                 observed.append(verdict)
                 continue
-            who = f"verdict of {verdict.issuer} ({trust.level})"
+            who = f"{verdict.issuer} ({trust.level})"
             thresholds = trust.thresholds if trust.thresholds is not None else config.thresholds
         peer_models = trust.known_models if trust is not None else frozenset()
         key = model_key(verdict.model)
@@ -362,7 +362,8 @@ def _model_text(model: ModelInfo | None) -> str:
 
 def _judged_text(judged: _Judged) -> str:
     verdict = judged.candidate.verdict
-    return (f"{judged.who} {verdict.id} matched by {_match_text(judged.candidate)}, "
+    owner = "own verdict" if judged.who == "own" else f"verdict of {judged.who}"
+    return (f"{owner} {verdict.id} matched by {_match_text(judged.candidate)}, "
             f"model {verdict.model.name} rules {verdict.model.rules}: {judged.detail}")
 
 

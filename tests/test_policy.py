@@ -1,0 +1,394 @@
+"""node.policy: trust levels x match kinds x distances at the boundaries, quorum, models, per-peer thresholds,
+and two properties: lowering thresholds is monotone, and perceptual safe reuse needs the opt-in."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Mapping
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.policy import Candidate, PeerTrust, PolicyConfig, Thresholds, decide, label_for, model_key
+from protocol.verdict import Fingerprint, ModelInfo, Verdict
+
+OWN = "https://own.example/actor"
+FULL = "https://full.example/actor"
+FULL2 = "https://full2.example/actor"
+BLOCK_ONLY = "https://blockonly.example/actor"
+OBSERVE = "https://observe.example/actor"
+STRANGER = "https://stranger.example/actor"
+
+CLIP = ModelInfo("ViT-L-14/openai", "0.1.0", "horde-safety-2024")
+OTHER_MODEL = ModelInfo("mystery-net", "1", "mystery-rules")
+PEERS = {FULL: PeerTrust("full"), FULL2: PeerTrust("full"), BLOCK_ONLY: PeerTrust("block-only"),
+         OBSERVE: PeerTrust("observe")}
+BASE = PolicyConfig(peers=PEERS, known_models=frozenset({model_key(CLIP)}))
+
+BLOCK_SCORES = {"csam": 0.9, "nsfw": 0.95, "underage": 0.8}
+SAFE_SCORES = {"csam": 0.02, "nsfw": 0.1, "underage": 0.3}
+FINGERPRINT = Fingerprint("a" * 64, "b" * 64, "0123456789abcdef", "pil-lanczos-v1", "c" * 64)
+
+
+@dataclass
+class Inference:
+    """Own fresh scores, shaped like scanners.classifier.Classification."""
+
+    scores: Mapping[str, float]
+    matched: tuple[str, ...] = ()
+
+
+_serial = itertools.count()
+
+
+def verdict(issuer: str, scores: Mapping[str, float], model: ModelInfo = CLIP) -> Verdict:
+    origin = issuer.rsplit("/", 1)[0]
+    return Verdict(f"{origin}/verdicts/{next(_serial)}", issuer, FINGERPRINT, dict(scores), "safe", model,
+                   "2026-11-21T05:00:00Z")
+
+
+def candidate(issuer: str, scores: Mapping[str, float], match: str = "sha256", distance: int = 0,
+              model: ModelInfo = CLIP) -> Candidate:
+    return Candidate(verdict(issuer, scores, model), match, distance, own=issuer == OWN)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The table: every trust level x match kind x distance at the boundaries x block/safe x opt-in
+
+MATCHES = [("sha256", 0), ("pixel_sha256", 0),
+           ("phash64", 0), ("phash64", 2), ("phash64", 3), ("phash64", 8), ("phash64", 9),
+           ("pdq256", 0), ("pdq256", 10), ("pdq256", 11), ("pdq256", 31), ("pdq256", 32)]
+# within (block radius, safe radius) for each perceptual kind, from DESIGN.md and the policy defaults
+WITHIN_BLOCK = {("phash64", d): d <= 8 for d in range(65)} | {("pdq256", d): d <= 31 for d in range(257)}
+WITHIN_SAFE = {("phash64", d): d <= 2 for d in range(65)} | {("pdq256", d): d <= 10 for d in range(257)}
+TABLE = list(itertools.product([OWN, FULL, BLOCK_ONLY, OBSERVE, STRANGER], MATCHES, ["block", "safe"],
+                               [False, True]))
+
+
+def expected(issuer: str, match: str, distance: int, kind: str, opt_in: bool) -> tuple[str, str | None]:
+    exact = match in ("sha256", "pixel_sha256")
+    source = "cache" if issuer == OWN else "peer"
+    if kind == "block":
+        if issuer in (OWN, FULL, BLOCK_ONLY) and (exact or WITHIN_BLOCK[(match, distance)]):
+            return "block", source
+        return "unknown", None
+    if issuer in (OWN, FULL) and (exact or (opt_in and WITHIN_SAFE[(match, distance)])):
+        return "allow", source
+    return "unknown", None
+
+
+@pytest.mark.parametrize("issuer, match_distance, kind, opt_in", TABLE)
+def test_trust_match_distance_table(issuer: str, match_distance: tuple[str, int], kind: str,
+                                    opt_in: bool) -> None:
+    match, distance = match_distance
+    config = replace(BASE, reuse_safe_perceptual=opt_in)
+    c = candidate(issuer, BLOCK_SCORES if kind == "block" else SAFE_SCORES, match, distance)
+    decision = decide(config, [c])
+    outcome, source = expected(issuer, match, distance, kind, opt_in)
+    assert (decision.outcome, decision.source) == (outcome, source), decision.reason
+    if outcome == "unknown":
+        assert decision.used == () and decision.scores is None
+    else:
+        assert decision.used == (c.verdict,)
+        assert c.verdict.id in decision.reason and match in decision.reason
+        assert decision.scores == dict(c.verdict.scores)
+    assert decision.observed == ((c.verdict,) if issuer == OBSERVE else ())
+
+
+def test_safe_radius_is_configurable() -> None:
+    config = replace(BASE, reuse_safe_perceptual=True, safe_phash_distance=5, safe_pdq_distance=20)
+    assert decide(config, [candidate(FULL, SAFE_SCORES, "phash64", 5)]).outcome == "allow"
+    assert decide(config, [candidate(FULL, SAFE_SCORES, "phash64", 6)]).outcome == "unknown"
+    assert decide(config, [candidate(FULL, SAFE_SCORES, "pdq256", 20)]).outcome == "allow"
+    assert decide(config, [candidate(FULL, SAFE_SCORES, "pdq256", 21)]).outcome == "unknown"
+
+
+def test_block_radius_is_configurable() -> None:
+    config = replace(BASE, block_phash_distance=4)
+    assert decide(config, [candidate(FULL, BLOCK_SCORES, "phash64", 4)]).outcome == "block"
+    assert decide(config, [candidate(FULL, BLOCK_SCORES, "phash64", 5)]).outcome == "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block wins, own inference
+
+
+def test_trusted_block_beats_own_safe_verdict_and_says_so() -> None:
+    own_safe = candidate(OWN, SAFE_SCORES, "sha256")
+    peer_block = candidate(BLOCK_ONLY, BLOCK_SCORES, "phash64", 6)
+    decision = decide(BASE, [own_safe, peer_block])
+    assert (decision.outcome, decision.source, decision.used) == ("block", "peer", (peer_block.verdict,))
+    assert BLOCK_ONLY in decision.reason and "distance 6" in decision.reason and "csam 0.900 >= 0.5" in decision.reason
+
+
+def test_trusted_block_beats_own_safe_inference() -> None:
+    peer_block = candidate(FULL, BLOCK_SCORES, "pdq256", 31)
+    decision = decide(BASE, [peer_block], own=Inference(SAFE_SCORES), own_model=CLIP)
+    assert (decision.outcome, decision.source) == ("block", "peer")
+    assert "overrides own inference" in decision.reason
+
+
+def test_own_inference_block_wins_over_safe_verdicts() -> None:
+    safe = [candidate(OWN, SAFE_SCORES), candidate(FULL, SAFE_SCORES)]
+    decision = decide(BASE, safe, own=Inference({"csam": 0.51, "nsfw": 0.2}), own_model=CLIP)
+    assert (decision.outcome, decision.source, decision.used) == ("block", "inference", ())
+    assert decision.scores == {"csam": 0.51, "nsfw": 0.2}
+    assert "own inference" in decision.reason and CLIP.name in decision.reason
+
+
+def test_own_inference_safe_allows() -> None:
+    decision = decide(BASE, [], own=Inference(SAFE_SCORES), own_model=CLIP)
+    assert (decision.outcome, decision.source) == ("allow", "inference")
+    assert "csam 0.020 < 0.5" in decision.reason
+
+
+def test_threshold_is_inclusive() -> None:
+    assert decide(BASE, [], own=Inference({"csam": 0.5})).outcome == "block"
+    assert decide(BASE, [], own=Inference({"csam": 0.4999})).outcome == "allow"
+
+
+def test_own_block_verdict_is_preferred_in_the_reason_and_source() -> None:
+    peer = candidate(FULL, BLOCK_SCORES, "sha256")
+    own = candidate(OWN, BLOCK_SCORES, "phash64", 3)
+    decision = decide(BASE, [peer, own])
+    assert decision.source == "cache" and decision.used[0] is own.verdict and len(decision.used) == 2
+    assert "1 more" in decision.reason
+
+
+def test_untrusted_and_observed_blocks_never_block() -> None:
+    decision = decide(BASE, [candidate(STRANGER, BLOCK_SCORES), candidate(OBSERVE, BLOCK_SCORES)])
+    assert decision.outcome == "unknown"
+    assert "not a peer" in decision.reason and len(decision.observed) == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Missing categories and odd scores
+
+
+def test_verdict_without_csam_cannot_vouch() -> None:
+    nsfw_only = candidate(FULL, {"nsfw": 0.01})
+    decision = decide(BASE, [nsfw_only])
+    assert decision.outcome == "unknown" and "no score for csam" in decision.reason
+
+
+def test_own_inference_without_csam_cannot_vouch_but_a_peer_can() -> None:
+    decision = decide(BASE, [], own=Inference({"nsfw": 0.01}))
+    assert decision.outcome == "unknown" and "own inference cannot vouch" in decision.reason
+    decision = decide(BASE, [candidate(FULL, SAFE_SCORES)], own=Inference({"nsfw": 0.01}))
+    assert (decision.outcome, decision.source) == ("allow", "peer")
+
+
+def test_missing_category_still_blocks_on_another() -> None:
+    config = replace(BASE, thresholds=Thresholds(csam=0.5, nsfw=0.7))
+    assert decide(config, [candidate(FULL, {"nsfw": 0.8})]).outcome == "block"
+    assert decide(config, [candidate(FULL, {"nsfw": 0.6})]).outcome == "unknown"
+    assert decide(config, [candidate(FULL, {"nsfw": 0.6, "csam": 0.1})]).outcome == "allow"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.1", None, True])
+def test_non_finite_or_non_numeric_scores_count_as_missing(bad: object) -> None:
+    decision = decide(BASE, [candidate(FULL, {"csam": bad, "nsfw": 0.1})])  # type: ignore[dict-item]
+    assert decision.outcome == "unknown"
+
+
+def test_no_thresholds_means_everything_is_safe() -> None:
+    config = replace(BASE, thresholds=Thresholds(csam=None))
+    assert decide(config, [candidate(FULL, BLOCK_SCORES)]).outcome == "allow"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quorum
+
+
+def test_quorum_needs_distinct_full_peers() -> None:
+    config = replace(BASE, safe_quorum=2)
+    one = candidate(FULL, SAFE_SCORES)
+    same_peer_again = candidate(FULL, SAFE_SCORES, "pixel_sha256")
+    block_only_safe = candidate(BLOCK_ONLY, SAFE_SCORES)
+    decision = decide(config, [one, same_peer_again, block_only_safe])
+    assert decision.outcome == "unknown" and "quorum is 2" in decision.reason
+    other = candidate(FULL2, SAFE_SCORES, "pixel_sha256")
+    decision = decide(config, [one, other])
+    assert (decision.outcome, decision.source) == ("allow", "peer")
+    assert {v.issuer for v in decision.used} == {FULL, FULL2} and "2 trusted peers agree" in decision.reason
+
+
+def test_own_safe_verdict_suffices_whatever_the_quorum() -> None:
+    config = replace(BASE, safe_quorum=3)
+    decision = decide(config, [candidate(OWN, SAFE_SCORES, "pixel_sha256")])
+    assert (decision.outcome, decision.source) == ("allow", "cache")
+
+
+def test_quorum_does_not_outvote_a_block() -> None:
+    config = replace(BASE, safe_quorum=1)
+    decision = decide(config, [candidate(FULL, SAFE_SCORES), candidate(FULL2, SAFE_SCORES),
+                               candidate(BLOCK_ONLY, BLOCK_SCORES, "phash64", 8)])
+    assert decision.outcome == "block"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def test_unknown_model_is_not_compared() -> None:
+    for scores in (BLOCK_SCORES, SAFE_SCORES):
+        decision = decide(BASE, [candidate(FULL, scores, model=OTHER_MODEL)])
+        assert decision.outcome == "unknown" and "mystery-net" in decision.reason and "not known" in decision.reason
+
+
+def test_unknown_model_compared_when_configured() -> None:
+    c = candidate(FULL, BLOCK_SCORES, model=OTHER_MODEL)
+    assert decide(replace(BASE, compare_unknown_models=True), [c]).outcome == "block"
+    peers = dict(PEERS, **{FULL: PeerTrust("full", known_models=frozenset({model_key(OTHER_MODEL)}))})
+    assert decide(replace(BASE, peers=peers), [c]).outcome == "block"
+    # ...but a peer's known model is that peer's only
+    other_peer = candidate(FULL2, BLOCK_SCORES, model=OTHER_MODEL)
+    assert decide(replace(BASE, peers=peers), [other_peer]).outcome == "unknown"
+
+
+def test_model_identity_ignores_version_but_not_rules() -> None:
+    newer = replace(CLIP, version="9.9.9")
+    assert decide(BASE, [candidate(FULL, BLOCK_SCORES, model=newer)]).outcome == "block"
+    other_rules = replace(CLIP, rules="horde-safety-2099")
+    assert decide(BASE, [candidate(FULL, BLOCK_SCORES, model=other_rules)]).outcome == "unknown"
+
+
+def test_own_model_counts_as_known() -> None:
+    config = replace(BASE, known_models=frozenset())
+    c = candidate(OWN, SAFE_SCORES)
+    assert decide(config, [c]).outcome == "unknown"
+    assert decide(config, [c], own_model=CLIP).outcome == "allow"
+    assert PolicyConfig(known_models=[CLIP]).known_models == frozenset({model_key(CLIP)})  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-peer thresholds
+
+
+def test_per_peer_thresholds_looser_and_stricter() -> None:
+    peers = dict(PEERS, **{FULL: PeerTrust("full", thresholds=Thresholds(csam=0.9)),
+                           FULL2: PeerTrust("full", thresholds=Thresholds(csam=0.3))})
+    config = replace(BASE, peers=peers)
+    middling = {"csam": 0.6, "nsfw": 0.1}
+    assert decide(config, [candidate(FULL, middling)]).outcome == "allow"     # looser for FULL
+    assert decide(config, [candidate(FULL2, {"csam": 0.4})]).outcome == "block"  # stricter for FULL2
+    assert decide(config, [candidate(OWN, middling)]).outcome == "block"      # own thresholds unchanged
+    assert decide(config, [candidate(BLOCK_ONLY, middling)]).outcome == "block"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# label_for and validation
+
+
+@pytest.mark.parametrize("scores, thresholds, label", [
+    ({"csam": 0.5, "nsfw": 0.9}, Thresholds(), "csam"),
+    ({"csam": 0.49, "nsfw": 0.9}, Thresholds(), "nsfw"),       # nsfw has no threshold: reference 0.5 labels it
+    ({"csam": 0.49, "nsfw": 0.49}, Thresholds(), "safe"),
+    ({"csam": 0.35, "nsfw": 0.1}, Thresholds(csam=0.3), "csam"),
+    ({"csam": 0.1, "nsfw": 0.65}, Thresholds(nsfw=0.7), "safe"),
+    ({"csam": 0.1, "nsfw": 0.1, "underage": 0.99}, Thresholds(underage=0.5), "safe"),
+    ({"nsfw": 0.7}, Thresholds(), "nsfw"),
+    ({"csam": float("nan")}, Thresholds(), "safe"),
+])
+def test_label_for(scores: dict, thresholds: Thresholds, label: str) -> None:
+    assert label_for(scores, thresholds) == label
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Thresholds(csam=1.5),
+    lambda: Thresholds(nsfw=-0.1),
+    lambda: Thresholds(csam="0.5"),
+    lambda: PeerTrust("trusted"),
+    lambda: PolicyConfig(block_phash_distance=65),
+    lambda: PolicyConfig(safe_pdq_distance=-1),
+    lambda: PolicyConfig(safe_quorum=0),
+    lambda: PolicyConfig(peers={FULL: "full"}),
+    lambda: PolicyConfig(known_models=frozenset({"ViT-L-14"})),
+    lambda: Candidate(verdict(FULL, SAFE_SCORES), "md5", 0, False),
+    lambda: Candidate(verdict(FULL, SAFE_SCORES), "phash64", 65, False),
+    lambda: Candidate(verdict(FULL, SAFE_SCORES), "sha256", 3, False),
+])
+def test_bad_configuration_is_refused(build) -> None:
+    with pytest.raises(ValueError):
+        build()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Properties
+
+ISSUERS = [OWN, FULL, FULL2, BLOCK_ONLY, OBSERVE, STRANGER]
+score_value = st.floats(0.0, 1.0)
+scores_st = st.dictionaries(st.sampled_from(["csam", "nsfw", "underage"]), score_value, max_size=3)
+threshold_st = st.one_of(st.none(), score_value)
+thresholds_st = st.builds(Thresholds, csam=threshold_st, nsfw=threshold_st, underage=threshold_st)
+match_st = st.one_of(st.tuples(st.sampled_from(["sha256", "pixel_sha256"]), st.just(0)),
+                     st.tuples(st.just("phash64"), st.integers(0, 64)),
+                     st.tuples(st.just("pdq256"), st.integers(0, 256)))
+
+
+@st.composite
+def candidates_st(draw, matches=match_st) -> list[Candidate]:
+    out = []
+    for _ in range(draw(st.integers(0, 5))):
+        issuer = draw(st.sampled_from(ISSUERS))
+        match, distance = draw(matches)
+        model = draw(st.sampled_from([CLIP, OTHER_MODEL]))
+        out.append(candidate(issuer, draw(scores_st), match, distance, model))
+    return out
+
+
+@st.composite
+def configs_st(draw) -> PolicyConfig:
+    peer_thresholds = {issuer: draw(st.one_of(st.none(), thresholds_st)) for issuer in PEERS}
+    return replace(BASE, thresholds=draw(thresholds_st),
+                   peers={i: replace(t, thresholds=peer_thresholds[i]) for i, t in PEERS.items()},
+                   reuse_safe_perceptual=draw(st.booleans()), safe_quorum=draw(st.integers(1, 3)),
+                   compare_unknown_models=draw(st.booleans()))
+
+
+def lowered(draw, thresholds: Thresholds | None) -> Thresholds | None:
+    if thresholds is None:
+        return None
+    values = {}
+    for category in ("csam", "nsfw", "underage"):
+        current = getattr(thresholds, category)
+        values[category] = draw(st.one_of(st.none(), score_value) if current is None else st.floats(0.0, current))
+    return Thresholds(**values)
+
+
+@given(st.data(), configs_st(), candidates_st(), st.one_of(st.none(), scores_st))
+@settings(max_examples=400, deadline=None)
+def test_lowering_thresholds_never_unblocks(data, config: PolicyConfig, candidates, own_scores) -> None:
+    own = None if own_scores is None else Inference(own_scores)
+    stricter = replace(config, thresholds=lowered(data.draw, config.thresholds),
+                       peers={i: replace(t, thresholds=lowered(data.draw, t.thresholds))
+                              for i, t in config.peers.items()})
+    before = decide(config, candidates, own, CLIP)
+    after = decide(stricter, candidates, own, CLIP)
+    if before.outcome == "block":
+        assert after.outcome == "block", (before.reason, after.reason)
+    if after.outcome == "allow":
+        assert before.outcome == "allow", (before.reason, after.reason)
+
+
+perceptual_only = st.one_of(st.tuples(st.just("phash64"), st.integers(0, 64)),
+                            st.tuples(st.just("pdq256"), st.integers(0, 256)))
+
+
+@given(configs_st(), candidates_st(matches=perceptual_only))
+@settings(max_examples=300, deadline=None)
+def test_perceptual_matches_never_allow_without_opt_in(config: PolicyConfig, candidates) -> None:
+    decision = decide(replace(config, reuse_safe_perceptual=False), candidates, own_model=CLIP)
+    assert decision.outcome != "allow", decision.reason
+
+
+@given(configs_st(), candidates_st())
+@settings(max_examples=300, deadline=None)
+def test_allow_rests_only_on_trusted_full_issuers(config: PolicyConfig, candidates) -> None:
+    decision = decide(config, candidates, own_model=CLIP)
+    if decision.outcome == "allow":
+        assert decision.used and all(v.issuer in (OWN, FULL, FULL2) for v in decision.used)
+    if decision.outcome == "block":
+        assert all(v.issuer in (OWN, FULL, FULL2, BLOCK_ONLY) for v in decision.used)
+    assert all(v.issuer == OBSERVE for v in decision.observed)
