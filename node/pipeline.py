@@ -1,0 +1,387 @@
+"""One image in, one decision out: the flow of DESIGN.md, without HTTP (pict-rs hook, sweeps and
+`check` all call `Pipeline.check`).
+
+    bytes -> exact keys (no decode) -> stored verdicts -> policy
+          -> decode -> video / unreadable per config
+          -> fingerprint -> perceptual index -> policy
+          -> [node.lookup_peers] -> policy
+          -> inference (singleflight per sha256, bounded by the budget) -> sign own verdict -> store
+             -> [node.on_own_verdict] -> policy -> answer
+
+Every answer comes within the budget: when there is no classifier, its queue is full, or the budget
+runs out, an undecided image gets `on_unavailable` (reject by default) and source "unavailable"; an
+inference that finishes late still stores its verdict, so the next upload of that image is a cache hit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+from node.policy import Candidate, Decision, decide, label_for
+from node.store import StoredVerdict
+from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
+from scanners import fingerprint as fingerprinting
+from scanners.media import decode
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger("verdict_node.pipeline")
+
+Answer = Literal["accept", "reject"]
+Source = Literal["cache", "peer", "inference", "unavailable", "media"]
+
+# Bodies above this are hashed in a worker thread, so one big upload does not stall the event loop.
+_INLINE_HASH_BYTES = 256 * 1024
+# Margin kept from the budget to write the answer.
+_ANSWER_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the pipeline decided for one image.
+
+    `decision` is the pict-rs answer (accept -> 2xx, reject -> 406). `outcome` is what we know about the
+    image: block / allow / unknown (undecided: no classifier, queue full, out of budget), or video /
+    unreadable (not classified). Sweeps act on `outcome`; the hook answers `decision`."""
+
+    decision: Answer
+    outcome: Literal["block", "allow", "unknown", "video", "unreadable"]
+    reason: str
+    source: Source
+    sha256: str
+    fingerprint: Fingerprint | None = None
+    verdict_ids: tuple[str, ...] = ()
+    scores: dict[str, float] | None = None
+    inferred: bool = False
+    elapsed_ms: float = 0.0
+    media_format: str | None = None
+
+    @property
+    def verdict_id(self) -> str | None:
+        return self.verdict_ids[0] if self.verdict_ids else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
+                "verdict": self.verdict_id, "scores": self.scores, "elapsed_ms": round(self.elapsed_ms, 3)}
+
+
+@dataclass
+class _Inference:
+    """The outcome of one shared inference: own scores and the verdict that records them."""
+
+    classification: Any
+    verdict: Verdict
+    document: dict
+
+
+@dataclass
+class _Work:
+    """What one check knows so far (kept across the stages)."""
+
+    data: bytes
+    source: str
+    source_key: str | None
+    media_type: str | None
+    started: float
+    deadline: float
+    sha256: str = ""
+    pixel_sha256: str | None = None
+    fingerprint: Fingerprint | None = None
+    candidates: dict[int, Candidate] = field(default_factory=dict)
+    media_format: str | None = None
+
+
+class Pipeline:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self._inflight: dict[str, asyncio.Task] = {}
+
+    # -- public ----------------------------------------------------------------------------------
+
+    async def check(self, data: bytes, *, source: str = "pictrs", source_key: str | None = None,
+                    media_type: str | None = None, budget: float | None = None) -> Result:
+        """Decide for one image within `budget` seconds (default: pictrs.budget_seconds) and record it."""
+        loop = asyncio.get_running_loop()
+        budget = self.node.config.pictrs.budget_seconds if budget is None else budget
+        started = loop.time()
+        work = _Work(data, source, source_key, media_type, started, started + budget - _ANSWER_MARGIN)
+        try:
+            result = await self._check(work)
+        except Exception as e:  # noqa: BLE001 - a bug here must still give a chosen answer, not a 500
+            log.exception("pipeline failed for %s", work.sha256 or "an image")
+            result = self._unavailable(work, f"internal error: {type(e).__name__}")
+        self._record(work, result)
+        return result
+
+    async def drain(self) -> None:
+        """Wait for running inferences (their verdicts are stored even if every caller gave up)."""
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    async def _check(self, work: _Work) -> Result:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        if len(work.data) > _INLINE_HASH_BYTES:
+            work.sha256, work.pixel_sha256 = await loop.run_in_executor(
+                node.executor, fingerprinting.exact_keys, work.data)
+        else:
+            work.sha256, work.pixel_sha256 = fingerprinting.exact_keys(work.data)
+
+        # 1. exact keys, no decode: the hot path for images seen before.
+        for hit in node.store.find_exact(work.sha256, work.pixel_sha256):
+            work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)
+        if work.candidates:
+            decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
+            if decision.outcome != "unknown":
+                return self._from_decision(work, decision)
+
+        # 2. decode (never raises) and fingerprint, off the event loop.
+        limits = node.config.media_limits()
+        media, fp, problem = await loop.run_in_executor(node.executor, _decode_and_fingerprint, work.data, limits)
+        work.media_format = media.format
+        if media.outcome == "video":
+            accept = node.config.media.on_video == "accept"
+            return self._media_result(work, "video", accept, f"video ({media.format or 'unknown format'}) is not "
+                                      f"classified; media.on_video is {node.config.media.on_video}")
+        if fp is None:
+            accept = node.config.media.on_unreadable == "accept"
+            return self._media_result(work, "unreadable", accept, f"unreadable: {problem}; media.on_unreadable is "
+                                      f"{node.config.media.on_unreadable}")
+        work.fingerprint = fp
+
+        # 3. perceptual neighbours (block verdicts reuse on these; safe ones only if the admin opted in).
+        self._add_perceptual_candidates(work)
+        decision = self._decide(work)
+        if decision.outcome != "unknown":
+            return self._from_decision(work, decision)
+
+        # 4. peers (federation plugs in here).
+        if node.lookup_peers is not None and loop.time() < work.deadline:
+            await self._ask_peers(work)
+            decision = self._decide(work)
+            if decision.outcome != "unknown":
+                return self._from_decision(work, decision)
+
+        # 5. our own scores: an earlier own verdict of the current model, or inference now.
+        own_hit = self._own_current_verdict(work)
+        if own_hit is not None:
+            decision = decide(node.policy, list(work.candidates.values()),
+                              own=_Scores(dict(own_hit.verdict.scores)), own_model=node.model)
+            return self._from_decision(work, decision, forced_source="cache")
+        return await self._infer_and_decide(work, media.frames)
+
+    def _decide(self, work: _Work) -> Decision:
+        return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
+
+    def _add_perceptual_candidates(self, work: _Work) -> None:
+        node, fp, policy = self.node, work.fingerprint, self.node.policy
+        assert fp is not None
+        hits: list[tuple[int, str, int]] = []
+        if fp.phash64:
+            radius = max(policy.block_phash_distance, policy.safe_phash_distance if policy.reuse_safe_perceptual else 0)
+            hits += [(ref, "phash64", d) for ref, d in node.phash_index.search(fp.phash64, radius)]
+        if fp.pdq256:
+            radius = max(policy.block_pdq_distance, policy.safe_pdq_distance if policy.reuse_safe_perceptual else 0)
+            hits += [(ref, "pdq256", d) for ref, d in node.pdq_index.search(fp.pdq256, radius)]
+        fresh = [h for h in hits if h[0] not in work.candidates]
+        if not fresh:
+            return
+        stored = node.store.verdicts_by_rowid(ref for ref, _, _ in fresh)
+        for ref, match, distance in fresh:
+            hit = stored.get(ref)
+            # Perceptual hashes from another preprocessing recipe are not comparable.
+            if hit is None or hit.verdict.fingerprint.preprocessing != fp.preprocessing:
+                continue
+            current = work.candidates.get(ref)
+            if current is None or distance < current.distance:
+                work.candidates[ref] = Candidate(hit.verdict, match, distance, hit.own)
+
+    async def _ask_peers(self, work: _Work) -> None:
+        node, fp = self.node, work.fingerprint
+        assert fp is not None and node.lookup_peers is not None
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(node.lookup_peers(fp, work.deadline), max(0.0, work.deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return
+        except Exception:  # noqa: BLE001 - a peer problem must not fail an upload
+            log.exception("peer lookup failed for %s", fp.sha256)
+            return
+        for verdict, document in found:
+            if verdict.issuer == node.actor_id:
+                continue  # our own verdicts come only from our store
+            rowid, inserted = node.add_verdict(verdict, document, own=False)
+            if inserted:
+                node.metrics.peer_verdicts_stored.inc()
+            match = _match_kind(fp, verdict.fingerprint)
+            if match is not None:
+                work.candidates[rowid] = Candidate(verdict, match[0], match[1], False)
+
+    def _own_current_verdict(self, work: _Work) -> StoredVerdict | None:
+        """An own verdict on an exact key made by the model we run now: its scores are what inference would
+        say again, so we do not pay for it twice (e.g. when the policy wanted more than it gave)."""
+        model = self.node.model
+        if model is None:
+            return None
+        for rowid, c in work.candidates.items():
+            if c.own and c.match in ("sha256", "pixel_sha256") and c.verdict.model == model:
+                return StoredVerdict(rowid, c.verdict, True, c.match)
+        return None
+
+    async def _infer_and_decide(self, work: _Work, frames: Sequence[Any]) -> Result:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        if node.backend is None:
+            return self._unavailable(work, f"no classifier ({node.backend_problem})")
+        task = self._inflight.get(work.sha256)
+        if task is None:
+            task = loop.create_task(self._infer(work.fingerprint, list(frames)), name=f"infer-{work.sha256[:12]}")
+            self._inflight[work.sha256] = task
+            task.add_done_callback(lambda t, key=work.sha256: self._forget(key, t))
+        remaining = work.deadline - loop.time()
+        try:
+            inference = await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
+        except asyncio.TimeoutError:
+            node.metrics.inference_failures.labels("budget").inc()
+            return self._unavailable(work, f"classification did not finish within the "
+                                           f"{node.config.pictrs.budget_seconds:g} s budget")
+        except _QueueFullError as e:
+            return self._unavailable(work, f"classifier queue full ({e})")
+        except Exception as e:  # noqa: BLE001 - a model error is an unavailable classifier, not a crash
+            return self._unavailable(work, f"classification failed: {type(e).__name__}: {e}")
+        decision = decide(node.policy, list(work.candidates.values()), own=inference.classification,
+                          own_model=inference.verdict.model)
+        return self._from_decision(work, decision, forced_source="inference", own_verdict=inference.verdict,
+                                   inferred=True)
+
+    def _forget(self, key: str, task: asyncio.Task) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if not task.cancelled() and task.exception() is not None:
+            pass  # retrieved here so asyncio does not log "exception never retrieved"; callers saw it
+
+    async def _infer(self, fp: Fingerprint | None, frames: list[Any]) -> _Inference:
+        """Classify, sign, store, index, publish: runs to the end even if every caller stopped waiting."""
+        from scanners.batching import QueueFull
+
+        node = self.node
+        backend = node.backend
+        assert fp is not None and backend is not None
+        try:
+            classification = await backend.classify_frames(frames)
+        except QueueFull as e:
+            node.metrics.inference_failures.labels("queue_full").inc()
+            raise _QueueFullError(str(e)) from None
+        except Exception:
+            node.metrics.inference_failures.labels("error").inc()
+            raise
+        node.metrics.inference_images.inc()
+        scores = {k: float(v) for k, v in classification.scores.items()}
+        verdict = Verdict(id=new_verdict_id(node.actor_id), issuer=node.actor_id, fingerprint=fp, scores=scores,
+                          label=label_for(scores, node.policy.thresholds), model=backend.model,
+                          published=utc_timestamp())
+        document = sign_verdict(verdict, node.ed25519_key, node.ed25519_key_id)
+        node.add_verdict(verdict, document, own=True)
+        node.metrics.own_verdicts.inc()
+        await node.emit_own_verdict(verdict, document)
+        return _Inference(classification, verdict, document)
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _answer(self, outcome: str) -> Answer:
+        if outcome == "block":
+            return "reject"
+        if outcome == "allow":
+            return "accept"
+        return "accept" if self.node.config.pictrs.on_unavailable == "accept" else "reject"
+
+    def _from_decision(self, work: _Work, decision: Decision, *, forced_source: Source | None = None,
+                       own_verdict: Verdict | None = None, inferred: bool = False) -> Result:
+        node = self.node
+        used = tuple(v.id for v in decision.used)
+        if own_verdict is not None and own_verdict.id not in used:
+            used = (own_verdict.id, *used)
+        source: Source = forced_source or decision.source or "unavailable"
+        reason = decision.reason
+        if decision.outcome == "unknown":
+            reason = f"{reason}; pictrs.on_unavailable is {node.config.pictrs.on_unavailable}"
+        if source in ("cache", "peer") and not inferred:
+            by_id = {c.verdict.id: c.match for c in work.candidates.values()}
+            matches = {by_id.get(v) for v in used} - {None}
+            best = next((m for m in ("sha256", "pixel_sha256", "phash64", "pdq256") if m in matches), "none")
+            node.metrics.cache_hits.labels(source, best).inc()
+        return self._result(work, self._answer(decision.outcome), decision.outcome, reason, source,
+                            verdict_ids=used, scores=decision.scores, inferred=inferred)
+
+    def _media_result(self, work: _Work, outcome: str, accept: bool, reason: str) -> Result:
+        return self._result(work, "accept" if accept else "reject", outcome, reason, "media")
+
+    def _unavailable(self, work: _Work, why: str) -> Result:
+        reason = f"{why}; pictrs.on_unavailable is {self.node.config.pictrs.on_unavailable}"
+        return self._result(work, self._answer("unknown"), "unknown", reason, "unavailable")
+
+    def _result(self, work: _Work, decision: Answer, outcome: str, reason: str, source: Source, *,
+                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False) -> Result:
+        elapsed = asyncio.get_running_loop().time() - work.started
+        return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
+                      fingerprint=work.fingerprint, verdict_ids=verdict_ids,
+                      scores=dict(scores) if scores is not None else None, inferred=inferred,
+                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format)
+
+    def _record(self, work: _Work, result: Result) -> None:
+        node = self.node
+        node.metrics.images.labels(result.outcome, result.source).inc()
+        node.metrics.pipeline_seconds.labels(result.source).observe(result.elapsed_ms / 1000.0)
+        node.store.record_decision(
+            source=work.source, source_key=work.source_key, decision=result.decision, reason=result.reason,
+            origin=result.source, fingerprint=result.fingerprint, sha256=result.sha256,
+            pixel_sha256=work.pixel_sha256, media_type=work.media_type, verdict_ids=result.verdict_ids,
+            inferred=result.inferred, elapsed_ms=result.elapsed_ms)
+
+
+class _QueueFullError(Exception):
+    """QueueFull, re-raised under our name so the waiting callers can tell it from a model error."""
+
+
+@dataclass(frozen=True)
+class _Scores:
+    scores: dict[str, float]
+
+
+def _decode_and_fingerprint(data: bytes, limits: Any) -> tuple[Any, Fingerprint | None, str | None]:
+    """Runs in a worker thread. Never raises: a hostile body becomes (media, None, why)."""
+    media = decode(data, limits)
+    if media.outcome != "image":
+        return media, None, media.reason or media.outcome
+    try:
+        return media, fingerprinting.fingerprint(data, media), None
+    except Exception as e:  # noqa: BLE001 - Unreadable or a decoder bug: recorded as unreadable, never CSAM
+        return media, None, f"{type(e).__name__}: {e}"
+
+
+def _match_kind(ours: Fingerprint, theirs: Fingerprint) -> tuple[str, int] | None:
+    """How a peer verdict's fingerprint matches ours: exact keys first, then perceptual distance."""
+    if theirs.sha256 == ours.sha256:
+        return "sha256", 0
+    if theirs.pixel_sha256 == ours.pixel_sha256:
+        return "pixel_sha256", 0
+    if theirs.preprocessing != ours.preprocessing:
+        return None
+    options = []
+    if theirs.phash64 and ours.phash64:
+        options.append((fingerprinting.hamming(theirs.phash64, ours.phash64) / 64, "phash64",
+                        fingerprinting.hamming(theirs.phash64, ours.phash64)))
+    if theirs.pdq256 and ours.pdq256:
+        options.append((fingerprinting.hamming(theirs.pdq256, ours.pdq256) / 256, "pdq256",
+                        fingerprinting.hamming(theirs.pdq256, ours.pdq256)))
+    if not options:
+        return None
+    _, kind, distance = min(options)
+    return kind, distance

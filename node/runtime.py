@@ -1,0 +1,261 @@
+"""`Node`: everything one running instance holds, in one object — config, store, perceptual indexes,
+policy, inference backend, keys, metrics — plus the hook points later features plug into.
+
+Hook points (all plain attributes, set by an extension's `install(node)` or by tests):
+  - `node.lookup_peers`: `async (fingerprint, deadline) -> list[(Verdict, signed_document)]`, verified
+    peer verdicts for an image we cannot decide yet (federation). `deadline` is `loop.time()`-based.
+  - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
+    per new own verdict (federation publishes them to the outbox).
+  - `node.app_setups`: `(app: aiohttp.web.Application, node) -> None`, called by `server.build_app` to
+    add routes (/actor, /inbox, ...).
+  - `node.background`: `async (node) -> None` coroutines started with the node and cancelled at close
+    (delivery loops, sweep daemons).
+  - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
+    BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull) and
+    `async close()` fits.
+Extensions listed in `EXTENSIONS` ("module:function") are installed by `Node.open` when the module exists.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from node.config import ClassifierSection, NodeConfig, PeerEntry, ensure_keys, load_peers, policy_config_of
+from node.metrics import Metrics
+from node.store import Store
+from protocol.verdict import Fingerprint, ModelInfo, Verdict
+
+log = logging.getLogger("verdict_node")
+
+# Optional modules whose `install(node)` adds features (routes, hooks, background tasks).
+EXTENSIONS: list[str] = ["node.federation:install"]
+
+PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
+VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
+AppSetup = Callable[[Any, "Node"], None]
+BackgroundTask = Callable[["Node"], Awaitable[None]]
+
+
+class InferenceBackend(Protocol):
+    """What the pipeline needs of a classifier: the local BatchingClassifier or a remote worker pool."""
+
+    model: ModelInfo
+
+    async def classify_frames(self, frames: Sequence[Any]) -> Any: ...  # -> Classification; raises QueueFull
+
+    async def close(self) -> None: ...
+
+
+def load_backend(section: ClassifierSection) -> tuple[InferenceBackend | None, str | None]:
+    """(backend, None) or (None, why there is none). A missing model is not fatal: the node still answers
+    from known verdicts, and unknown images follow on_unavailable."""
+    if section.model.strip().lower() == "none":
+        return None, "classifier.model is none"
+    from scanners.batching import BatchingClassifier
+    from scanners.classifier import ModelUnavailable, load_classifier
+
+    try:
+        classifier = load_classifier(section.model, device=section.device, batch_size=section.batch_size,
+                                     cache_dir=section.cache_dir)
+    except ModelUnavailable as e:
+        return None, str(e)
+    return BatchingClassifier(classifier, max_batch=section.batch_size, max_wait_ms=section.max_wait_ms,
+                              max_queue=section.max_queue), None
+
+
+class Node:
+    def __init__(self, config: NodeConfig, store: Store, *, backend: InferenceBackend | None = None,
+                 backend_problem: str | None = None, peers: Sequence[PeerEntry] = (),
+                 ed25519_key: Any = None, rsa_key: Any = None) -> None:
+        from node.index import HammingIndex
+
+        self.config = config
+        self.store = store
+        self.peers = list(peers)
+        self.ed25519_key = ed25519_key
+        self.rsa_key = rsa_key
+        self.metrics = Metrics()
+        self.phash_index = HammingIndex(64)
+        self.pdq_index = HammingIndex(256)
+        self.backend: InferenceBackend | None = None
+        self.backend_problem: str | None = backend_problem
+        self.policy = policy_config_of(config, self.peers)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
+        # Hook points, see the module docstring.
+        self.lookup_peers: PeerLookup | None = None
+        self.on_own_verdict: list[VerdictCallback] = []
+        self.app_setups: list[AppSetup] = []
+        self.background: list[BackgroundTask] = []
+        self._tasks: list[asyncio.Task] = []
+        self._started = False
+        self.set_backend(backend, backend_problem)
+        self._load_indexes()
+        from node.pipeline import Pipeline
+
+        self.pipeline = Pipeline(self)
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: NodeConfig, *, load_model: bool = True, extensions: Sequence[str] | None = None) -> "Node":
+        """Open the data directory: keys (created if missing), database, peers, classifier, extensions."""
+        from protocol.keys import load_private_key
+
+        ensure_keys(config)
+        peers = load_peers(config.peers_path)
+        backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
+        if problem and load_model:
+            log.warning("no classifier: %s", problem)
+        node = cls(config, Store(config.database_path), backend=backend, backend_problem=problem, peers=peers,
+                   ed25519_key=load_private_key(config.ed25519_key_path),
+                   rsa_key=load_private_key(config.rsa_key_path))
+        for spec in (EXTENSIONS if extensions is None else extensions):
+            node.install_extension(spec)
+        return node
+
+    def install_extension(self, spec: str) -> bool:
+        """Import "module:function" and call it with this node; a module that does not exist is skipped."""
+        module_name, _, function = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:
+                return False
+            raise
+        install = getattr(module, function or "install", None)
+        if install is None:
+            return False
+        install(self)
+        return True
+
+    def _load_indexes(self) -> None:
+        phash_refs, phashes, pdq_refs, pdqs = [], [], [], []
+        for rowid, phash, pdq in self.store.active_perceptual():
+            if phash:
+                phash_refs.append(rowid)
+                phashes.append(phash)
+            if pdq:
+                pdq_refs.append(rowid)
+                pdqs.append(pdq)
+        if phashes:
+            self.phash_index.add_many(phash_refs, phashes)
+        if pdqs:
+            self.pdq_index.add_many(pdq_refs, pdqs)
+        self._update_index_gauges()
+
+    def _update_index_gauges(self) -> None:
+        self.metrics.index_size.labels("phash64").set(len(self.phash_index))
+        self.metrics.index_size.labels("pdq256").set(len(self.pdq_index))
+
+    # -- state changes used by the pipeline and extensions ---------------------------------------
+
+    @property
+    def actor_id(self) -> str:
+        return self.config.actor_id
+
+    @property
+    def ed25519_key_id(self) -> str:
+        return f"{self.actor_id}#ed25519-key"
+
+    @property
+    def rsa_key_id(self) -> str:
+        return f"{self.actor_id}#main-key"
+
+    @property
+    def model(self) -> ModelInfo | None:
+        return self.backend.model if self.backend is not None else None
+
+    def set_backend(self, backend: InferenceBackend | None, problem: str | None = None) -> None:
+        """Use another inference backend (or none); the policy learns its model as a known model."""
+        self.backend = backend
+        self.backend_problem = None if backend is not None else (problem or self.backend_problem or "no classifier")
+        self.policy = policy_config_of(self.config, self.peers, own_model=self.model)
+        self.metrics.classifier_available.set(1 if backend is not None else 0)
+
+    def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:
+        """Store a verdict and index its perceptual hashes (idempotent). Returns (rowid, inserted_now)."""
+        rowid, inserted = self.store.insert_verdict(verdict, document, own=own)
+        if inserted:
+            fp = verdict.fingerprint
+            if fp.phash64:
+                self.phash_index.add(rowid, fp.phash64)
+            if fp.pdq256:
+                self.pdq_index.add(rowid, fp.pdq256)
+            self._update_index_gauges()
+        return rowid, inserted
+
+    def retract_verdict(self, verdict_id: str, reason: str) -> bool:
+        """Retract a stored verdict and drop it from the indexes, so it stops counting at once."""
+        rowid = self.store.retract_verdict(verdict_id, reason)
+        if rowid is None:
+            return False
+        self.phash_index.remove(rowid)
+        self.pdq_index.remove(rowid)
+        self._update_index_gauges()
+        return True
+
+    async def emit_own_verdict(self, verdict: Verdict, document: dict) -> None:
+        """Run the on_own_verdict callbacks; one failing callback never loses the verdict or the answer."""
+        for callback in list(self.on_own_verdict):
+            try:
+                result = callback(verdict, document)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # noqa: BLE001 - a publishing bug must not fail an upload
+                log.exception("on_own_verdict callback %r failed for %s", callback, verdict.id)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start background work: periodic flush of decision rows and the extensions' tasks."""
+        if self._started:
+            return
+        self._started = True
+        self._tasks.append(asyncio.create_task(self._flush_loop(), name="flush-decisions"))
+        for task in self.background:
+            self._tasks.append(asyncio.create_task(task(self), name=getattr(task, "__name__", "background")))
+
+    async def _flush_loop(self, interval: float = 0.5) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            if self.store.pending_decisions:
+                try:
+                    await loop.run_in_executor(self.executor, self.store.flush)
+                except Exception:  # noqa: BLE001 - keep the rows queued and retry next time
+                    log.exception("writing decision rows failed; will retry")
+
+    async def close(self) -> None:
+        """Stop background tasks, let running inference end, write every pending row, close the db."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        await self.pipeline.drain()
+        if self.backend is not None:
+            await self.backend.close()
+        self.executor.shutdown(wait=True)
+        self.store.close()
+        self._started = False
+
+    def health(self) -> dict[str, Any]:
+        model = self.model
+        return {
+            "ok": True,
+            "actor": self.actor_id,
+            "classifier": {
+                "available": self.backend is not None,
+                "model": {"name": model.name, "version": model.version, "rules": model.rules} if model else None,
+                "problem": self.backend_problem,
+            },
+            "counts": {**self.store.counts(), "phash_index": len(self.phash_index), "pdq_index": len(self.pdq_index)},
+        }

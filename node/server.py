@@ -1,0 +1,191 @@
+"""HTTP face of a Node: the pict-rs validation endpoint (and its pictrs-safety compatible twin), health
+and metrics. Handlers stay thin: authentication and body handling here, every decision in the Pipeline.
+
+More routes (federation: /actor, /inbox, ...) are added by functions in `node.app_setups`, which
+`build_app` calls with the application and the node.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
+from node.metrics import CONTENT_TYPE
+from node.runtime import Node
+
+log = logging.getLogger("verdict_node.server")
+
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+IPADDR = "IPADDR"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json")
+
+
+class Guard:
+    """Who may call the validation endpoint: a configured token (constant-time compare) or, for the
+    token-less IPADDR form, a caller address inside `pictrs.allowed_ips` (IPv4 and IPv6)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.tokens = [t.encode() for t in config.pictrs.tokens]
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in config.pictrs.allowed_ips]
+        self.trust_forwarded_for = config.pictrs.trust_forwarded_for
+
+    def caller_ip(self, request: web.Request) -> str | None:
+        if self.trust_forwarded_for:
+            forwarded = request.headers.get("X-Forwarded-For")
+            if forwarded:
+                return forwarded.split(",")[-1].strip()  # the address our own proxy saw
+        return request.remote
+
+    def check(self, request: web.Request, token: str) -> web.Response | None:
+        """None when allowed, else the refusal: 401 for an unknown token, 403 for an address not allowed."""
+        if token == IPADDR:
+            ip = self.caller_ip(request)
+            try:
+                address = ipaddress.ip_address((ip or "").split("%")[0])
+            except ValueError:
+                address = None
+            if address is not None and getattr(address, "ipv4_mapped", None):
+                address = address.ipv4_mapped
+            if address is None or not any(address in net for net in self.networks):
+                return _json({"message": f"address {ip} is not in pictrs.allowed_ips"}, 403)
+            return None
+        given = token.encode()
+        ok = False
+        for expected in self.tokens:
+            ok |= hmac.compare_digest(given, expected)
+        return None if ok else _json({"message": "unknown token"}, 401)
+
+
+async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
+    """The image bytes: a raw body (pict-rs) or the multipart field `file` (pictrs-safety's form)."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+    content_type = request.content_type
+    try:
+        if content_type == "multipart/form-data":
+            reader = await request.multipart()
+            while True:
+                part = await reader.next()
+                if part is None:
+                    return _json({"message": "multipart body without a 'file' field"}, 400)
+                if getattr(part, "name", None) == "file":
+                    data = bytearray()
+                    while chunk := await part.read_chunk(1 << 16):
+                        data += chunk
+                        if len(data) > max_bytes:
+                            return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+                    return bytes(data), part.headers.get("Content-Type")
+        return await request.read(), (content_type if request.headers.get("Content-Type") else None)
+    except web.HTTPRequestEntityTooLarge:
+        return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+    except (ValueError, AssertionError) as e:  # malformed multipart
+        return _json({"message": f"malformed body: {e}"}, 400)
+
+
+async def validate(request: web.Request) -> web.Response:
+    """POST /pictrs/validate/{token} and /api/v1/scan/{token}: 200 accept, 406 reject."""
+    node = request.app[NODE_KEY]
+    started = time.perf_counter()
+    refusal = request.app["guard"].check(request, request.match_info["token"])
+    if refusal is not None:
+        return refusal
+    body = await _read_image(request, node.config.media.max_bytes)
+    if isinstance(body, web.Response):
+        return body
+    data, media_type = body
+    result = await node.pipeline.check(data, source="pictrs", media_type=media_type)
+    node.metrics.validate_seconds.observe(time.perf_counter() - started)
+    return _json(result.as_json(), 200 if result.decision == "accept" else 406)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(request.app[NODE_KEY].health())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.Response(body=node.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_app(node: Node) -> web.Application:
+    """The aiohttp application of one node. Starting it starts the node; cleaning up closes it
+    (pending decision rows written, running inferences finished)."""
+    app = web.Application(client_max_size=node.config.media.max_bytes + 1024 * 1024)
+    app[NODE_KEY] = node
+    app["guard"] = Guard(node.config)
+    app.router.add_post("/pictrs/validate/{token}", validate)
+    app.router.add_post("/api/v1/scan/{token}", validate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    for setup in node.app_setups:
+        setup(app, node)
+
+    async def on_startup(app: web.Application) -> None:
+        await node.start()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await node.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
+    app = build_app(node)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    log.info("listening on http://%s:%d (actor %s)", host, port, node.actor_id)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = resolve_config(args.config)
+        if getattr(args, "host", None):
+            config.listen.host = args.host
+        if getattr(args, "port", None):
+            config.listen.port = args.port
+        node = Node.open(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    urls = pictrs_urls(config)
+    log.info("pict-rs: PICTRS__MEDIA__EXTERNAL_VALIDATION=%s", urls[0])
+    try:
+        asyncio.run(serve(node, config.listen.host, config.listen.port))
+    except OSError as e:
+        print(f"error: cannot listen on {config.listen.host}:{config.listen.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
