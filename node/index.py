@@ -162,18 +162,28 @@ class HammingIndex:
         try:
             raw = bytes.fromhex(code_hex)
         except ValueError:
-            raise ValueError(f"not a hex code: {code_hex!r}") from None
+            raw = b""
+        if len(raw) != self.bits // 8:    # fromhex skips whitespace: "0 12..." must not pass either
+            raise ValueError(f"not a {self.bits}-bit hex code: {code_hex!r}")
         return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
     def _parse_many(self, codes_hex: Sequence[str]) -> np.ndarray:
-        codes_hex = list(codes_hex)
-        if any(not isinstance(c, str) or len(c) != self._hex_len for c in codes_hex):
-            bad = next(c for c in codes_hex if not isinstance(c, str) or len(c) != self._hex_len)
+        """Vectorised: loading millions of codes from the store must take seconds, not minutes."""
+        try:
+            lengths = np.fromiter(map(len, codes_hex), dtype=np.int64, count=len(codes_hex))
+            joined = "".join(codes_hex)
+        except TypeError:
+            bad = next(c for c in codes_hex if not isinstance(c, str))
+            raise ValueError(f"expected {self.bits}-bit codes as hex strings, got {bad!r}") from None
+        if len(lengths) and not (lengths == self._hex_len).all():
+            bad = codes_hex[int(np.argmax(lengths != self._hex_len))]
             raise ValueError(f"expected {self.bits}-bit codes as {self._hex_len} hex digits, got {bad!r}")
         try:
-            raw = bytes.fromhex("".join(codes_hex))
+            raw = bytes.fromhex(joined)
         except ValueError:
-            raise ValueError("codes contain a non-hex character") from None
+            raw = b""
+        if len(raw) != len(codes_hex) * self.bits // 8:
+            raise ValueError("codes contain a character that is not a hex digit")
         return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, self._words)
 
     @staticmethod
@@ -181,6 +191,20 @@ class HammingIndex:
         if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or not -2**63 <= int(ref) < 2**63:
             raise ValueError(f"ref must be a 64-bit integer, got {ref!r}")
         return int(ref)
+
+    @staticmethod
+    def _check_refs(refs: Iterable[int]) -> np.ndarray:
+        try:
+            array = np.asarray(refs if isinstance(refs, np.ndarray) else list(refs))
+        except (OverflowError, ValueError):
+            raise ValueError("refs must be 64-bit integers") from None
+        if array.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise ValueError(f"refs must be a flat sequence of integers, got dtype {array.dtype}")
+        if array.dtype.kind == "u" and array.max() >= 2**63:
+            raise ValueError("refs must be 64-bit signed integers")
+        return array.astype(np.int64)
 
     # -- updates ---------------------------------------------------------------------------------------------
 
@@ -207,13 +231,12 @@ class HammingIndex:
 
     def add_many(self, refs: Iterable[int], codes_hex: Iterable[str]) -> None:
         """Add many entries at once (loading from the store). Later duplicates of a ref win."""
-        refs_list = [self._check_ref(r) for r in refs]
-        codes = self._parse_many(list(codes_hex))
-        if len(refs_list) != len(codes):
-            raise ValueError(f"{len(refs_list)} refs but {len(codes)} codes")
-        if not refs_list:
+        ref_array = self._check_refs(refs)
+        codes = self._parse_many(codes_hex if isinstance(codes_hex, (list, tuple)) else list(codes_hex))
+        if len(ref_array) != len(codes):
+            raise ValueError(f"{len(ref_array)} refs but {len(codes)} codes")
+        if not len(ref_array):
             return
-        ref_array = np.array(refs_list, dtype=np.int64)
         # keep the last occurrence of each ref
         reversed_unique, first_in_reversed = np.unique(ref_array[::-1], return_index=True)
         if len(reversed_unique) != len(ref_array):

@@ -117,7 +117,8 @@ def test_empty_index_and_readd_after_remove() -> None:
     assert index.search(code, 0) == [(7, 0)]
 
 
-@pytest.mark.parametrize("bad", ["", "0" * 15, "0" * 17, "g" * 16, "0" * 64, None, 123])
+@pytest.mark.parametrize("bad", ["", "0" * 15, "0" * 17, "g" * 16, "0" * 64, "0 123456789abcdef", "0123456789abcd\n ",
+                                 None, 123])
 def test_bad_codes_are_refused_clearly(bad: object) -> None:
     index = HammingIndex(64)
     with pytest.raises(ValueError):
@@ -143,6 +144,10 @@ def test_bad_arguments_are_refused() -> None:
         index.add("1", "0" * 16)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         index.add_many([1, 2], ["0" * 16])
+    for refs in ([1.5], [True], ["1"], [2**64], [None]):
+        with pytest.raises(ValueError):
+            index.add_many(refs, ["0" * 16])
+    assert len(index) == 0
 
 
 @pytest.mark.parametrize("chunks", [2, 3, 4])
