@@ -434,7 +434,11 @@ def _downscale(im: Image.Image, side: int) -> Image.Image:
 
 
 def _finish(im: Image.Image, side: int, orientation: int) -> Image.Image:
+    """A frame for the caller to keep: RGB, fitted, oriented, and never the decoder's own image object
+    (seeking an animation further overwrites that one in place)."""
     out = _downscale(to_rgb(im), side)
+    if out is im:
+        out = im.copy()
     if orientation != 1:
         out = out.transpose(_ORIENT[orientation])
     return out
@@ -509,10 +513,13 @@ def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int, budget
     return out, True
 
 
-def _seek_frames(im: Image.Image, indices: list[int], side: int, orientation: int) -> list[Image.Image]:
+def _seek_frames(im: Image.Image, indices: list[int], side: int, orientation: int,
+                 max_pixels: int) -> list[Image.Image]:
     out = []
     for k in indices:
         im.seek(k)
+        if im.size[0] * im.size[1] > max_pixels:  # TIFF pages each have their own size
+            raise Unreadable(f"too many pixels in frame {k}: {im.size[0]}x{im.size[1]} > {max_pixels}")
         im.load()
         out.append(_finish(im, side, orientation))
     return out
@@ -560,10 +567,11 @@ def _decode(data: bytes, limits: Limits) -> Media:
             flags["trailing_bytes"] = len(data) - s.end
         if s.truncated:
             flags["truncated"] = True
-            if fmt == "gif" and not s.gif_frames:
-                return _unreadable("truncated gif: no complete frame", fmt, truncated=True)
             if fmt not in ("jpeg", "gif"):
                 return _unreadable(f"truncated {fmt}", fmt, truncated=True)
+        if fmt == "gif" and not s.gif_frames:
+            return _unreadable("truncated gif: no complete frame" if s.truncated else "gif without frames",
+                               fmt, **flags)
         if fmt == "jpeg" and not any(tag == b"SOS" for tag, _a, _b in s.image_parts):
             return _unreadable("truncated jpeg: no image data" if s.truncated else "corrupt jpeg: no scan",
                                fmt, **flags)
@@ -604,7 +612,7 @@ def _decode(data: bytes, limits: Limits) -> Media:
             if reachable < count:
                 flags["sampled_frames_upto"] = reachable
             media.frame_indices = _sample(reachable, limits.max_frames)
-            media.frames = _seek_frames(im, media.frame_indices, side, orientation)
+            media.frames = _seek_frames(im, media.frame_indices, side, orientation, limits.max_pixels)
     if media.frame_count > 1:
         flags["animated"] = True
     return media
