@@ -293,6 +293,26 @@ class PolicySection:
 
 
 @dataclass
+class WorkersSection:
+    enabled: bool = setting(False, "Let remote GPU workers (`verdict-node worker`) classify for this node. Add one with\n"
+                                   "`verdict-node workers add NAME`; see README, Remote GPU workers.")
+    model: str | None = setting(None, "The classifier spec the workers must run (default: classifier.model). Required when\n"
+                                      "classifier.model is none; a worker running another model is refused.")
+    lease_timeout_s: float = setting(30.0, "A worker silent this long loses its leased images to the queue (another worker\n"
+                                           "takes them).", min=1, max=3600)
+    stale_after_s: float = setting(10.0, "With no local classifier and no worker heard from for this long, unknown images\n"
+                                         "get pictrs.on_unavailable at once instead of waiting out the budget.", min=0.5, max=3600)
+    max_queue: int = setting(256, "Images waiting for workers beyond this are refused at once (-> on_unavailable).", min=1)
+    job_ttl_s: float = setting(600.0, "An image not classified within this many seconds is dropped (and counted); until\n"
+                                      "then a late result still stores its verdict.", min=1)
+    max_attempts: int = setting(3, "An image leased this many times without a result is dropped (a frame that kills\n"
+                                   "workers must not kill them all).", min=1, max=100)
+    local_after_ms: float = setting(250.0, "With a local classifier too: an image no worker has taken after this long is\n"
+                                           "classified locally (workers first, the local model absorbs the overflow).",
+                                    min=0, max=600_000)
+
+
+@dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
 
@@ -302,6 +322,7 @@ class NodeConfig:
     media: MediaSection = section(MediaSection, "Decoding limits and what to do with media that is not an image.")
     classifier: ClassifierSection = section(ClassifierSection, "The local classifier.")
     policy: PolicySection = section(PolicySection, "How scores and verdicts become decisions.")
+    workers: WorkersSection = section(WorkersSection, "Remote GPU workers (a GPU-less node, classification elsewhere).")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")
@@ -478,12 +499,14 @@ def peer_trust_of(entry: PeerEntry, own: ThresholdsSection) -> Any:
     return PeerTrust(level=entry.trust, thresholds=thresholds, known_models=_model_keys(entry.known_models))
 
 
-def policy_config_of(config: NodeConfig, peers: list[PeerEntry], own_model: Any = None) -> Any:
-    """node.policy.PolicyConfig from node.yaml's policy section and peers.yaml."""
+def policy_config_of(config: NodeConfig, peers: list[PeerEntry], own_model: Any = None,
+                     own_models: Any = ()) -> Any:
+    """node.policy.PolicyConfig from node.yaml's policy section and peers.yaml. `own_model` (ModelInfo) and
+    `own_models` ((name, rules) pairs of models behind our stored verdicts) count as known models."""
     from node.policy import PolicyConfig
 
     p = config.policy
-    known = set(_model_keys(p.known_models))
+    known = set(_model_keys(p.known_models)) | set(own_models)
     if own_model is not None:
         known.add((own_model.name, own_model.rules))
     return PolicyConfig(**{

@@ -174,7 +174,7 @@ class Pipeline:
         if own_hit is not None:
             decision = decide(node.policy, list(work.candidates.values()),
                               own=_Scores(dict(own_hit.verdict.scores)), own_model=node.model)
-            return self._from_decision(work, decision, forced_source="cache")
+            return self._from_decision(work, decision, forced_source="cache", own_verdict=own_hit.verdict)
         return await self._infer_and_decide(work, media.frames)
 
     def _decide(self, work: _Work) -> Decision:
@@ -242,6 +242,14 @@ class Pipeline:
             return self._unavailable(work, f"no classifier ({node.backend_problem})")
         task = self._inflight.get(work.sha256)
         if task is None:
+            # A twin request may have finished its inference while we were decoding: use its verdict.
+            for hit in node.store.find_exact(work.sha256, work.pixel_sha256):
+                work.candidates.setdefault(hit.rowid, Candidate(hit.verdict, hit.match, 0, hit.own))
+            own_hit = self._own_current_verdict(work)
+            if own_hit is not None:
+                decision = decide(node.policy, list(work.candidates.values()),
+                                  own=_Scores(dict(own_hit.verdict.scores)), own_model=node.model)
+                return self._from_decision(work, decision, forced_source="cache", own_verdict=own_hit.verdict)
             task = loop.create_task(self._infer(work.fingerprint, list(frames)), name=f"infer-{work.sha256[:12]}")
             self._inflight[work.sha256] = task
             task.add_done_callback(lambda t, key=work.sha256: self._forget(key, t))

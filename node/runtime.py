@@ -33,7 +33,7 @@ from protocol.verdict import Fingerprint, ModelInfo, Verdict
 log = logging.getLogger("verdict_node")
 
 # Optional modules whose `install(node)` adds features (routes, hooks, background tasks).
-EXTENSIONS: list[str] = ["node.federation:install"]
+EXTENSIONS: list[str] = ["node.federation:install", "node.work_queue:install"]
 
 PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
@@ -84,7 +84,6 @@ class Node:
         self.pdq_index = HammingIndex(256)
         self.backend: InferenceBackend | None = None
         self.backend_problem: str | None = backend_problem
-        self.policy = policy_config_of(config, self.peers)
         self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
         # Hook points, see the module docstring.
         self.lookup_peers: PeerLookup | None = None
@@ -174,7 +173,8 @@ class Node:
         """Use another inference backend (or none); the policy learns its model as a known model."""
         self.backend = backend
         self.backend_problem = None if backend is not None else (problem or self.backend_problem or "no classifier")
-        self.policy = policy_config_of(self.config, self.peers, own_model=self.model)
+        self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
+                                       own_models=self.store.own_models())
         self.metrics.classifier_available.set(1 if backend is not None else 0)
 
     def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:

@@ -123,6 +123,21 @@ CREATE TABLE seen_activities (
     received_at REAL NOT NULL
 );
 """),
+    # Remote GPU workers (node/work_queue.py): one row per worker; only the token's sha256 is kept.
+    Migration("remote workers", """
+CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_seen_at REAL,                      -- last authenticated request (unix time)
+    model TEXT,                             -- JSON ModelInfo the worker last reported
+    leased_jobs INTEGER NOT NULL DEFAULT 0, -- images it holds now (as of the node's last update)
+    jobs_done INTEGER NOT NULL DEFAULT 0,
+    frames_done INTEGER NOT NULL DEFAULT 0,
+    frames_per_s REAL,                      -- frames returned per second over the last minute
+    last_refusal TEXT                       -- why the node last refused it (model mismatch)
+);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
@@ -302,6 +317,12 @@ class Store:
         conn.execute("UPDATE verdicts SET retracted_at = ?, retract_reason = ? WHERE id = ?",
                      (time.time(), reason, row[0]))
         return int(row[0])
+
+    def own_models(self) -> set[tuple[str, str]]:
+        """(name, rules) of every model behind our own verdicts: their scores stay comparable with our
+        thresholds even while that model is not loaded (weights missing, classifier none)."""
+        return {(n, r) for n, r in self.conn.execute(
+            "SELECT DISTINCT model_name, model_rules FROM verdicts WHERE own = 1")}
 
     # -- decisions -------------------------------------------------------------------------------
 

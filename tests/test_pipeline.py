@@ -1,0 +1,215 @@
+"""Pipeline on a real Node (tiny CLIP, real store, real signatures), without HTTP: what sweeps and `check` use."""
+from __future__ import annotations
+
+import asyncio
+import io
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from PIL import Image
+
+from node.runtime import Node
+from protocol.verdict import Verdict, new_verdict_id, sign_verdict, utc_timestamp, verify_verdict
+from tests.images import encode, photo_bytes, photo_image
+from tests.node_helpers import make_data_dir, run
+from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
+
+# With the tiny CLIP, these photos score csam >= 0.5 (block at the default 0.5) and well below (allow).
+BLOCKED = "hubble_deep_field"
+ALLOWED = "astronaut"
+
+
+def inferred(node: Node) -> float:
+    return node.metrics.inference_images._value.get()
+
+
+def with_exif(jpeg: bytes) -> bytes:
+    """The same JPEG with an extra EXIF segment: different bytes, same pixels (what exiftool strips)."""
+    payload = b"Exif\x00\x00" + b"MM\x00*\x00\x00\x00\x08\x00\x00" + b"camera serial 12345" * 10
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+async def _with_node(config, body, **kwargs):
+    node = Node.open(config, extensions=())
+    await node.start()
+    try:
+        return await body(node)
+    finally:
+        await node.close()
+
+
+def test_known_images_skip_inference_and_stripped_metadata_hits_the_pixel_key(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    original = photo_bytes(ALLOWED)
+
+    async def body(node: Node):
+        first = await node.pipeline.check(original)
+        assert (first.decision, first.source, first.inferred) == ("accept", "inference", True)
+        assert inferred(node) == 1
+        again = await node.pipeline.check(original)
+        assert (again.decision, again.source, again.inferred) == ("accept", "cache", False)
+        assert again.verdict_id == first.verdict_id
+        stripped = await node.pipeline.check(with_exif(original))
+        assert stripped.sha256 != first.sha256
+        assert (stripped.decision, stripped.source) == ("accept", "cache")
+        assert node.metrics.cache_hits.labels("cache", "pixel_sha256")._value.get() == 1
+        assert inferred(node) == 1
+    run(_with_node(config, body))
+
+
+def test_own_verdict_is_signed_stored_and_published(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    published = []
+
+    async def body(node: Node):
+        node.on_own_verdict.append(lambda v, doc: published.append((v, doc)))
+        result = await node.pipeline.check(photo_bytes(BLOCKED))
+        assert (result.decision, result.outcome, result.source) == ("reject", "block", "inference")
+        (verdict, doc), = published
+        assert verdict.id == result.verdict_id and verdict.issuer == node.actor_id and verdict.label == "csam"
+        public = node.ed25519_key.public_key()
+        assert verify_verdict(doc, lambda method: public) == verdict
+        assert doc["proof"]["verificationMethod"] == f"{node.actor_id}#ed25519-key"
+        assert node.store.verdict_document(verdict.id) == doc
+    run(_with_node(config, body))
+
+
+def test_concurrent_identical_requests_share_one_inference(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    data = photo_bytes("chelsea")
+
+    async def body(node: Node):
+        results = await asyncio.gather(*(node.pipeline.check(data) for _ in range(12)))
+        assert inferred(node) == 1
+        assert len({r.verdict_id for r in results}) == 1
+        assert {r.decision for r in results} == {results[0].decision}
+        assert node.store.counts()["own_verdicts"] == 1
+    run(_with_node(config, body))
+
+
+def test_thresholds_from_config_force_outcomes(tmp_path, tiny_clip_spec):
+    data = photo_bytes(ALLOWED)
+    strict = make_data_dir(tmp_path / "strict", model=tiny_clip_spec, thresholds={"csam": 0.0})
+    lax = make_data_dir(tmp_path / "lax", model=tiny_clip_spec, thresholds={"csam": 1.0})
+
+    async def decide(node: Node):
+        return (await node.pipeline.check(data)).decision
+    assert run(_with_node(strict, decide)) == "reject"
+    assert run(_with_node(lax, decide)) == "accept"
+    assert run(_with_node(lax, lambda n: n.pipeline.check(photo_bytes(BLOCKED)))).decision == "accept"
+
+
+def test_block_verdicts_reuse_perceptually_safe_ones_do_not(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+
+    async def body(node: Node):
+        assert (await node.pipeline.check(photo_bytes(BLOCKED))).decision == "reject"
+        assert (await node.pipeline.check(photo_bytes(ALLOWED))).decision == "accept"
+        assert inferred(node) == 2
+        # Re-encoded at another quality: new bytes, new pixels, near-identical perceptual hashes.
+        block_variant = await node.pipeline.check(encode(photo_image(BLOCKED), "jpeg", quality=60))
+        assert (block_variant.decision, block_variant.source) == ("reject", "cache")
+        assert inferred(node) == 2
+        safe_variant = await node.pipeline.check(encode(photo_image(ALLOWED), "jpeg", quality=60))
+        assert safe_variant.source == "inference"  # a safe verdict never travels on a perceptual match
+        assert inferred(node) == 3
+    run(_with_node(config, body))
+
+
+def test_no_classifier_follows_on_unavailable_but_known_images_still_answer(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    blocked, allowed, unknown = photo_bytes(BLOCKED), photo_bytes(ALLOWED), photo_bytes("chelsea")
+
+    async def learn(node: Node):
+        await node.pipeline.check(blocked)
+        await node.pipeline.check(allowed)
+    run(_with_node(config, learn))
+
+    for on_unavailable, answer in (("reject", "reject"), ("accept", "accept")):
+        cfg = make_data_dir(tmp_path, model="none", pictrs={"on_unavailable": on_unavailable})
+
+        async def body(node: Node):
+            assert node.backend is None and "none" in node.health()["classifier"]["problem"]
+            r = await node.pipeline.check(unknown)
+            assert (r.decision, r.outcome, r.source) == (answer, "unknown", "unavailable")
+            assert "on_unavailable" in r.reason
+            assert (await node.pipeline.check(blocked)).decision == "reject"  # from the stored verdicts
+            assert (await node.pipeline.check(allowed)).decision == "accept"
+        run(_with_node(cfg, body))
+
+
+def test_budget_exhausted_answers_unavailable_and_late_verdict_is_kept(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    data = photo_bytes("coffee")
+
+    async def body(node: Node):
+        late = await node.pipeline.check(data, budget=0.0)
+        assert (late.decision, late.source) == ("reject", "unavailable")
+        await node.pipeline.drain()
+        assert node.store.counts()["own_verdicts"] == 1  # the inference finished and was stored
+        again = await node.pipeline.check(data)
+        assert again.source == "cache"
+        assert inferred(node) == 1
+    run(_with_node(config, body))
+
+
+def test_peer_verdicts_from_the_lookup_hook_are_used_and_stored(tmp_path, tiny_clip_spec):
+    peer_actor = "https://peer.example/actor"
+    config = make_data_dir(tmp_path, model=tiny_clip_spec, peers=[{"actor": peer_actor, "trust": "full"}])
+    peer_key = ed25519.Ed25519PrivateKey.generate()
+    data = photo_bytes("rocket")
+    asked = []
+
+    async def body(node: Node):
+        from scanners.fingerprint import fingerprint
+
+        fp = fingerprint(data)
+        verdict = Verdict(id=new_verdict_id(peer_actor), issuer=peer_actor, fingerprint=fp,
+                          scores={"csam": 0.9, "nsfw": 0.9, "underage": 0.9}, label="csam", model=node.model,
+                          published=utc_timestamp())
+        doc = sign_verdict(verdict, peer_key, f"{peer_actor}#ed25519-key")
+
+        async def lookup(fingerprint_, deadline):
+            asked.append(fingerprint_)
+            return [(verdict, doc)]
+        node.lookup_peers = lookup
+        result = await node.pipeline.check(data)
+        assert (result.decision, result.source, result.verdict_id) == ("reject", "peer", verdict.id)
+        assert asked[0].sha256 == fp.sha256 and inferred(node) == 0
+        node.lookup_peers = None
+        again = await node.pipeline.check(data)  # now from the store, no lookup
+        assert (again.decision, again.source) == ("reject", "peer") and len(asked) == 1
+        assert node.store.counts()["peer_verdicts"] == 1
+    run(_with_node(config, body))
+
+
+def test_video_and_unreadable_follow_media_settings_and_are_never_csam(tmp_path, tiny_clip_spec):
+    from tests.hostile import mp4_header
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec, media={"on_video": "reject", "on_unreadable": "accept"})
+
+    async def body(node: Node):
+        video = await node.pipeline.check(mp4_header(), media_type="video/mp4")
+        assert (video.decision, video.outcome, video.source) == ("reject", "video", "media")
+        junk = await node.pipeline.check(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+        assert (junk.decision, junk.outcome) == ("accept", "unreadable")
+        assert inferred(node) == 0
+        rows = node.store.decisions()
+        assert rows == [] or all(r["decision"] != "block" for r in rows)
+    run(_with_node(config, body))
+
+
+def test_decisions_are_recorded_with_origin(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+
+    async def body(node: Node):
+        await node.pipeline.check(photo_bytes(ALLOWED), source="sweep", source_key="files/a.jpg")
+        await node.pipeline.check(photo_bytes(ALLOWED), source="check")
+    run(_with_node(config, body))
+    from node.store import Store
+
+    with Store(config.database_path) as store:
+        rows = store.decisions()
+    assert [(r["source"], r["origin"], r["inferred"]) for r in rows] == [("check", "cache", 0), ("sweep", "inference", 1)]
+    assert rows[1]["source_key"] == "files/a.jpg" and rows[1]["phash64"]
+    assert Image.open(io.BytesIO(photo_bytes(ALLOWED))).size  # sanity: the photo is real
