@@ -49,6 +49,45 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# helpers shared by the source and sweep tests
+def run(coro):
+    """Run a coroutine to completion (the project's tests do not use pytest-asyncio)."""
+    return asyncio.run(coro)
+
+
+async def collect(source, since=None, limit=None):
+    """List a source into a list, optionally stopping early (an interrupted sweep)."""
+    out = []
+    async for item in source.list(since):
+        out.append(item)
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """Nested dirs of extension-less files like pict-rs 0.5's files/ layout, plus things to skip."""
+    files = {}
+    for i in range(12):
+        key = f"{i % 3:03d}/{i % 2:03d}/{i:04d}{'abcdef'[i % 6]}-uuid"
+        files[key] = os.urandom(100 + i)
+    files["top-level-file"] = b"top"
+    for key, data in files.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (root / ".tmp-upload").write_bytes(b"partial")
+    (root / "000" / ".hidden").write_bytes(b"x")
+    outside = root.parent / "outside-secret"
+    outside.write_bytes(b"secret")
+    (root / "escape-link").symlink_to(outside)
+    (root / "inside-link").symlink_to(root / "top-level-file")
+    files["inside-link"] = b"top"
+    return files
+
+
+
+# --------------------------------------------------------------------------------------------------
 # sshd
 @dataclass
 class SSHServer:

@@ -1,7 +1,6 @@
 """LocalSource on a real directory tree shaped like pict-rs's `files` store."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -11,40 +10,7 @@ import pytest
 
 from scanners.sources import Item, ItemError, ItemGone, SourceError, open_source
 from scanners.sources.local import LocalSource
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def collect(source, since=None, limit=None):
-    out = []
-    async for item in source.list(since):
-        out.append(item)
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def make_tree(root: Path) -> dict[str, bytes]:
-    """Nested dirs of extension-less files like pict-rs 0.5's files/ layout, plus things to skip."""
-    files = {}
-    for i in range(12):
-        key = f"{i % 3:03d}/{i % 2:03d}/{i:04d}{'abcdef'[i % 6]}-uuid"
-        files[key] = os.urandom(100 + i)
-    files["top-level-file"] = b"top"
-    for key, data in files.items():
-        p = root / key
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    (root / ".tmp-upload").write_bytes(b"partial")
-    (root / "000" / ".hidden").write_bytes(b"x")
-    outside = root.parent / "outside-secret"
-    outside.write_bytes(b"secret")
-    (root / "escape-link").symlink_to(outside)
-    (root / "inside-link").symlink_to(root / "top-level-file")
-    files["inside-link"] = b"top"
-    return files
+from tests.storage_servers import collect, make_tree, run
 
 
 def test_lists_nested_tree_skipping_hidden_and_escaping_symlinks(tmp_path):

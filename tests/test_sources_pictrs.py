@@ -11,8 +11,7 @@ import pytest
 
 from scanners.sources import ItemError, ItemGone, SourceError, open_source
 from scanners.sources.pictrs import PictrsSource, parse_rfc3339
-from tests.storage_servers import pictrs_server  # noqa: F401
-from tests.test_sources_local import collect, run
+from tests.storage_servers import collect, pictrs_server, run  # noqa: F401
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

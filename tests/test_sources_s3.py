@@ -11,8 +11,7 @@ import pytest
 
 from scanners.sources import ItemError, ItemGone, SourceError, open_source
 from scanners.sources.s3 import S3Source, normalise_prefixes
-from tests.storage_servers import s3_server  # noqa: F401
-from tests.test_sources_local import collect, run
+from tests.storage_servers import collect, run, s3_server  # noqa: F401
 
 
 @pytest.fixture

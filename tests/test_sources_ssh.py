@@ -12,8 +12,7 @@ import pytest
 
 from scanners.sources import ItemError, ItemGone, SourceError, open_source
 from scanners.sources.ssh import SSHSource
-from tests.storage_servers import PASSPHRASE, sshd_server  # noqa: F401
-from tests.test_sources_local import collect, make_tree, run
+from tests.storage_servers import PASSPHRASE, collect, make_tree, run, sshd_server  # noqa: F401
 
 
 def ssh_source(server, root: Path, key: str = "ed25519", **options) -> SSHSource:
@@ -172,3 +171,12 @@ def test_per_item_errors_do_not_stop(sshd_server, tree):
         return ok, errors
     ok, errors = run(go())
     assert ok + len(errors) == len(files) and errors and all("too large" in e.reason for e in errors)
+
+
+def test_unreachable_host_gives_clear_error(sshd_server, tree):
+    from tests.storage_servers import free_port
+    root, _ = tree
+    src = open_source(f"ssh://root@127.0.0.1:{free_port()}{root}", host_key=sshd_server.host_public_key,
+                      client_keys=[str(sshd_server.client_keys["ed25519"])], retries=1, backoff=0.01)
+    with pytest.raises(SourceError, match="failed after 1 reconnects"):
+        run(collect(src))

@@ -18,7 +18,6 @@ and all variants together. fedi-safety deleted files under pict-rs, leaving reco
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from datetime import datetime, timezone

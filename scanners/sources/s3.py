@@ -130,6 +130,7 @@ class S3Source(Source):
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
 
     # -- listing ---------------------------------------------------------------------------------
     def _in_quarantine(self, key: str) -> bool:
