@@ -125,12 +125,12 @@ class Verdict:
             raise ProtocolError("must be a string, list or object", "@context")
         verdict_id = _url(obj, "id", "")
         issuer = _url(obj, "attributedTo", "")
-        if _origin(verdict_id) != _origin(issuer):
+        if origin_of(verdict_id) != origin_of(issuer):
             raise ProtocolError("verdict id must be on the issuer's origin", "id")
         supersedes = obj.get("supersedes")
         if supersedes is not None:
             supersedes = _url(obj, "supersedes", "")
-            if _origin(supersedes) != _origin(issuer):
+            if origin_of(supersedes) != origin_of(issuer):
                 raise ProtocolError("may only supersede a verdict of the same issuer", "supersedes")
             if supersedes == verdict_id:
                 raise ProtocolError("a verdict cannot supersede itself", "supersedes")
@@ -194,7 +194,12 @@ def utc_timestamp() -> str:
 def new_verdict_id(actor_id: str) -> str:
     """A fresh verdict id on the actor's origin: <origin>/verdicts/<uuid7>. UUIDv7 sorts by creation time,
     so ids double as a FIRES-style append-order cursor."""
-    origin = _origin(actor_id)
+    return new_object_id(actor_id, "verdicts")
+
+
+def new_object_id(actor_id: str, collection: str) -> str:
+    """<origin of actor_id>/<collection>/<uuid7>: ids on our own origin (peers refuse others), time-ordered."""
+    origin = origin_of(actor_id)
     if origin is None:
         raise ProtocolError("actor id must be an http(s) URL", "actor")
     millis = time.time_ns() // 1_000_000
@@ -202,7 +207,7 @@ def new_verdict_id(actor_id: str) -> str:
     value = (millis & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 \
         | rand & ((1 << 62) - 1)
     h = f"{value:032x}"
-    return f"{origin}/verdicts/{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return f"{origin}/{collection}/{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def sign_verdict(verdict: Verdict, private_key: ed25519.Ed25519PrivateKey, verification_method: str,
@@ -286,7 +291,8 @@ def _hex(obj: dict[str, Any], name: str, digits: int, where: str) -> str:
     return value
 
 
-def _origin(url: str) -> str | None:
+def origin_of(url: str) -> str | None:
+    """The "scheme://host[:port]" of an http(s) URL, or None: peers may only mint ids on their own origin."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -298,7 +304,7 @@ def _origin(url: str) -> str | None:
 
 def _url(obj: dict[str, Any], name: str, where: str) -> str:
     value = _text(obj, name, where, MAX_URL_LEN)
-    if _origin(value) is None or any(c.isspace() for c in value):
+    if origin_of(value) is None or any(c.isspace() for c in value):
         raise ProtocolError("must be an http(s) URL", _path(where, name))
     return value
 
