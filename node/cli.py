@@ -52,6 +52,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(handler=_lazy("node.check", "cmd_check"))
 
+    # -- remote GPU workers (node/worker.py, node/work_queue.py) --
+    p = sub.add_parser("worker", help="classify for a node from a GPU machine: lease frames, return scores")
+    p.add_argument("--node", required=True, help="the node's base URL, e.g. https://node.example")
+    p.add_argument("--token", default=None,
+                   help="this worker's token from `workers add` (visible in ps: prefer --token-file or "
+                        "VERDICT_NODE_WORKER_TOKEN)")
+    p.add_argument("--token-file", default=None, help="read the token from this file")
+    p.add_argument("--model", default=None,
+                   help="classifier spec (default: the one the node names; must equal the node's model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=32, help="most frames per lease and per forward pass")
+    p.add_argument("--encoding", choices=("png", "rgb", "rgbz"), default="png",
+                   help="how frames travel: png (smallest; internet), rgb (raw; LAN), rgbz (raw + zlib)")
+    p.add_argument("--prefetch", type=int, default=1, help="leases fetched ahead while the model runs")
+    p.add_argument("--stats-interval", type=float, default=30.0, help="seconds between throughput log lines")
+    p.set_defaults(handler=_lazy("node.worker", "cmd_worker"))
+
+    p = sub.add_parser("workers", help="manage this node's remote workers: add, list, remove")
+    workers_sub = p.add_subparsers(dest="workers_command", required=True, metavar="ACTION")
+    q = workers_sub.add_parser("add", help="register a worker and print its token (only its hash is kept)")
+    q.add_argument("name")
+    _add_config_option(q)
+    q = workers_sub.add_parser("list", help="workers with last contact, leased images, throughput, model")
+    q.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_config_option(q)
+    q = workers_sub.add_parser("remove", help="revoke a worker: its next request gets 401")
+    q.add_argument("name")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.work_queue", "cmd_workers"))
+
     return parser
 
 

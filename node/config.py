@@ -312,6 +312,38 @@ class WorkersSection:
                                     min=0, max=600_000)
 
 
+def _check_actor_urls(values: list[str]) -> str | None:
+    for v in values:
+        problem = _check_url(v)
+        if problem:
+            return f"{_describe(v)}: {problem}"
+    return None
+
+
+@dataclass
+class FederationSection:
+    lookup_peers: list[str] = setting([], "Actor URLs of peers (listed in peers.yaml) asked about an image this node cannot\n"
+                                          "decide itself (no classifier, or a cache miss), within the pict-rs budget.",
+                                      check=_check_actor_urls)
+    lookup_timeout_seconds: float = setting(3.0, "Longest wait for one peer lookup.", min=0.05, max=60)
+    lookup_rate_per_second: float = setting(50.0, "Lookups one peer may make here per second (bursts of twice that).",
+                                            min=0.1)
+    batch_max: int = setting(100, "Most verdicts sent to a follower in one Create.", min=1, max=100)
+    batch_wait_seconds: float = setting(1.0, "Longest a new verdict waits for a batch to fill before it is sent.",
+                                        min=0, max=60)
+    retry_base_seconds: float = setting(10.0, "First retry delay of a failed delivery; doubles on each failure.",
+                                        min=0.01, max=3600)
+    retry_max_seconds: float = setting(3600.0, "Longest delay between two retries.", min=0.01, max=86400)
+    give_up_after_hours: float = setting(168.0, "Deliveries are retried this long before they are dropped (a follower\n"
+                                                "that comes back later still catches up from the outbox).",
+                                         min=24, max=24 * 365)
+    poll_seconds: float = setting(1.0, "How often the server looks in the database for work queued by CLI commands.",
+                                  min=0.05, max=60)
+    backfill_interval_seconds: float = setting(300.0, "How often the outboxes of followed peers are read for anything\n"
+                                                      "a push missed.", min=1, max=86400)
+    request_timeout_seconds: float = setting(30.0, "Timeout of one request to a peer.", min=1, max=300)
+
+
 @dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
@@ -323,6 +355,7 @@ class NodeConfig:
     classifier: ClassifierSection = section(ClassifierSection, "The local classifier.")
     policy: PolicySection = section(PolicySection, "How scores and verdicts become decisions.")
     workers: WorkersSection = section(WorkersSection, "Remote GPU workers (a GPU-less node, classification elsewhere).")
+    federation: FederationSection = section(FederationSection, "Sharing verdicts with the peers in peers.yaml.")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")

@@ -138,6 +138,26 @@ CREATE TABLE workers (
     last_refusal TEXT                       -- why the node last refused it (model mismatch)
 );
 """),
+    # Federation (node/federation.py): follow ids, backfill cursors, retractions that arrive before
+    # (or without) their verdict, the outbox collector's cursor, and the per-inbox delivery order.
+    Migration("federation state", """
+ALTER TABLE peers ADD COLUMN their_follow_id TEXT;      -- the Follow they sent us (Accept/Reject name it)
+ALTER TABLE peers ADD COLUMN our_follow_id TEXT;        -- the Follow we sent them
+ALTER TABLE peers ADD COLUMN backfill_cursor TEXT;      -- last outbox seq of theirs we have read
+CREATE TABLE retractions (
+    verdict_id TEXT PRIMARY KEY,
+    issuer TEXT NOT NULL,
+    reason TEXT,
+    retracted_at REAL NOT NULL,
+    activity_id TEXT
+);
+CREATE TABLE federation_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE INDEX deliveries_inbox ON deliveries(inbox, delivered_at, outbox_seq);
+CREATE INDEX verdicts_own ON verdicts(own, id);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
