@@ -255,8 +255,9 @@ _WEBP_IMAGE_CHUNKS = {b"VP8 ", b"VP8L", b"ALPH", b"ANIM", b"ANMF"}
 
 
 def _walk_webp(data: bytes) -> Structure:
-    """Walk RIFF/WebP chunks. Pixel-relevant: VP8/VP8L/ALPH/ANIM/ANMF and the VP8X canvas size (its flag
-    byte changes when EXIF/XMP/ICCP are stripped, so it is left out); EXIF/XMP/ICCP are metadata."""
+    """Walk RIFF/WebP chunks. Pixel-relevant: VP8/VP8L/ALPH/ANIM/ANMF and, for animations, the VP8X canvas
+    size (never its flag byte, which changes when EXIF/XMP/ICCP are stripped); EXIF/XMP/ICCP are
+    metadata."""
     s = Structure("webp")
     n = len(data)
     riff_end = 8 + struct.unpack_from("<I", data, 4)[0]
@@ -264,6 +265,7 @@ def _walk_webp(data: bytes) -> Structure:
     limit = min(riff_end, n)
     pos = 12
     frames = 0
+    canvas = None
     while pos + 8 <= limit:
         ctype, length = struct.unpack_from("<4sI", data, pos)
         start, end = pos + 8, pos + 8 + length
@@ -272,7 +274,7 @@ def _walk_webp(data: bytes) -> Structure:
         if ctype == b"VP8X" and length >= 10:
             s.width = 1 + int.from_bytes(data[start + 4:start + 7], "little")
             s.height = 1 + int.from_bytes(data[start + 7:start + 10], "little")
-            s.image_parts.append((b"VP8X-canvas", start + 4, start + 10))
+            canvas = (b"VP8X-canvas", start + 4, start + 10)
         elif ctype == b"VP8 " and length >= 10 and not s.width:
             w, h = struct.unpack_from("<HH", data, start + 6)
             s.width, s.height = w & 0x3FFF, h & 0x3FFF
@@ -285,6 +287,10 @@ def _walk_webp(data: bytes) -> Structure:
             s.image_parts.append((ctype, start, end))
         pos = end + (length & 1)
     s.frame_count = max(1, frames)
+    if canvas is not None and frames:
+        # The canvas only adds information to an animation; a still image's size is in VP8/VP8L, and a
+        # stripper may drop a VP8X chunk that no longer announces anything.
+        s.image_parts.insert(0, canvas)
     if riff_end > n or pos < riff_end:
         s.truncated = True
     else:
