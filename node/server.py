@@ -25,7 +25,6 @@ from node.runtime import Node
 
 log = logging.getLogger("verdict_node.server")
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 IPADDR = "IPADDR"
 
 
@@ -70,6 +69,10 @@ class Guard:
         return None if ok else _json({"message": "unknown token"}, 401)
 
 
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard", Guard)
+
+
 async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
     """The image bytes: a raw body (pict-rs) or the multipart field `file` (pictrs-safety's form)."""
     if request.content_length is not None and request.content_length > max_bytes:
@@ -100,7 +103,7 @@ async def validate(request: web.Request) -> web.Response:
     """POST /pictrs/validate/{token} and /api/v1/scan/{token}: 200 accept, 406 reject."""
     node = request.app[NODE_KEY]
     started = time.perf_counter()
-    refusal = request.app["guard"].check(request, request.match_info["token"])
+    refusal = request.app[GUARD_KEY].check(request, request.match_info["token"])
     if refusal is not None:
         return refusal
     body = await _read_image(request, node.config.media.max_bytes)
@@ -126,7 +129,7 @@ def build_app(node: Node) -> web.Application:
     (pending decision rows written, running inferences finished)."""
     app = web.Application(client_max_size=node.config.media.max_bytes + 1024 * 1024)
     app[NODE_KEY] = node
-    app["guard"] = Guard(node.config)
+    app[GUARD_KEY] = Guard(node.config)
     app.router.add_post("/pictrs/validate/{token}", validate)
     app.router.add_post("/api/v1/scan/{token}", validate)
     app.router.add_get("/healthz", healthz)
