@@ -71,6 +71,9 @@ class BatchingClassifier:
             raise BatcherClosed("classifier batcher is closed")
         if not frames:
             raise ValueError("classify_frames needs at least one frame")
+        if any(frame.width < 1 or frame.height < 1 for frame in frames):
+            # Refused here, so one empty frame cannot fail the batch of other callers.
+            raise ValueError("classify_frames got a frame without pixels")
         # An empty queue always accepts one image, so an animation with more frames than max_queue
         # is slow rather than impossible.
         if self._pending and len(self._pending) + len(frames) > self.max_queue:

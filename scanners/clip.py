@@ -134,7 +134,7 @@ def resolve_source(spec: str) -> ClipSource:
                 f"open_clip_pytorch_model.bin and other *.safetensors/*.bin/*.pth). {_HOW_TO_PROVIDE}")
         sha = file_sha256(checkpoint)
         return ClipSource(open_clip_name=f"{LOCAL_DIR_PREFIX}{folder}", checkpoint=None,
-                          name=folder.resolve().name, version=f"sha256-{sha[:16]}",
+                          name=_config_name(folder / "open_clip_config.json"), version=f"sha256-{sha[:16]}",
                           identity=f"sha256:{sha}", pretrained_cfg={})
 
     open_clip = import_open_clip()
@@ -166,6 +166,21 @@ def resolve_source(spec: str) -> ClipSource:
     identity = f"{name}/{tag}@{Path(os.path.realpath(checkpoint)).name}"
     return ClipSource(open_clip_name=name, checkpoint=checkpoint, name=name, version=tag,
                       identity=identity, pretrained_cfg=dict(cfg))
+
+
+def _config_name(config_path: Path) -> str:
+    """A name that is the same on every machine holding this config: open_clip's own name when the
+    architecture is one of its built-ins (e.g. ViT-L-14-quickgelu), else a hash of the config."""
+    try:
+        model_cfg = json.loads(config_path.read_text(encoding="utf-8"))["model_cfg"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelUnavailable(f"{config_path} is not a valid open_clip config (needs model_cfg): {exc}") from None
+    open_clip = import_open_clip()
+    for name in open_clip.list_models():
+        if open_clip.get_model_config(name) == model_cfg:
+            return name
+    canonical = json.dumps(model_cfg, sort_keys=True, separators=(",", ":"))
+    return f"custom-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
 def _find_in_hf_cache(cfg: dict[str, Any]) -> tuple[str | None, str]:

@@ -41,8 +41,9 @@ def _add_shared_direction(model) -> None:
     with torch.no_grad():
         for layer_norm, projection in ((model.visual.ln_post, model.visual.proj),
                                        (model.ln_final, model.text_projection)):
-            bias = torch.linalg.lstsq(projection.T, direction).solution.squeeze(1)
-            layer_norm.bias.copy_(SHARED_DIRECTION_SCALE * bias)
+            # Solved in float64 so that LAPACK's thread-dependent rounding vanishes in the float32 result.
+            bias = torch.linalg.lstsq(projection.T.double(), direction.double()).solution.squeeze(1)
+            layer_norm.bias.copy_((SHARED_DIRECTION_SCALE * bias).float())
 
 
 def make_tiny_clip_dir(path: str | Path) -> str:
