@@ -113,7 +113,10 @@ def decode_frame(meta: Mapping[str, Any], data: bytes) -> Image.Image:
     if enc == "rgb" or enc == "rgbz":
         if enc == "rgbz":
             inflater = zlib.decompressobj()
-            raw = inflater.decompress(data, expected + 1)
+            try:
+                raw = inflater.decompress(data, expected + 1)
+            except zlib.error as exc:
+                raise ProtocolError(f"unreadable compressed frame: {exc}", "frame") from None
             if inflater.unconsumed_tail or not inflater.eof:
                 raise ProtocolError("compressed frame does not match its declared size", "frame")
         else:
