@@ -40,6 +40,10 @@ SUPPORTED_BITS = (64, 256)
 # probe radius 1 at r=31, as pytx's PDQ index) for PDQ. bench/index.py measures the alternatives.
 DEFAULT_CHUNKS = {64: 3, 256: 16}
 MIN_DELTA = 1024
+# Bucket tables: at most 2**24 offsets (64 MiB) per chunk, and only where they are no bigger than the sorted
+# values they replace (TABLE_MIN_FILL = 1.0); tests set the fill to 0 to exercise tables on small data.
+MAX_TABLE_BITS = 24
+TABLE_MIN_FILL = 1.0
 # Rough per-operation costs in ns, only to choose between probing and scanning; the choice never affects
 # correctness.
 _NS_PER_PROBE_LEVEL = 6.0
@@ -62,16 +66,27 @@ def _probe_count(width: int, max_flips: int) -> int:
     return sum(math.comb(width, k) for k in range(max_flips + 1))
 
 
-class _Chunk:
-    """One substring of the code: bits [shift, shift + width) of 64-bit word ``word`` (word 0 = first hex digits)."""
+def _wants_table(entries: int, width: int, itemsize: int) -> bool:
+    """A bucket table (2**width + 1 offsets) replaces the sorted values once it is no bigger than they are."""
+    return width <= MAX_TABLE_BITS and entries * itemsize >= TABLE_MIN_FILL * 4 * (2**width + 1)
 
-    __slots__ = ("word", "shift", "width", "mask", "dtype", "vals", "perm")
+
+class _Chunk:
+    """One substring of the code: bits [shift, shift + width) of 64-bit word ``word`` (word 0 = first hex digits).
+
+    ``perm`` lists entry positions ordered by chunk value. The runs of equal values are found either by binary
+    search in the sorted values (``vals``; small indexes) or, once the index is large enough that it costs no
+    more memory, in a bucket table (``offsets[v]:offsets[v + 1]``), which replaces ~20 cache misses of a
+    binary search per probe by one."""
+
+    __slots__ = ("word", "shift", "width", "mask", "dtype", "vals", "offsets", "perm")
 
     def __init__(self, word: int, shift: int, width: int) -> None:
         self.word, self.shift, self.width = word, shift, width
         self.mask = (1 << width) - 1
         self.dtype = np.uint16 if width <= 16 else np.uint32
-        self.vals = np.empty(0, dtype=self.dtype)
+        self.vals: np.ndarray | None = np.empty(0, dtype=self.dtype)
+        self.offsets: np.ndarray | None = None
         self.perm = np.empty(0, dtype=np.uint32)
 
     def values(self, words: np.ndarray) -> np.ndarray:
@@ -84,21 +99,47 @@ class _Chunk:
         keys.sort()
         self.vals = (keys >> np.uint64(32)).astype(self.dtype)
         self.perm = (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        self.offsets = None
+        self._maybe_tabulate()
+
+    def _maybe_tabulate(self) -> None:
+        if self.vals is not None and _wants_table(len(self.perm), self.width, self.vals.itemsize):
+            counts = np.bincount(self.vals, minlength=1 << self.width)
+            self.offsets = np.zeros((1 << self.width) + 1, dtype=np.uint32)
+            np.cumsum(counts, out=self.offsets[1:], dtype=np.uint32)
+            self.vals = None
 
     def insert(self, words: np.ndarray, first_position: int) -> None:
-        """Merge new entries (positions first_position...) into the sorted arrays with one linear copy."""
+        """Merge new entries (positions first_position...) into the sorted order with one linear copy."""
         new_vals = self.values(words)
         order = np.argsort(new_vals, kind="stable")
         new_vals = new_vals[order]
-        at = np.searchsorted(self.vals, new_vals, side="right")
-        self.vals = np.insert(self.vals, at, new_vals)
-        self.perm = np.insert(self.perm, at, (order + first_position).astype(np.uint32))
+        new_positions = (order + first_position).astype(np.uint32)
+        if self.offsets is not None:
+            at = self.offsets[new_vals.astype(np.intp) + 1].astype(np.intp)   # end of each bucket
+            self.perm = np.insert(self.perm, at, new_positions)
+            added = np.cumsum(np.bincount(new_vals, minlength=1 << self.width), dtype=np.uint32)
+            self.offsets[1:] += added
+        else:
+            assert self.vals is not None
+            at = np.searchsorted(self.vals, new_vals, side="right")
+            self.vals = np.insert(self.vals, at, new_vals)
+            self.perm = np.insert(self.perm, at, new_positions)
+            self._maybe_tabulate()
 
     def candidates(self, query_words: Sequence[int], max_flips: int) -> np.ndarray:
+        """Positions of the entries whose chunk is within max_flips bits of the query's (with repeats across
+        chunks possible; the caller verifies on the full codes)."""
         value = (query_words[self.word] >> self.shift) & self.mask
-        probes = (_flip_masks(self.width, max_flips) ^ np.uint32(value)).astype(self.dtype)
-        lo = np.searchsorted(self.vals, probes, side="left")
-        hi = np.searchsorted(self.vals, probes, side="right")
+        probes = _flip_masks(self.width, max_flips) ^ np.uint32(value)
+        if self.offsets is not None:
+            lo = self.offsets[probes].astype(np.intp)
+            hi = self.offsets[probes + np.uint32(1)].astype(np.intp)
+        else:
+            assert self.vals is not None
+            probes = probes.astype(self.dtype)
+            lo = np.searchsorted(self.vals, probes, side="left")
+            hi = np.searchsorted(self.vals, probes, side="right")
         counts = hi - lo
         total = int(counts.sum())
         if total == 0:
@@ -109,7 +150,9 @@ class _Chunk:
 
     @property
     def nbytes(self) -> int:
-        return self.vals.nbytes + self.perm.nbytes
+        table = self.offsets.nbytes if self.offsets is not None else 0
+        vals = self.vals.nbytes if self.vals is not None else 0
+        return vals + table + self.perm.nbytes
 
 
 class HammingIndex:
@@ -368,10 +411,11 @@ class HammingIndex:
         if self._use_probing(n, max_flips):
             query_words = [int(w) for w in query]
             found = np.concatenate([chunk.candidates(query_words, max_flips) for chunk in self._chunks])
-            candidates = np.unique(found)
-            distances = self._distances(self._codes[candidates], query)
-            hit = (distances <= radius) & self._alive[candidates]
-            return candidates[hit], distances[hit]
+            # verify first, deduplicate after: true neighbours are the few entries found through several chunks
+            distances = self._distances(self._codes[found], query)
+            hit = (distances <= radius) & self._alive[found]
+            hits, first = np.unique(found[hit], return_index=True)
+            return hits, distances[hit][first]
         distances = self._distances(self._codes, query)
         hit = (distances <= radius) & self._alive
         return np.flatnonzero(hit), distances[hit]

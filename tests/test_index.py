@@ -30,10 +30,13 @@ def oracle(entries: dict[int, int], query: int, radius: int) -> list[tuple[int, 
     return sorted(((r, d) for r, d in hits if d <= radius), key=lambda hit: (hit[1], hit[0]))
 
 
-@pytest.fixture
-def small_delta(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Merge and compact after a few dozen updates instead of 1,024, so short tests cross those paths often."""
+@pytest.fixture(params=["sorted-values", "bucket-tables"])
+def small_delta(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merge and compact after a few dozen updates instead of 1,024, so short tests cross those paths often;
+    run once with binary search in sorted chunk values and once with the bucket tables that large indexes use."""
     monkeypatch.setattr(index_module, "MIN_DELTA", 16)
+    if request.param == "bucket-tables":
+        monkeypatch.setattr(index_module, "TABLE_MIN_FILL", 0.0)
 
 
 @pytest.mark.parametrize("strategy", ["probe", "scan", "auto"])
@@ -97,10 +100,11 @@ def test_compaction_after_many_removals(small_delta: None) -> None:
     index = HammingIndex(64, strategy="probe")
     entries = {ref: rng.getrandbits(64) for ref in range(400)}
     index.add_many(list(entries), [to_hex(c, 64) for c in entries.values()])
+    before = index.nbytes
     for ref in list(entries)[:300]:
         index.remove(ref)
         del entries[ref]
-    assert index.nbytes < 400 * 45, "tombstones were not compacted away"
+    assert index.nbytes < before, "tombstones were not compacted away"
     query = next(iter(entries.values()))
     assert index.search(to_hex(query, 64), 64) == oracle(entries, query, 64)
     assert len(index) == 100
@@ -150,8 +154,10 @@ def test_bad_arguments_are_refused() -> None:
     assert len(index) == 0
 
 
+@pytest.mark.parametrize("table_min_fill", [1.0, 0.0])
 @pytest.mark.parametrize("chunks", [2, 3, 4])
-def test_every_chunk_layout_is_exact(chunks: int) -> None:
+def test_every_chunk_layout_is_exact(chunks: int, table_min_fill: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "TABLE_MIN_FILL", table_min_fill)
     rng = random.Random(chunks)
     index = HammingIndex(64, chunks=chunks, strategy="probe")
     query = rng.getrandbits(64)
@@ -164,9 +170,11 @@ def test_every_chunk_layout_is_exact(chunks: int) -> None:
 class IndexMachine(RuleBasedStateMachine):
     """Random sequences of updates on codes clustered around a few centres, checked after every step."""
 
+    chunks = 3
+
     def __init__(self) -> None:
         super().__init__()
-        self.index = HammingIndex(64, strategy="probe")
+        self.index = HammingIndex(64, chunks=self.chunks, strategy="probe")
         self.entries: dict[int, int] = {}
         self.centres = [0x0123456789ABCDEF, 0xFEDCBA9876543210]
 
@@ -196,12 +204,12 @@ class IndexMachine(RuleBasedStateMachine):
                 assert self.index.search(to_hex(centre, 64), r) == oracle(self.entries, centre, r)
 
 
-@pytest.fixture
-def tiny_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("table_min_fill", [1.0, 0.0])
+def test_state_machine(table_min_fill: float, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(index_module, "MIN_DELTA", 4)
-
-
-def test_state_machine(tiny_delta: None) -> None:
+    monkeypatch.setattr(index_module, "TABLE_MIN_FILL", table_min_fill)
+    # 16-bit chunks when tables are forced: a 2**22-entry table per tiny example would only cost time
+    IndexMachine.chunks = 4 if table_min_fill == 0.0 else 3
     settings_ = settings(max_examples=60, stateful_step_count=30, deadline=None,
                          suppress_health_check=[HealthCheck.too_slow])
     IndexMachine.TestCase.settings = settings_
