@@ -171,3 +171,17 @@ def test_open_source_errors(tmp_path):
     with pytest.raises(SourceError, match="unknown source kind"):
         open_source("gopher://x/")
     assert isinstance(open_source(f"file://{tmp_path}"), LocalSource)
+
+
+def test_open_source_urls():
+    """URL forms of every kind (no connection is made until the first operation)."""
+    s3 = open_source("s3://bucket/media/?endpoint=http://127.0.0.1:9&page_size=10&connect_timeout=3")
+    assert (s3.scheme, s3.bucket, s3.prefixes, s3.page_size) == ("s3", "bucket", ["media/"], 10)
+    assert open_source("s3://bucket/?prefix=b/&prefix=a/&endpoint=http://127.0.0.1:9").prefixes == ["a/", "b/"]
+    ssh = open_source("ssh://alice@host.example:2222/srv/files?insecure_skip_host_check=false")
+    assert (ssh.scheme, ssh.username, ssh.port, ssh.root) == ("ssh", "alice", 2222, "/srv/files")
+    assert "known_hosts" not in ssh._connect_options  # "false" from a URL is not truthy: strict default
+    pictrs = open_source("pictrs+https://pictrs.example/?page_size=5", api_key="k")
+    assert (pictrs.base_url, pictrs.page_size) == ("https://pictrs.example", 5)
+    with pytest.raises(SourceError, match="bucket"):
+        open_source("s3:///nobucket")

@@ -88,8 +88,8 @@ class S3Source(Source):
         if path_style is None:
             path_style = endpoint is not None
         config = Config(retries={"mode": "standard", "max_attempts": 5},
-                        max_pool_connections=int(concurrency), connect_timeout=connect_timeout,
-                        read_timeout=read_timeout,
+                        max_pool_connections=int(concurrency), connect_timeout=float(connect_timeout),
+                        read_timeout=float(read_timeout),
                         s3={"addressing_style": "path" if path_style else "auto"})
         self.client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint, region_name=region or "us-east-1", aws_access_key_id=access_key,

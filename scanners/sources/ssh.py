@@ -102,6 +102,8 @@ class SSHSource(Source):
         options["password"] = None
         options["kbdint_auth"] = False
         options["password_auth"] = False
+        if isinstance(skip_check, str):  # from a URL query
+            skip_check = skip_check.lower() in ("1", "true", "yes")
         if skip_check:
             options["known_hosts"] = None
         elif host_key:
