@@ -2,16 +2,40 @@
 
 Two parties must derive identical bytes from the same JSON value, whatever key order or number spelling
 their serialisers chose; JCS fixes key order (UTF-16 code units), number formatting (ECMAScript) and string
-escaping. The ``rfc8785`` library implements it; we wrap it so its errors become ProtocolError and so the
-rest of the code has one place to call.
+escaping.
+
+Verifying a verdict canonicalizes two documents, and the pure-Python ``rfc8785`` library spent most of a
+verification doing so. So the common case goes through the C ``json`` encoder, which produces exactly the
+JCS bytes when three conditions hold (checked on the way): every float that is not an integer lies in
+[1e-4, 1e16) where Python's repr and ECMAScript's Number.toString agree (integral floats are written as
+integers, as ECMAScript does); every integer is within +-2**53; no object key contains a character beyond
+U+D7FF, so code-point order equals UTF-16 order. Anything else falls back to ``rfc8785``. The string
+escaping of ``json.dumps(ensure_ascii=False)`` is JCS's: only '"', '\\' and control characters, with
+lowercase \\u00xx.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import rfc8785
 
 from protocol.errors import ProtocolError
+
+_MAX_SAFE_INTEGER = 2**53 - 1
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"),
+                           check_circular=False).encode
+
+
+_SAFE_KEYS: set[str] = set()
+_INF = float("inf")
+# A placeholder no JSON string of a peer is expected to contain (checked anyway when it is put back).
+_MARKER = "\ue000JCS\ue001"
+_QUOTED_MARKER = '"' + _MARKER
+
+
+class _NeedsReference(Exception):
+    """The fast path cannot guarantee JCS bytes for this value."""
 
 
 def canonicalize(obj: Any) -> bytes:
@@ -21,12 +45,127 @@ def canonicalize(obj: Any) -> bytes:
     ProtocolError for values JSON cannot carry (NaN, infinities, numbers beyond double range, non-string
     keys, lone surrogates, other Python types)."""
     try:
+        special = _check_fast_path(obj)
+        if special:
+            return _encode_with_number_texts(obj)
+    except _NeedsReference:
+        return _reference(obj)
+    except RecursionError as exc:
+        raise ProtocolError("cannot canonicalize: nested too deeply") from exc
+    try:
+        return _encode(obj).encode("utf-8")
+    except (TypeError, ValueError, UnicodeError, RecursionError) as exc:
+        raise ProtocolError(f"cannot canonicalize: {exc}") from exc
+
+
+def _check_fast_path(obj: Any) -> bool:
+    """Check the fast-path conditions without copying (iteratively: hostile nesting cannot exhaust the
+    stack). Raises _NeedsReference when the C encoder cannot give JCS bytes; returns True when some float
+    must be written differently from Python's repr (see _ecmascript_number)."""
+    stack = [obj]
+    pop, extend = stack.pop, stack.extend
+    special = False
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is str:
+            continue
+        if kind is dict:
+            for key in value:
+                if key not in _SAFE_KEYS:
+                    if type(key) is not str or (key and max(key) >= "\ud800"):
+                        raise _NeedsReference
+                    if len(_SAFE_KEYS) < 4096:  # keys repeat across documents: remember the checked ones
+                        _SAFE_KEYS.add(key)
+            extend(value.values())
+        elif kind is list or kind is tuple:
+            extend(value)
+        elif kind is float:
+            if not 1e-4 <= abs(value) < 1e16 or value.is_integer():  # also true for NaN and infinities
+                if value != value or value in (_INF, -_INF):
+                    raise ProtocolError("cannot canonicalize: NaN and infinities are not JSON")
+                special = True
+        elif kind is int:
+            if not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
+                raise _NeedsReference
+        elif kind is not bool and value is not None:
+            raise _NeedsReference  # subclasses and other types: the reference implementation decides
+    return special
+
+
+def _ecmascript_number(value: float) -> str:
+    """ECMAScript Number::toString of a finite double (what RFC 8785 prescribes), built from Python's
+    shortest round-trip digits, which are the digits ECMAScript chooses too."""
+    if value == 0:
+        return "0"
+    text = repr(abs(value))
+    mantissa, _, exponent = text.partition("e")
+    int_part, _, frac_part = mantissa.partition(".")
+    digits = (int_part + frac_part).lstrip("0")
+    # value = 0.<digits> x 10**point
+    point = len(int_part) + (int(exponent) if exponent else 0) - (len(int_part + frac_part) - len(
+        (int_part + frac_part).lstrip("0")))
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= point <= 21:
+        body = digits + "0" * (point - k)
+    elif 0 < point <= 21:
+        body = digits[:point] + "." + digits[point:]
+    elif -6 < point <= 0:
+        body = "0." + "0" * (-point) + digits
+    else:
+        e = point - 1
+        body = (digits[0] + ("." + digits[1:] if k > 1 else "")) + ("e+" if e > 0 else "e-") + str(abs(e))
+    return "-" + body if value < 0 else body
+
+
+def _encode_with_number_texts(obj: Any) -> bytes:
+    """Encode with the C encoder after replacing each float whose repr is not its ECMAScript form by a
+    placeholder string, then put the ECMAScript text in place of the quoted placeholder."""
+    texts: list[str] = []
+
+    def swap(value: Any) -> Any:
+        kind = type(value)
+        if kind is float:
+            if not 1e-4 <= abs(value) < 1e16 or value.is_integer():
+                texts.append(_ecmascript_number(value))
+                return f"{_MARKER}{len(texts) - 1}{_MARKER}"
+            return value
+        if kind is dict:
+            return {k: swap(v) for k, v in value.items()}
+        if kind is list or kind is tuple:
+            return [swap(v) for v in value]
+        return value
+
+    try:
+        encoded = _encode(swap(obj))
+    except (TypeError, ValueError, UnicodeError) as exc:
+        raise ProtocolError(f"cannot canonicalize: {exc}") from exc
+    parts = encoded.split(_QUOTED_MARKER)
+    # parts alternate: text, index, text, index, ...; any other layout means a string of the document
+    # itself contained the marker: let the reference implementation handle that document.
+    if len(parts) != 2 * len(texts) + 1:
+        return _reference(obj)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.append(part)
+        else:
+            start, _, rest = part.partition(_MARKER)
+            if not start.isdigit() or int(start) != i // 2 or rest:
+                return _reference(obj)
+            out.append(texts[i // 2])
+    return "".join(out).encode("utf-8")
+
+
+def _reference(obj: Any) -> bytes:
+    try:
         return rfc8785.dumps(obj)
     except rfc8785.IntegerDomainError:
         # JSON numbers are IEEE doubles (I-JSON); a JavaScript peer reads 295147905179352830000 as the double
         # 2.9514790517935283e20 and canonicalizes that. Python parsed it as an int: treat it as the double too.
         try:
-            return canonicalize(_ints_as_doubles(obj))
+            return _reference(_ints_as_doubles(obj))
         except OverflowError as exc:
             raise ProtocolError(f"cannot canonicalize: number out of range: {exc}") from exc
     except rfc8785.CanonicalizationError as exc:
@@ -46,6 +185,3 @@ def _ints_as_doubles(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_ints_as_doubles(v) for v in obj]
     return obj
-
-
-_MAX_SAFE_INTEGER = 2**53 - 1

@@ -183,6 +183,7 @@ VERDICT_CONTEXT: list[Any] = [
 
 MAX_URL_LEN = 2048
 _HEX_LOWER = re.compile(r"[0-9a-f]+\Z")
+_WHITESPACE = re.compile(r"\s")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\Z")
 
 
@@ -304,7 +305,7 @@ def origin_of(url: str) -> str | None:
 
 def _url(obj: dict[str, Any], name: str, where: str) -> str:
     value = _text(obj, name, where, MAX_URL_LEN)
-    if origin_of(value) is None or any(c.isspace() for c in value):
+    if origin_of(value) is None or _WHITESPACE.search(value):
         raise ProtocolError("must be an http(s) URL", _path(where, name))
     return value
 

@@ -85,3 +85,21 @@ def test_property_canonical_form_is_idempotent_and_parses_back(value):
 def test_big_integers_are_read_as_doubles_like_javascript():
     assert canonicalize(295147905179352830000) == b"295147905179352830000"
     assert canonicalize({"a": [2**60]}) == b'{"a":[1152921504606847000]}'
+
+
+any_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=8)
+wide_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53 + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from([0.0, -0.0, 1.0, 1e-4, 9.99e-5, 1e16, 1e21, 5e-324, 0.1, 1e-7]) | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        any_text | st.sampled_from(["\ue000", "\U0001f600", "\uffff", "a\U00010000"]), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(wide_values)
+def test_property_fast_path_equals_reference_implementation(value):
+    """The C-encoder fast path must give exactly the bytes of the reference rfc8785 library."""
+    import rfc8785
+    assert canonicalize(value) == rfc8785.dumps(value)
