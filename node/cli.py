@@ -82,6 +82,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.work_queue", "cmd_workers"))
 
+    # -- federation (node/peers.py, node/federation.py); they act on the database, a running server
+    #    picks the changes up within federation.poll_seconds --
+    p = sub.add_parser("peers", help="follow requests and peers: list, approve, reject, remove, show-key")
+    peers_sub = p.add_subparsers(dest="peers_command", required=True, metavar="ACTION")
+    q = peers_sub.add_parser("list", help="peers (peers.yaml and follow requests) with follow states and queues")
+    q.add_argument("--json", action="store_true", help="JSON instead of text")
+    _add_config_option(q)
+    for action, text in (("approve", "accept a pending follow request: the peer receives our verdicts"),
+                         ("reject", "refuse a follow request (or end an approved one)"),
+                         ("remove", "end following in both directions (Reject + Undo)")):
+        q = peers_sub.add_parser(action, help=text)
+        q.add_argument("actor", metavar="ACTOR", help="the peer's actor URL, e.g. https://peer.example/actor")
+        _add_config_option(q)
+    q = peers_sub.add_parser("show-key", help="print this node's key fingerprints, for peers to pin")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.peers", "cmd_peers"))
+
+    p = sub.add_parser("verdicts", help="verdicts held here: list, retract")
+    verdicts_sub = p.add_subparsers(dest="verdicts_command", required=True, metavar="ACTION")
+    q = verdicts_sub.add_parser("list", help="newest verdicts first")
+    q.add_argument("which", nargs="?", choices=("all", "own", "peers"), default="all")
+    q.add_argument("--issuer", default=None, help="only this issuer's (actor URL)")
+    q.add_argument("--retracted", action="store_true", help="list retracted verdicts instead")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true", help="JSON instead of text")
+    _add_config_option(q)
+    q = verdicts_sub.add_parser("retract", help="stop using a verdict; an own verdict is retracted at every peer")
+    q.add_argument("verdict_id", metavar="ID", help="the verdict's id (URL)")
+    q.add_argument("--reason", required=True, help="why (recorded here and at every peer)")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.federation", "cmd_verdicts"))
+
     return parser
 
 
