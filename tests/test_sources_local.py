@@ -185,3 +185,20 @@ def test_open_source_urls():
     assert (pictrs.base_url, pictrs.page_size) == ("https://pictrs.example", 5)
     with pytest.raises(SourceError, match="bucket"):
         open_source("s3:///nobucket")
+
+
+def test_quarantine_to_another_filesystem(tmp_path):
+    """/dev/shm is a different mount from tmp_path: quarantine copies then removes (EXDEV path)."""
+    import tempfile
+    root = tmp_path / "files"
+    root.mkdir()
+    files = make_tree(root)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        src = LocalSource(root, quarantine_dir=Path(other) / "q")
+        item = next(i for i in run(collect(src)) if i.key == "000/000/0006a-uuid")
+        location = run(src.quarantine(item, {}))
+        assert os.stat(location).st_dev != os.stat(root).st_dev
+        assert not (root / item.key).exists() and Path(location).read_bytes() == files[item.key]
+        assert stat.S_IMODE(os.stat(location).st_mode) == 0o600
+        assert run(src.release(location)).key == item.key
+        assert (root / item.key).read_bytes() == files[item.key]

@@ -183,3 +183,30 @@ def test_unreachable_host_gives_clear_error(sshd_server, tree):
                       client_keys=[str(sshd_server.client_keys["ed25519"])], retries=1, backoff=0.01)
     with pytest.raises(SourceError, match="failed after 1 reconnects"):
         run(collect(src))
+
+
+def test_key_from_ssh_agent(sshd_server, tree, tmp_path, monkeypatch):
+    """No key file and no passphrase configured: the key comes from a running ssh-agent."""
+    import subprocess
+    import time
+    root, _ = tree
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(sshd_server.client_keys["rsa"])], env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh default keys to fall back on
+        src = open_source(sshd_server.url(str(root)), host_key=sshd_server.host_public_key)
+
+        async def go():
+            async with src:
+                return len(await collect(src))
+        assert run(go()) == 14
+    finally:
+        agent.terminate()
+        agent.wait(5)
