@@ -345,7 +345,8 @@ def _parse(doc: Any, nested: bool) -> Activity:
     actor = _url(_ref(obj.get("actor")), "actor")
     if origin_of(activity_id) != origin_of(actor):
         raise ProtocolError("activity id must be on the actor's origin", "id")
-    to = tuple(_url(v, "to") for v in _as_list(obj.get("to")))
+    # recipients are informational (delivery already happened): any strings, e.g. "as:Public" too
+    to = tuple(_string(v, "to", MAX_URL_LEN) for v in _as_list(obj.get("to")))
     if len(to) > 1000:
         raise ProtocolError("too many recipients", "to")
     target = obj.get("object")
