@@ -168,6 +168,23 @@ _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp
 
 
 # ---------------------------------------------------------------------------------------------- walkers
+# Walkers step through the container in Python, so a file made of millions of tiny pieces (1-byte GIF
+# sub-blocks, empty PNG chunks, JPEG fill segments) could cost seconds. Real files stay far below
+# these caps (a 50 MB GIF with full 255-byte sub-blocks has ~200k); beyond them the file is refused.
+MAX_GIF_SUB_BLOCKS = 1_000_000
+MAX_CHUNKS = 100_000  # PNG and WebP chunks
+MAX_JPEG_SEGMENTS = 10_000
+MAX_JPEG_SCANS = 256  # progressive JPEGs use ~10; thousands of scans is a known decoder DoS
+MAX_JPEG_FILL = 65_536  # 0xFF padding before markers: Pillow skips it one byte at a time in Python
+
+
+def _too_many(what: str, cap: int) -> Unreadable:
+    return Unreadable(f"pathological structure: more than {cap} {what}")
+
+
+
+_JPEG_ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+_JPEG_FILL = re.compile(rb"\xff\xff+")
 
 
 def _walk_jpeg(data: bytes) -> Structure:
@@ -176,11 +193,18 @@ def _walk_jpeg(data: bytes) -> Structure:
     s = Structure("jpeg")
     n = len(data)
     pos = 2
-    entropy_end = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+    segments = scans = filled = 0
     while True:
+        segments += 1
+        if segments > MAX_JPEG_SEGMENTS:
+            raise _too_many("jpeg segments", MAX_JPEG_SEGMENTS)
         # Markers may be preceded by any number of 0xFF fill bytes.
-        while pos < n and data[pos] == 0xFF and pos + 1 < n and data[pos + 1] == 0xFF:
-            pos += 1
+        fill = _JPEG_FILL.match(data, pos)
+        if fill:
+            filled += fill.end() - 1 - pos
+            if filled > MAX_JPEG_FILL:
+                raise _too_many("jpeg fill bytes", MAX_JPEG_FILL)
+            pos = fill.end() - 1
         if pos + 2 > n:
             s.truncated = True
             return s
@@ -211,7 +235,10 @@ def _walk_jpeg(data: bytes) -> Structure:
         if is_sof or marker in (0xC4, 0xCC, 0xDB, 0xDD, 0xDC, 0xDF) or adobe:
             s.image_parts.append((b"M%02X" % marker, pos + 2, seg_end))
         if marker == 0xDA:  # SOS: entropy-coded data runs to the next non-RST marker
-            match = entropy_end.search(data, seg_end)
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise _too_many("jpeg scans", MAX_JPEG_SCANS)
+            match = _JPEG_ENTROPY_END.search(data, seg_end)
             scan_end = match.start() if match else n
             s.image_parts.append((b"SOS", pos + 2, scan_end))
             if match is None:
@@ -231,7 +258,7 @@ def _walk_png(data: bytes) -> Structure:
     s = Structure("png")
     n = len(data)
     pos = 8
-    while True:
+    for _ in range(MAX_CHUNKS):
         if pos + 8 > n:
             s.truncated = True
             return s
@@ -250,6 +277,7 @@ def _walk_png(data: bytes) -> Structure:
         if ctype == b"IEND":
             s.end = pos
             return s
+    raise _too_many("png chunks", MAX_CHUNKS)
 
 
 _WEBP_IMAGE_CHUNKS = {b"VP8 ", b"VP8L", b"ALPH", b"ANIM", b"ANMF"}
@@ -267,7 +295,11 @@ def _walk_webp(data: bytes) -> Structure:
     pos = 12
     frames = 0
     canvas = None
+    chunks = 0
     while pos + 8 <= limit:
+        chunks += 1
+        if chunks > MAX_CHUNKS:
+            raise _too_many("webp chunks", MAX_CHUNKS)
         ctype, length = struct.unpack_from("<4sI", data, pos)
         start, end = pos + 8, pos + 8 + length
         if end > limit:
@@ -299,14 +331,18 @@ def _walk_webp(data: bytes) -> Structure:
     return s
 
 
-def _gif_skip_sub_blocks(data: bytes, pos: int) -> int:
-    """Return the offset after a chain of GIF data sub-blocks (length byte + data, 0-terminated)."""
+def _gif_skip_sub_blocks(data: bytes, pos: int, budget: list[int]) -> int:
+    """Return the offset after a chain of GIF data sub-blocks (length byte + data, 0-terminated);
+    ``budget[0]`` counts down the sub-blocks the whole file may have."""
     n = len(data)
     while pos < n:
         size = data[pos]
         if size == 0:
             return pos + 1
         pos += 1 + size
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _too_many("gif sub-blocks", MAX_GIF_SUB_BLOCKS)
     raise IndexError
 
 
@@ -331,15 +367,19 @@ def _walk_gif(data: bytes) -> Structure:
     s.gif_header_end = pos
     frame_start = pos
     transparent = False  # the pending graphic control extension makes the next frame see-through
+    budget = [MAX_GIF_SUB_BLOCKS]
     try:
         while True:
+            budget[0] -= 1  # every block counts, so millions of empty extensions are refused too
+            if budget[0] < 0:
+                raise _too_many("gif blocks", MAX_GIF_SUB_BLOCKS)
             block = data[pos]
             if block == 0x3B:  # trailer
                 s.end = pos + 1
                 break
             if block == 0x21:
                 label = data[pos + 1]
-                end = _gif_skip_sub_blocks(data, pos + 2)
+                end = _gif_skip_sub_blocks(data, pos + 2, budget)
                 if label in (0xF9, 0x01):
                     s.image_parts.append((b"X%02X" % label, pos, end))
                 if label == 0xF9 and pos + 3 < n:
@@ -350,7 +390,7 @@ def _walk_gif(data: bytes) -> Structure:
                 lzw = pos + 10
                 if fpacked & 0x80:
                     lzw += 3 << ((fpacked & 7) + 1)
-                end = _gif_skip_sub_blocks(data, lzw + 1)
+                end = _gif_skip_sub_blocks(data, lzw + 1, budget)
                 s.image_parts.append((b"IMG", pos, end))
                 covers = left == 0 and top == 0 and w >= s.width and h >= s.height and not transparent
                 transparent = False

@@ -230,4 +230,32 @@ def hostile_corpus() -> dict[str, tuple[bytes, str]]:
         "mp4_header": (mp4_header(), "video"),
         "webm_header": (webm_header(), "video"),
         "jpeg_header_only": (photo_jpeg[:200], "unreadable"),
+        "gif_3m_tiny_sub_blocks": (gif_tiny_sub_blocks(), "unreadable"),
+        "jpeg_20mb_fill_bytes": (jpeg_fill_bytes(), "unreadable"),
+        "png_2m_empty_chunks": (png_many_chunks(), "unreadable"),
     }
+
+
+def gif_tiny_sub_blocks(count: int = 3_000_000) -> bytes:
+    """A GIF whose one frame's data is split into 1-byte sub-blocks (2 bytes each on disk): valid, but a
+    block-by-block walk over it is millions of steps."""
+    palette = np.zeros((256, 3), np.uint8)
+    lzw = _lzw_uncompressed(bytes(16))
+    data = b"".join(b"\x01" + lzw[i:i + 1] for i in range(len(lzw)))
+    filler = b"\x01\x00" * count  # 1-byte sub-blocks of zeros after the real data: still one chain
+    frame = (b"\x2c" + struct.pack("<HHHHB", 0, 0, 4, 4, 0) + b"\x08" + data + filler + b"\x00")
+    return raw_gif(4, 4, palette, [frame])
+
+
+def jpeg_fill_bytes(count: int = 20_000_000) -> bytes:
+    """A JPEG whose first marker is preceded by 20 MB of 0xFF fill bytes: legal padding, but Pillow's
+    marker parser steps over it one byte at a time in Python (~20 s here), so it is refused."""
+    base = photo_bytes("coffee", size=64)
+    return base[:2] + b"\xff" * count + base[2:]
+
+
+def png_many_chunks(count: int = 2_000_000) -> bytes:
+    """A PNG with two million empty private ancillary chunks before its image data."""
+    base = photo_bytes("coffee", "png", size=32)
+    empty = struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))
+    return base[:33] + empty * count + base[33:]

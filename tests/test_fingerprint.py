@@ -108,8 +108,9 @@ def strip_gif(data: bytes) -> bytes:
 
 def _with_metadata(fmt: str) -> bytes:
     im = photo_image("chelsea")
-    if fmt == "jpeg":
-        return encode(im, "jpeg", exif=_exif(), icc_profile=ICC, comment=b"a comment", xmp=XMP)
+    if fmt in ("jpeg", "jpeg-progressive"):
+        return encode(im, "jpeg", exif=_exif(), icc_profile=ICC, comment=b"a comment", xmp=XMP,
+                      progressive=fmt == "jpeg-progressive", optimize=True)
     if fmt == "png":
         info = PngImagePlugin.PngInfo()
         info.add_text("Comment", "a comment")
@@ -123,7 +124,8 @@ def _with_metadata(fmt: str) -> bytes:
     raise AssertionError(fmt)
 
 
-_STRIP = {"jpeg": strip_jpeg, "png": strip_png, "webp": strip_webp, "gif": strip_gif}
+_STRIP = {"jpeg": strip_jpeg, "jpeg-progressive": strip_jpeg, "png": strip_png, "webp": strip_webp,
+          "gif": strip_gif}
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -131,7 +133,7 @@ def _pixels(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "gif"])
+@pytest.mark.parametrize("fmt", ["jpeg", "jpeg-progressive", "png", "webp", "gif"])
 def test_metadata_stripping_keeps_pixel_key(fmt: str) -> None:
     original = _with_metadata(fmt)
     stripped = _STRIP[fmt](original)
