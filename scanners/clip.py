@@ -191,9 +191,10 @@ def _find_in_hf_cache(cfg: dict[str, Any]) -> tuple[str | None, str]:
         return None, f"a hub repository (the tag's only source is the URL {cfg.get('url', '?')})"
     repo, filename = os.path.split(hub.rstrip("/")) if not hub.endswith("/") else (hub.rstrip("/"), "")
     candidates = list(HF_WEIGHT_FILES)
-    if filename:
-        stem, _ = os.path.splitext(filename)
-        candidates = [f"{stem}.safetensors", filename]
+    if filename and filename not in HF_WEIGHT_FILES:
+        stem, suffix = os.path.splitext(filename)
+        # open_clip prefers a .safetensors twin of a pickled checkpoint; so do we.
+        candidates = [f"{stem}.safetensors", filename] if suffix in (".bin", ".pth") else [filename]
     for candidate in candidates:
         found = try_to_load_from_cache(repo_id=repo, filename=candidate)
         if isinstance(found, str) and os.path.isfile(found):
@@ -238,11 +239,11 @@ class ClipClassifier:
                           image_interpolation=cfg.get("interpolation"),
                           image_resize_mode=cfg.get("resize_mode"))
         try:
-            if source.checkpoint is None and not source.open_clip_name.startswith(LOCAL_DIR_PREFIX):
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # "random" weights are the same on every run
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                source.open_clip_name, pretrained=source.checkpoint, precision=precision, device=device,
-                **kwargs)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    source.open_clip_name, pretrained=source.checkpoint, precision=precision, device=device,
+                    **kwargs)
         except (RuntimeError, ValueError, OSError, KeyError) as exc:
             raise ModelUnavailable(f"could not load CLIP model {spec!r}: {exc}") from exc
         model.eval()
