@@ -206,7 +206,7 @@ def _lower_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> di
     return merged
 
 
-_CAVAGE_PARAM = re.compile(r'\s*([A-Za-z]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([0-9]+))\s*(?:,|\Z)')
+_CAVAGE_PARAM = re.compile(r'\s*([A-Za-z]+)\s*=\s*(?:"([^"\\]*+(?:\\.[^"\\]*+)*+)"|([0-9]+))\s*(?:,|\Z)')
 
 
 def _parse_cavage(value: str) -> SignatureParams:
@@ -220,7 +220,9 @@ def _parse_cavage(value: str) -> SignatureParams:
         if name in fields:
             raise SignatureError(f"parameter {name} given twice", "signature")
         raw = match.group(2)
-        fields[name] = re.sub(r"\\(.)", r"\1", raw) if raw is not None else match.group(3)
+        if raw is not None and "\\" in raw:
+            raw = re.sub(r"\\(.)", r"\1", raw)
+        fields[name] = raw if raw is not None else match.group(3)
         pos = match.end()
     key_id = fields.get("keyId")
     if not key_id:
