@@ -56,9 +56,9 @@ def _structure_key(data: bytes, s: _media.Structure) -> str:
 
 def _decoded_key(data: bytes, fmt: str | None, limits: _media.Limits) -> str:
     """Fallback: hash every decoded frame at full resolution (mode, size, pixels)."""
-    if not fmt or fmt not in _media._PIL_FORMATS:
+    if not fmt or fmt not in _media.PIL_FORMATS:
         raise Unreadable(f"no pixel key for format {fmt}")
-    im = _media._open(data, fmt)
+    im = _media.open_image(data, fmt)
     w, h = im.size
     if w * h > limits.max_pixels:
         raise Unreadable("too many pixels")

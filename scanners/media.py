@@ -38,6 +38,10 @@ __all__ = [
     "walk",
     "orientation_of",
     "to_rgb",
+    "open_image",
+    "PIL_FORMATS",
+    "Unreadable",
+    "BACKGROUND",
     "PINNED_SIDE",
 ]
 
@@ -56,7 +60,11 @@ class Limits:
     """Resource limits for one decode. ``max_pixels`` is per frame and checked on header dimensions before
     any allocation; ``max_frames`` is how many frames of an animation are sampled; ``animation_budget``
     caps the pixels decoded while seeking through APNG/WebP/TIFF animations (their decoders must go
-    through every earlier frame), so a long animation is sampled over its reachable prefix."""
+    through every earlier frame), so a long animation is sampled over its reachable prefix.
+
+    Sampling is even, first and last frame included: any run of more than (n-1)/(max_frames-1)
+    consecutive frames of an n-frame animation contains a sample; a single odd frame in a long
+    animation can fall between samples (raise ``max_frames`` to narrow the gap)."""
 
     max_bytes: int = 50_000_000
     max_pixels: int = 64_000_000
@@ -92,7 +100,12 @@ class Structure:
 @dataclass
 class Media:
     """The outcome of ``decode``. ``frames`` are RGB, at most ``frame_side`` px on the long side, with
-    EXIF orientation applied; ``frame_indices`` says which animation frames they are."""
+    EXIF orientation applied; ``frame_indices`` says which animation frames they are.
+
+    ``flags`` (present only when they apply): ``trailing_bytes`` (int: bytes after the image's end
+    marker, e.g. an appended ZIP), ``truncated`` (True), ``animated`` (True), ``orientation`` (EXIF
+    2..8, already applied), ``frames_approximate`` (GIF samples rebuilt from a window, see
+    ``_gif_frames``), ``sampled_frames_upto`` (int: animation sampled over this prefix only)."""
 
     outcome: str
     format: str | None = None
@@ -108,7 +121,8 @@ class Media:
 
 
 class Unreadable(Exception):
-    """Internal: a decode step refuses the data; becomes ``Media(outcome="unreadable", reason=...)``."""
+    """The bytes are not a decodable image. ``decode`` turns it into ``Media(outcome="unreadable",
+    reason=str(exc))``; ``scanners.fingerprint`` raises it when asked for the keys of such bytes."""
 
 
 # ---------------------------------------------------------------------------------------------- sniffing
@@ -162,8 +176,9 @@ def sniff(data: bytes) -> str | None:
 
 
 _VIDEO = {"mp4", "mov", "webm", "mkv", "avi"}
-# Formats Pillow decodes here (AVIF through Pillow's own plugin); jxl/heif/ico are refused as unsupported.
-_PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF",
+# Formats Pillow decodes here (AVIF through Pillow 13's own plugin); jxl/heif/ico are refused as unsupported
+# (pillow-heif is not a dependency).
+PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF",
                 "avif": "AVIF"}
 
 
@@ -470,8 +485,9 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _downscale(im: Image.Image, side: int) -> Image.Image:
-    """Fit within ``side`` px with a fixed filter (bilinear, antialiased when shrinking; a box reduction
-    first when the input is over 3x larger); the output size depends on the input size only."""
+    """Fit within ``side`` px with a fixed filter (bilinear, antialiased when shrinking, after an integer
+    box reduction when far larger: Pillow's reducing_gap=3); the output size depends on the input size
+    only."""
     w, h = im.size
     longest = max(w, h)
     if longest <= side:
@@ -492,9 +508,10 @@ def _finish(im: Image.Image, side: int, orientation: int) -> Image.Image:
     return out
 
 
-def _open(data: bytes, fmt: str) -> Image.Image:
-    # formats= restricts Pillow to the sniffed plugin: no other parser ever sees hostile bytes.
-    return Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]])
+def open_image(data: bytes, fmt: str) -> Image.Image:
+    """Open (lazily: nothing decoded yet) with Pillow restricted to the sniffed format's plugin, so no
+    other parser ever sees hostile bytes. ``fmt`` is a key of ``PIL_FORMATS``."""
+    return Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]])
 
 
 def _draft(im: Image.Image, side: int) -> None:
@@ -515,7 +532,8 @@ def _sample(count: int, k: int) -> list[int]:
     return sorted({round(i * (count - 1) / (k - 1)) for i in range(k)})
 
 
-def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int, budget: int) -> tuple[list[Image.Image], bool]:
+def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int,
+                budget: int) -> tuple[list[Image.Image], bool]:
     """Sampled GIF frames, composited as a browser shows them, without decoding the whole animation.
 
     A frame that covers the screen without transparency resets the picture, so frame k only depends on
@@ -540,7 +558,7 @@ def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int, budget
     out: list[Image.Image] = []
     if cost <= budget:
         for start, ks in groups:
-            im = _open(header + data[s.gif_frames[start][0]:s.gif_frames[ks[-1]][1]] + b";", "gif")
+            im = open_image(header + data[s.gif_frames[start][0]:s.gif_frames[ks[-1]][1]] + b";", "gif")
             for k in ks:
                 im.seek(k - start)
                 im.load()
@@ -552,7 +570,7 @@ def _gif_frames(data: bytes, s: Structure, indices: list[int], side: int, budget
         parts = [header, data[s.gif_frames[j][0]:s.gif_frames[j][1]]]
         if first <= k:
             parts.append(data[s.gif_frames[first][0]:s.gif_frames[k][1]])
-        im = _open(b"".join(parts) + b";", "gif")
+        im = open_image(b"".join(parts) + b";", "gif")
         im.seek(getattr(im, "n_frames", 1) - 1)
         im.load()
         out.append(_finish(im, side, 1))
@@ -601,7 +619,7 @@ def _decode(data: bytes, limits: Limits) -> Media:
         return Media(outcome="video", format=fmt, reason="video is not scanned as an image")
     if fmt in ("svg", "html"):
         return _unreadable("not an image (svg/html)", fmt)
-    if fmt not in _PIL_FORMATS:
+    if fmt not in PIL_FORMATS:
         return _unreadable(f"unsupported format ({fmt})", fmt)
 
     s = walk(data, fmt)
@@ -637,7 +655,7 @@ def _decode(data: bytes, limits: Limits) -> Media:
         src = data
         if fmt == "jpeg" and s is not None and s.truncated:
             src = data + b"\xff\xd9"  # let libjpeg finish the scan: missing rows come out grey
-        im = _open(src, fmt)
+        im = open_image(src, fmt)
         media.width, media.height = im.size
         if media.width * media.height > limits.max_pixels:
             return _unreadable(f"too many pixels: {media.width}x{media.height} > {limits.max_pixels}", fmt)
