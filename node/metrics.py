@@ -16,6 +16,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict = {}
         r = self.registry
         self.images = Counter("verdictnode_images_total", "Images decided, by outcome and by what the decision came from.",
                               ["outcome", "source"], registry=r)
@@ -37,6 +38,14 @@ class Metrics:
         self.classifier_available = Gauge("verdictnode_classifier_available", "1 when a classifier is loaded.",
                                           registry=r)
         self.index_size = Gauge("verdictnode_index_entries", "Entries in the perceptual indexes.", ["hash"], registry=r)
+
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, cached: prometheus-client's lookup costs more than the rest of a cache hit."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

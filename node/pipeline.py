@@ -15,6 +15,7 @@ inference that finishes late still stores its verdict, so the next upload of tha
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -128,14 +129,24 @@ class Pipeline:
     async def _check(self, work: _Work) -> Result:
         node = self.node
         loop = asyncio.get_running_loop()
-        if len(work.data) > _INLINE_HASH_BYTES:
-            work.sha256, work.pixel_sha256 = await loop.run_in_executor(
-                node.executor, fingerprinting.exact_keys, work.data)
+        big = len(work.data) > _INLINE_HASH_BYTES
+        if big:
+            work.sha256 = await loop.run_in_executor(node.executor, _sha256_hex, work.data)
         else:
-            work.sha256, work.pixel_sha256 = fingerprinting.exact_keys(work.data)
+            work.sha256 = _sha256_hex(work.data)
 
-        # 1. exact keys, no decode: the hot path for images seen before.
-        for hit in node.store.find_exact(work.sha256, work.pixel_sha256):
+        # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
+        #    need no pixel key: the store knows it from our verdict.
+        hits, complete = node.store.find_by_bytes(work.sha256)
+        if not complete:
+            if big:
+                work.pixel_sha256 = await loop.run_in_executor(node.executor, _pixel_key, work.data)
+            else:
+                work.pixel_sha256 = _pixel_key(work.data)
+            hits = node.store.find_exact(work.sha256, work.pixel_sha256) if work.pixel_sha256 else hits
+        else:
+            work.pixel_sha256 = next((h.verdict.fingerprint.pixel_sha256 for h in hits if h.own), None)
+        for hit in hits:
             work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)
         if work.candidates:
             decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
@@ -199,8 +210,14 @@ class Pipeline:
             # Perceptual hashes from another preprocessing recipe are not comparable.
             if hit is None or hit.verdict.fingerprint.preprocessing != fp.preprocessing:
                 continue
+            theirs = hit.verdict.fingerprint
+            if theirs.sha256 == fp.sha256 or theirs.pixel_sha256 == fp.pixel_sha256:
+                # Stored since our exact lookup (a twin request's inference): it is an exact match.
+                kind = "sha256" if theirs.sha256 == fp.sha256 else "pixel_sha256"
+                work.candidates[ref] = Candidate(hit.verdict, kind, 0, hit.own)
+                continue
             current = work.candidates.get(ref)
-            if current is None or distance < current.distance:
+            if current is None or (current.match not in ("sha256", "pixel_sha256") and distance < current.distance):
                 work.candidates[ref] = Candidate(hit.verdict, match, distance, hit.own)
 
     async def _ask_peers(self, work: _Work) -> None:
@@ -244,7 +261,7 @@ class Pipeline:
         if task is None:
             # A twin request may have finished its inference while we were decoding: use its verdict.
             for hit in node.store.find_exact(work.sha256, work.pixel_sha256):
-                work.candidates.setdefault(hit.rowid, Candidate(hit.verdict, hit.match, 0, hit.own))
+                work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)  # exact beats perceptual
             own_hit = self._own_current_verdict(work)
             if own_hit is not None:
                 decision = decide(node.policy, list(work.candidates.values()),
@@ -324,7 +341,7 @@ class Pipeline:
             by_id = {c.verdict.id: c.match for c in work.candidates.values()}
             matches = {by_id.get(v) for v in used} - {None}
             best = next((m for m in ("sha256", "pixel_sha256", "phash64", "pdq256") if m in matches), "none")
-            node.metrics.cache_hits.labels(source, best).inc()
+            node.metrics.child(node.metrics.cache_hits, source, best).inc()
         return self._result(work, self._answer(decision.outcome), decision.outcome, reason, source,
                             verdict_ids=used, scores=decision.scores, inferred=inferred)
 
@@ -345,8 +362,8 @@ class Pipeline:
 
     def _record(self, work: _Work, result: Result) -> None:
         node = self.node
-        node.metrics.images.labels(result.outcome, result.source).inc()
-        node.metrics.pipeline_seconds.labels(result.source).observe(result.elapsed_ms / 1000.0)
+        node.metrics.child(node.metrics.images, result.outcome, result.source).inc()
+        node.metrics.child(node.metrics.pipeline_seconds, result.source).observe(result.elapsed_ms / 1000.0)
         node.store.record_decision(
             source=work.source, source_key=work.source_key, decision=result.decision, reason=result.reason,
             origin=result.source, fingerprint=result.fingerprint, sha256=result.sha256,
@@ -361,6 +378,18 @@ class _QueueFullError(Exception):
 @dataclass(frozen=True)
 class _Scores:
     scores: dict[str, float]
+
+
+def _sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pixel_key(data: bytes) -> str | None:
+    """The metadata-insensitive key, or None for bytes that are no image (never raises)."""
+    try:
+        return fingerprinting.pixel_sha256(data)
+    except Exception:  # noqa: BLE001 - hostile bytes have only their byte key
+        return None
 
 
 def _decode_and_fingerprint(data: bytes, limits: Any) -> tuple[Any, Fingerprint | None, str | None]:

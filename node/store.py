@@ -301,6 +301,24 @@ class Store:
             out.append(StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1]), match))
         return out
 
+    def find_by_bytes(self, sha256: str) -> tuple[list[StoredVerdict], bool]:
+        """The fast path for bytes seen before, without computing their pixel key: verdicts on this sha256,
+        plus verdicts on the pixel key that WE computed for these bytes (an own verdict's pixel_sha256).
+        Returns (hits, complete): complete is True when an own verdict vouched for the pixel key, so the
+        result equals `find_exact(sha256, pixel_sha256)` and the caller need not compute the pixel key."""
+        rows = self.conn.execute(
+            f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND (sha256 = ?1 OR "
+            f"pixel_sha256 IN (SELECT pixel_sha256 FROM verdicts WHERE sha256 = ?1 AND own = 1))",
+            (sha256,)).fetchall()
+        out = []
+        complete = False
+        for row in rows:
+            exact = row[3] == sha256
+            own = bool(row[-1])
+            complete = complete or (exact and own)
+            out.append(StoredVerdict(row[0], verdict_from_row(row[:-1]), own, "sha256" if exact else "pixel_sha256"))
+        return out, complete
+
     def verdicts_by_rowid(self, rowids: Iterable[int]) -> dict[int, StoredVerdict]:
         """Active verdicts for index hits (rowids from HammingIndex)."""
         ids = list(dict.fromkeys(int(r) for r in rowids))

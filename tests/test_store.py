@@ -107,3 +107,21 @@ def test_each_thread_gets_its_own_connection(tmp_path):
     assert len(store._connections) == 2
     assert store.counts() == {"own_verdicts": 0, "peer_verdicts": 1, "decisions": 0}
     store.close()
+
+
+def test_find_by_bytes_is_complete_only_when_an_own_verdict_vouches_for_the_pixel_key(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    own = make_verdict(1, issuer="https://me.example/actor", pixel="p" * 64)
+    # A peer's verdict on other bytes with the same pixels (e.g. before exiftool), and an unrelated one.
+    twin = make_verdict(2, issuer="https://peer.example/actor", pixel="p" * 64, label="csam")
+    make_other = make_verdict(3, issuer="https://peer.example/actor")
+    for v, is_own in ((own, True), (twin, False), (make_other, False)):
+        store.insert_verdict(v, None, own=is_own)
+    hits, complete = store.find_by_bytes(own.fingerprint.sha256)
+    assert complete
+    assert {(h.verdict.id, h.match) for h in hits} == {(own.id, "sha256"), (twin.id, "pixel_sha256")}
+    assert {h.verdict.id for h in hits} == {h.verdict.id for h in store.find_exact(own.fingerprint.sha256, "p" * 64)}
+    hits, complete = store.find_by_bytes(twin.fingerprint.sha256)  # only a peer's word for these bytes
+    assert not complete and [h.verdict.id for h in hits] == [twin.id]
+    assert store.find_by_bytes("f" * 64) == ([], False)
+    store.close()
