@@ -53,6 +53,21 @@ class PeerResponse:
             raise PeerRequestError(f"answer is not JSON: {exc}", self.status) from None
 
 
+async def read_limited(stream: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds ``limit`` (we never hold more than limit + a chunk).
+    ``StreamReader.read(n)`` returns what has arrived so far, not n bytes: hence the loop."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
 class SignedClient:
     """HTTP client whose every request carries our HTTP signature (Mastodon's conventions).
 
@@ -93,8 +108,8 @@ class SignedClient:
         try:
             async with session.request(method, url, data=body, headers=headers, allow_redirects=False,
                                        timeout=request_timeout) as resp:
-                data = await resp.content.read(max_bytes + 1)
-                if len(data) > max_bytes:
+                data = await read_limited(resp.content, max_bytes)
+                if data is None:
                     raise PeerRequestError(f"answer larger than {max_bytes} bytes", resp.status)
                 return PeerResponse(resp.status, dict(resp.headers), data)
         except asyncio.TimeoutError:

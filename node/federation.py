@@ -37,7 +37,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from node.actors import ActorDirectory, ActorError, PeerActor, actor_of_key_id
-from node.delivery import ACTIVITY_JSON, DeliveryQueue, PeerRequestError, SignedClient, enqueue
+from node.delivery import ACTIVITY_JSON, DeliveryQueue, PeerRequestError, SignedClient, enqueue, read_limited
 from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
 from protocol.errors import ProtocolError
@@ -283,8 +283,8 @@ class Federation:
     async def _inbox(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_INBOX_BYTES:
             raise Refusal(413, f"body larger than {MAX_INBOX_BYTES} bytes")
-        body = await request.content.read(MAX_INBOX_BYTES + 1)
-        if len(body) > MAX_INBOX_BYTES:
+        body = await read_limited(request.content, MAX_INBOX_BYTES)
+        if body is None:
             raise Refusal(413, f"body larger than {MAX_INBOX_BYTES} bytes")
         try:
             activity = activities.parse_activity(body)
@@ -539,13 +539,11 @@ class Federation:
         if self._collect_wake is not None:
             self._collect_wake.set()
 
-    def outbox_page(self, reader: str, since: int) -> dict[str, Any]:
+    def outbox_page(self, since: int) -> dict[str, Any]:
         rows = self.store.conn.execute(
             f"SELECT seq, document FROM outbox WHERE seq > ? AND audience IS NULL "
             f"AND type IN ({','.join('?' * len(LOG_TYPES))}) ORDER BY seq LIMIT ?",
-            (since, *LOG_TYPES, PAGE_SIZE + 1)).fetchall()
-        more = len(rows) > PAGE_SIZE
-        rows = rows[:PAGE_SIZE]
+            (since, *LOG_TYPES, PAGE_SIZE)).fetchall()
         items = [json.loads(doc) for _, doc in rows]
         page: dict[str, Any] = {
             "@context": AS_PUBLIC_CONTEXT,
@@ -554,7 +552,9 @@ class Federation:
             "partOf": self.outbox_url,
             "orderedItems": items,
         }
-        if more:
+        if rows:
+            # Always a next link after a non-empty page: it is the reader's cursor, and an empty page
+            # behind it says "you are up to date" (FIRES pages the same way).
             page["next"] = f"{self.outbox_url}?{urlencode({'since': rows[-1][0]})}"
         return page
 
@@ -577,7 +577,7 @@ class Federation:
                                   content_type=ACTIVITY_JSON)
         if not since_text.isdigit() or len(since_text) > 18:
             return _json_response({"error": "since must be a cursor from a previous page"}, 400)
-        return _json_response(self.outbox_page(actor.id, int(since_text)), content_type=ACTIVITY_JSON)
+        return _json_response(self.outbox_page(int(since_text)), content_type=ACTIVITY_JSON)
 
     # ------------------------------------------------------------------------------------------------
     # backfill (pull) from the peers we follow
@@ -620,7 +620,7 @@ class Federation:
                     await self.take_retraction(entry, signed_by=actor_id)
                 taken += 1
             next_url = page.get("next")
-            if not isinstance(next_url, str):
+            if not page["orderedItems"] or not isinstance(next_url, str):
                 return taken
             next_cursor = _since_of(next_url, actor.outbox)
             if next_cursor is None or next_cursor <= cursor:
