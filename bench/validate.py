@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from tests.images import photo_names, synthetic_image_bytes, photo_bytes  # noqa: E402
 from tests.node_helpers import make_data_dir, serve_process, tiny_clip_spec, validate_url  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU time of a process so far (from /proc): what a request costs the server, even when
+    other work on the machine stretches wall-clock figures."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -66,16 +74,23 @@ async def load(url: str, bodies: list[bytes], seconds: float, concurrency: int, 
 def report(name: str, r: dict, baseline: dict | None) -> None:
     ratio = f"  ({r['rps'] / baseline['rps']:.2f}x baseline rps)" if baseline else ""
     print(f"{name:8s} {r['requests']:7d} req  {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-          f"p99 {r['p99_ms']:7.2f} ms  statuses {r['statuses']}{ratio}")
+          f"p99 {r['p99_ms']:7.2f} ms  server CPU {r['server_cpu_us']:7.0f} us/req  statuses {r['statuses']}{ratio}")
 
 
-async def run(args: argparse.Namespace, url: str, known: list[bytes], unknown: list[bytes]) -> int:
+async def run(args: argparse.Namespace, url: str, known: list[bytes], unknown: list[bytes], pid: int) -> int:
     # Teach the node the known images (each classified once), then measure.
     await load(url, known, 600, 8, {200, 406}, max_requests=len(known))
     bad_url = url.rsplit("/", 1)[0] + "/not-the-token-0123456789"
-    baseline = await load(bad_url, known, args.seconds, args.concurrency, {401})
-    known_r = await load(url, known, args.seconds, args.concurrency, {200, 406})
-    unknown_r = await load(url, unknown, args.seconds, args.concurrency, {200, 406}, max_requests=len(unknown))
+
+    async def phase(target: str, bodies: list[bytes], expect: set[int], max_requests: int | None = None) -> dict:
+        before = cpu_seconds(pid)
+        result = await load(target, bodies, args.seconds, args.concurrency, expect, max_requests)
+        result["server_cpu_us"] = (cpu_seconds(pid) - before) / max(1, result["requests"]) * 1e6
+        return result
+
+    baseline = await phase(bad_url, known, {401})
+    known_r = await phase(url, known, {200, 406})
+    unknown_r = await phase(url, unknown, {200, 406}, len(unknown))
     print(f"verdict-node pict-rs endpoint, {args.concurrency} concurrent clients, {args.seconds:g} s per phase")
     report("baseline", baseline, None)
     report("known", known_r, baseline)
@@ -102,8 +117,11 @@ def main() -> int:
         unknown = [synthetic_image_bytes(100_000 + i, size=(512, 384)) for i in range(1500)]
         print(f"known image sizes: {min(map(len, known))}-{max(map(len, known))} bytes; server: verdict-node serve "
               f"(tiny CLIP) in a subprocess")
-        with serve_process(config, timeout=300) as (_proc, base):
-            return asyncio.run(run(args, validate_url(config, base), known, unknown))
+        with serve_process(config, timeout=300) as (proc, base):
+            status = asyncio.run(run(args, validate_url(config, base), known, unknown, proc.pid))
+        load_avg = os.getloadavg()[0]
+        print(f"machine: {os.cpu_count()} CPUs, load average {load_avg:.1f} (other work shares these cores)")
+        return status
 
 
 if __name__ == "__main__":

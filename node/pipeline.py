@@ -37,6 +37,8 @@ Source = Literal["cache", "peer", "inference", "unavailable", "media"]
 
 # Bodies above this are hashed in a worker thread, so one big upload does not stall the event loop.
 _INLINE_HASH_BYTES = 256 * 1024
+# Exact-key decisions remembered (sha256 -> answer) until a verdict or the policy changes.
+_MEMO_SIZE = 100_000
 # Margin kept from the budget to write the answer.
 _ANSWER_MARGIN = 0.05
 
@@ -100,6 +102,7 @@ class Pipeline:
     def __init__(self, node: "Node") -> None:
         self.node = node
         self._inflight: dict[str, asyncio.Task] = {}
+        self._memo: dict[str, tuple] = {}
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -135,6 +138,15 @@ class Pipeline:
         else:
             work.sha256 = _sha256_hex(work.data)
 
+        # 0. the same bytes decided a moment ago, with the same verdicts and policy: same answer.
+        memo = self._memo.get(work.sha256)
+        if memo is not None and memo[0] == node.store.generation and memo[1] is node.policy:
+            _, _, outcome, reason, source, verdict_ids, scores, match, pixel = memo
+            work.pixel_sha256 = pixel
+            node.metrics.child(node.metrics.cache_hits, source, match).inc()
+            return self._result(work, self._answer(outcome), outcome, reason, source, verdict_ids=verdict_ids,
+                                scores=scores)
+
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
         #    need no pixel key: the store knows it from our verdict.
         hits, complete = node.store.find_by_bytes(work.sha256)
@@ -151,7 +163,9 @@ class Pipeline:
         if work.candidates:
             decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
             if decision.outcome != "unknown":
-                return self._from_decision(work, decision)
+                result = self._from_decision(work, decision)
+                self._remember(work, result)
+                return result
 
         # 2. decode (never raises) and fingerprint, off the event loop.
         limits = node.config.media_limits()
@@ -285,6 +299,16 @@ class Pipeline:
                           own_model=inference.verdict.model)
         return self._from_decision(work, decision, forced_source="inference", own_verdict=inference.verdict,
                                    inferred=True)
+
+    def _remember(self, work: _Work, result: Result) -> None:
+        """Memoise an exact-key decision; valid while the store's verdicts and the policy are unchanged."""
+        if len(self._memo) >= _MEMO_SIZE:
+            self._memo.clear()  # simple and bounded; re-filled by the next requests
+        by_id = {c.verdict.id: c.match for c in work.candidates.values()}
+        matches = {by_id.get(v) for v in result.verdict_ids}
+        match = next((m for m in ("sha256", "pixel_sha256") if m in matches), "sha256")
+        self._memo[work.sha256] = (self.node.store.generation, self.node.policy, result.outcome, result.reason,
+                                   result.source, result.verdict_ids, result.scores, match, work.pixel_sha256)
 
     def _forget(self, key: str, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:

@@ -158,6 +158,58 @@ CREATE TABLE federation_state (
 CREATE INDEX deliveries_inbox ON deliveries(inbox, delivered_at, outbox_seq);
 CREATE INDEX verdicts_own ON verdicts(own, id);
 """),
+    # Storage sweeps (node/sweep.py, node/sweep_records.py): runs with their listing cursor, one row per
+    # storage item (its stat at decision time, so a later sweep skips it on a stat alone), and the
+    # admin's false-positive overrides (released items are never quarantined again).
+    Migration("storage sweeps", """
+CREATE TABLE sweep_runs (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,                   -- source identity (URL without secrets)
+    url TEXT NOT NULL,                      -- URL to reopen it (secret query parameters removed)
+    mode TEXT NOT NULL,                     -- all | since | daemon
+    action TEXT NOT NULL,                   -- quarantine | delete | dry-run
+    started_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    cursor TEXT,                            -- the source's checkpoint after the last fully processed batch
+    stats TEXT                              -- JSON counters
+);
+CREATE INDEX sweep_runs_source ON sweep_runs(source, mode, finished_at);
+CREATE TABLE sweep_items (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER,
+    mtime REAL,
+    etag TEXT,
+    run_id INTEGER,
+    decided_at REAL NOT NULL,
+    outcome TEXT NOT NULL,                  -- block | allow | unknown | video | unreadable | error
+    origin TEXT,                            -- cache | peer | inference | media | unavailable | override | read
+    reason TEXT,
+    sha256 TEXT,
+    pixel_sha256 TEXT,
+    phash64 TEXT,
+    pdq256 TEXT,
+    scores TEXT,                            -- JSON
+    verdict_ids TEXT,                       -- JSON list
+    action TEXT NOT NULL DEFAULT 'none',    -- none | quarantining | quarantined | deleting | deleted | dry-run | released | failed
+    location TEXT,                          -- where a quarantined item is (for release)
+    action_error TEXT,
+    PRIMARY KEY (source, key)
+);
+CREATE INDEX sweep_items_outcome ON sweep_items(outcome, decided_at);
+CREATE INDEX sweep_items_run ON sweep_items(run_id, outcome);
+CREATE INDEX sweep_items_location ON sweep_items(location);
+CREATE TABLE sweep_overrides (
+    sha256 TEXT PRIMARY KEY,
+    pixel_sha256 TEXT,
+    created_at REAL NOT NULL,
+    reason TEXT,
+    source TEXT,
+    key TEXT
+);
+CREATE INDEX sweep_overrides_pixel ON sweep_overrides(pixel_sha256);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
@@ -203,6 +255,8 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._pending: list[dict[str, Any]] = []
+        # Bumped by every verdict change made through this Store: caches of decisions compare it.
+        self.generation = 0
         self._migrations = list(MIGRATIONS if migrations is None else migrations)
         self.migrate()
 
@@ -285,6 +339,7 @@ class Store:
              verdict.model.name, verdict.model.version, verdict.model.rules, verdict.published, verdict.supersedes,
              json.dumps(document, sort_keys=True) if document is not None else None))
         if cur.rowcount == 1:
+            self.generation += 1
             return int(cur.lastrowid), True
         row = conn.execute("SELECT id FROM verdicts WHERE verdict_id = ?", (verdict.id,)).fetchone()
         return int(row[0]), False
@@ -354,6 +409,7 @@ class Store:
             return None
         conn.execute("UPDATE verdicts SET retracted_at = ?, retract_reason = ? WHERE id = ?",
                      (time.time(), reason, row[0]))
+        self.generation += 1
         return int(row[0])
 
     def own_models(self) -> set[tuple[str, str]]:

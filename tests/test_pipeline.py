@@ -213,3 +213,17 @@ def test_decisions_are_recorded_with_origin(tmp_path, tiny_clip_spec):
     assert [(r["source"], r["origin"], r["inferred"]) for r in rows] == [("check", "cache", 0), ("sweep", "inference", 1)]
     assert rows[1]["source_key"] == "files/a.jpg" and rows[1]["phash64"]
     assert Image.open(io.BytesIO(photo_bytes(ALLOWED))).size  # sanity: the photo is real
+
+
+def test_retracting_a_verdict_takes_effect_at_once(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    data = photo_bytes(BLOCKED)
+
+    async def body(node: Node):
+        first = await node.pipeline.check(data)
+        assert (await node.pipeline.check(data)).source == "cache"
+        assert node.retract_verdict(first.verdict_id, "false positive found in review")
+        again = await node.pipeline.check(data)  # neither the exact key nor the perceptual index uses it now
+        assert again.source == "inference" and again.verdict_id != first.verdict_id
+        assert inferred(node) == 2
+    run(_with_node(config, body))
