@@ -114,6 +114,64 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.federation", "cmd_verdicts"))
 
+    # -- storage sweeps (node/sweep.py, node/actions.py, node/report.py) --
+    def source_options(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--option", "-o", action="append", metavar="NAME=VALUE",
+                       help="source option, e.g. -o client_keys=~/.ssh/id_ed25519 -o host_key='ssh-ed25519 AAAA...' "
+                            "or -o api_key=... (secrets given here are never written to the database)")
+        q.add_argument("--quarantine-dir", default=None,
+                       help="local/SSH/pict-rs quarantine directory (default: next to the storage root)")
+        _add_config_option(q)
+
+    p = sub.add_parser("scan", help="sweep storage (path, ssh://, s3://, pictrs://): decide every image, act on positives")
+    p.add_argument("source", metavar="SOURCE",
+                   help="/srv/pictrs/files, ssh://user@host:port/path, s3://bucket/prefix?endpoint=URL, pictrs://host:port")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--all", action="store_true",
+                      help="the whole backlog once (the default), checkpointed: a killed run resumes where it stopped")
+    when.add_argument("--daemon", action="store_true", help="keep sweeping new and changed items every --interval")
+    p.add_argument("--since", default=None, metavar="DURATION",
+                   help="only items modified in the last DURATION (20m, 6h, 7d); with --daemon: its first pass")
+    p.add_argument("--interval", default="60s", metavar="DURATION", help="--daemon: time between passes (default 60s)")
+    p.add_argument("--workers", type=int, default=4, help="items read and decoded in parallel (default 4); "
+                                                          "inference is batched across them")
+    p.add_argument("--action", choices=("quarantine", "delete", "dry-run"), default="quarantine",
+                   help="what to do with a positive (default quarantine: reversible, evidence kept)")
+    p.add_argument("--dry-run", action="store_true", help="record only (same as --action dry-run); "
+                                                          "act later with `verdict-node apply RUN`")
+    p.add_argument("--on-unreadable", choices=("leave", "quarantine", "delete"), default="leave",
+                   help="unreadable items are recorded as such, never as CSAM; default: leave them")
+    p.add_argument("--on-video", choices=("leave", "quarantine", "delete"), default="leave",
+                   help="videos are not classified; default: leave them")
+    p.add_argument("--log-interval", type=float, default=30.0,
+                   help="seconds between progress lines when stderr is not a terminal")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line on stdout")
+    source_options(p)
+    p.set_defaults(handler=_lazy("node.sweep", "cmd_scan"))
+
+    p = sub.add_parser("apply", help="act on the positives of a dry run, without classifying again")
+    p.add_argument("run", type=int, metavar="RUN", help="the run number printed by `scan`")
+    p.add_argument("--action", choices=("quarantine", "delete"), default="quarantine")
+    p.add_argument("--source", default=None, help="storage URL (default: the run's)")
+    source_options(p)
+    p.set_defaults(handler=_lazy("node.sweep", "cmd_apply"))
+
+    p = sub.add_parser("release", help="restore a quarantined item (a false positive) and retract its verdict")
+    p.add_argument("item", metavar="ITEM", help="quarantine location, storage key or sha256 (see `report`)")
+    p.add_argument("--reason", default="false positive (released by the admin)", help="recorded with the override "
+                                                                                      "and the retraction")
+    p.add_argument("--source", default=None, help="storage URL (default: the run's)")
+    source_options(p)
+    p.set_defaults(handler=_lazy("node.sweep", "cmd_release"))
+
+    p = sub.add_parser("report", help="positives found by sweeps, for follow-up (CSV or JSON)")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
+    p.add_argument("--since", default=None, metavar="WHEN", help="a duration back (7d) or a UTC time (2026-01-31T00:00:00Z)")
+    p.add_argument("--source", default=None, help="only this storage URL")
+    p.add_argument("--output", "-o", default=None, help="write here instead of stdout")
+    _add_config_option(p)
+    p.set_defaults(handler=_lazy("node.report", "cmd_report"))
+
     return parser
 
 

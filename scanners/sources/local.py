@@ -137,17 +137,18 @@ class LocalSource(Source):
     def _scan_dir(self, rel: tuple[str, ...]) -> list[tuple[str, bool, os.stat_result | None]]:
         """One directory's entries, sorted by name: (name, is_dir, stat for files). Runs in a thread."""
         directory = self.root.joinpath(*rel)
+        quarantine = str(self.quarantine_dir.path)
         out: list[tuple[str, bool, os.stat_result | None]] = []
         with os.scandir(directory) as it:
             for entry in it:
                 name = entry.name
                 if name.startswith("."):
                     continue
-                path = Path(entry.path)
-                if path == self.quarantine_dir.path:
+                if entry.path == quarantine:  # plain string compare: a Path per entry costs more than the stat
                     continue
                 try:
                     if entry.is_symlink():
+                        path = Path(entry.path)
                         target = Path(os.path.realpath(path))
                         if not target.is_relative_to(self.root):
                             self._listing_error("/".join(rel + (name,)), ValueError("symlink leaves the root"))
@@ -191,6 +192,47 @@ class LocalSource(Source):
                 continue
             assert st is not None
             yield Item(key="/".join(parts), size=st.st_size, mtime=st.st_mtime, etag=None)
+
+    async def _list_batches(self, since: float | None, after: str | None, size: int) -> AsyncIterator[list[Item]]:
+        """The same walk as ``_list``, a directory's run of files at a time (up to ``size``): a second sweep
+        of a known tree is then a scandir + stat per file and little else."""
+        after_parts = _key_parts(after) if after else None
+        try:
+            stack: list[tuple[tuple[str, ...], list, int]] = [((), await asyncio.to_thread(self._scan_dir, ()), 0)]
+        except OSError as exc:
+            raise SourceError(f"{self.root}: cannot list ({exc})") from exc
+        while stack:
+            rel, entries, index = stack[-1]
+            if index >= len(entries):
+                stack.pop()
+                continue
+            name, is_dir, st = entries[index]
+            if is_dir:
+                stack[-1] = (rel, entries, index + 1)
+                parts = rel + (name,)
+                if after_parts is not None and after_parts[: len(parts)] != parts and parts <= after_parts:
+                    continue
+                try:
+                    stack.append((parts, await asyncio.to_thread(self._scan_dir, parts), 0))
+                except OSError as exc:
+                    self._listing_error("/".join(parts), exc)
+                continue
+            prefix = "/".join(rel) + "/" if rel else ""
+            batch: list[Item] = []
+            while index < len(entries) and len(batch) < size:
+                name, is_dir, st = entries[index]
+                if is_dir:
+                    break
+                index += 1
+                if after_parts is not None:
+                    if rel + (name,) <= after_parts:
+                        continue
+                    after_parts = None  # sorted depth-first order: everything from here on comes later
+                batch.append(Item(prefix + name, st.st_size, st.st_mtime, None))
+            stack[-1] = (rel, entries, index)
+            if batch:
+                self._batch_position = batch[-1].key
+                yield batch
 
     # -- item operations -------------------------------------------------------------------------
     def _path(self, key: str) -> Path:

@@ -1,0 +1,140 @@
+"""What happens to a storage item once it is decided: quarantine (the default: reversible, evidence kept),
+delete, or nothing (dry run); applying a dry run's positives later; releasing a false positive.
+
+Every action is written down BEFORE it touches storage (action `quarantining` / `deleting`) and again
+after, so a sweep killed in between leaves a row that says what was under way: the next sweep treats
+the item as unsettled and finishes the job (from the stored verdict, without inference), and an item
+already moved away still has its record (and its sidecar in the quarantine) for the report.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from typing import Any
+
+from node.sweep_records import ItemRecord, SweepRecords
+from scanners.sources import Item, ItemError, ItemGone, Source, SourceError
+
+log = logging.getLogger("verdict_node.actions")
+
+ACTIONS = ("quarantine", "delete", "dry-run")
+#: For unreadable items and videos: left alone unless configured otherwise.
+MEDIA_ACTIONS = ("leave", "quarantine", "delete")
+
+
+def evidence(record: ItemRecord, actor_id: str, run_id: int | None) -> dict[str, Any]:
+    """The sidecar kept next to quarantined bytes: why it was taken out and on whose word (for review and,
+    where the law asks for it, for a report to the authorities)."""
+    return {"verdict_node": {"actor": actor_id, "run": run_id, "outcome": record.outcome, "origin": record.origin,
+                             "reason": record.reason, "scores": record.scores, "verdict_ids": list(record.verdict_ids),
+                             "fingerprint": {"sha256": record.sha256, "pixel_sha256": record.pixel_sha256,
+                                             "phash64": record.phash64, "pdq256": record.pdq256},
+                             "decided_at": record.decided_at}}
+
+
+def item_of(record: ItemRecord) -> Item:
+    return Item(record.key, size=record.size, mtime=record.mtime, etag=record.etag)
+
+
+async def act(source: Source, item: Item, record: ItemRecord, action: str, records: SweepRecords, *,
+              actor_id: str) -> ItemRecord:
+    """Apply `action` (quarantine / delete / dry-run / leave) to one decided item; returns its record with
+    the action's result. Never raises for a per-item failure (recorded as action `failed`)."""
+    if action in ("leave", "none"):
+        return record
+    if action == "dry-run":
+        return dataclasses.replace(record, action="dry-run")
+    if action not in ("quarantine", "delete"):
+        raise ValueError(f"unknown action {action!r}")
+    under_way = "quarantining" if action == "quarantine" else "deleting"
+    await asyncio.to_thread(records.commit, [dataclasses.replace(record, action=under_way)])
+    try:
+        if action == "quarantine":
+            location = await source.quarantine(item, evidence(record, actor_id, record.run_id))
+            return dataclasses.replace(record, action="quarantined", location=location, action_error=None)
+        await source.delete(item)
+        return dataclasses.replace(record, action="deleted", action_error=None)
+    except ItemGone as exc:
+        return dataclasses.replace(record, action="gone", action_error=str(exc))
+    except (ItemError, SourceError, OSError) as exc:
+        log.warning("%s %s failed: %s", action, item.key, exc)
+        return dataclasses.replace(record, action="failed", action_error=f"{type(exc).__name__}: {exc}")
+
+
+async def apply_run(records: SweepRecords, run_id: int, source: Source, *, action: str = "quarantine",
+                    actor_id: str) -> dict[str, int]:
+    """Act on the positives a dry run recorded, without classifying again. An item whose bytes differ from
+    those judged (sha256) is left alone and counted as `changed` (scan it again)."""
+    if action not in ("quarantine", "delete"):
+        raise ValueError("apply acts with quarantine or delete")
+    counts = {"positives": 0, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 0, "failed": 0}
+    for record in records.run_items(run_id, outcome="block", action="dry-run"):
+        counts["positives"] += 1
+        item = item_of(record)
+        try:
+            data = await source.read(item)
+        except ItemGone:
+            counts["gone"] += 1
+            records.commit([dataclasses.replace(record, action="gone")])
+            continue
+        except (ItemError, SourceError) as exc:
+            counts["failed"] += 1
+            records.commit([dataclasses.replace(record, action_error=f"apply: {exc}")])
+            continue
+        if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
+            counts["changed"] += 1
+            continue
+        done = await act(source, item, record, action, records, actor_id=actor_id)
+        records.commit([done])
+        key = {"quarantined": "quarantined", "deleted": "deleted", "gone": "gone"}.get(done.action, "failed")
+        counts[key] += 1
+    return counts
+
+
+async def release(records: SweepRecords, ref: str, source: Source, *, reason: str,
+                  retract: Any = None) -> dict[str, Any]:
+    """Put a quarantined item back (a false positive): restore it, record an override so no sweep
+    quarantines these bytes again, mark its record released, and retract the verdicts that blocked it
+    (`retract(verdict_id, reason) -> str`, federation's: our own is withdrawn at every peer).
+
+    `ref`: the quarantine location, the storage key, or the sha256."""
+    record = quarantined_record(records, ref)
+    restored = await source.release(record.location or "")
+    now = time.time()
+    records.add_override(record.sha256 or "", record.pixel_sha256, reason, record.source, record.key)
+    old = dataclasses.replace(record, action="released", location=None, action_error=None, decided_at=now)
+    back = dataclasses.replace(record, key=restored.key, size=restored.size, mtime=restored.mtime,
+                               etag=restored.etag, outcome="allow", origin="override",
+                               reason=f"released by the admin: {reason}", action="released", location=None,
+                               action_error=None, decided_at=now)
+    records.commit([old, back] if restored.key != record.key else [back])
+    retracted, problems = [], []
+    for verdict_id in record.verdict_ids:
+        if retract is None:
+            problems.append(f"{verdict_id}: no retract function; retract it with `verdict-node verdicts retract`")
+            continue
+        try:
+            retracted.append(retract(verdict_id, reason))
+        except LookupError as exc:
+            problems.append(str(exc))
+    return {"key": record.key, "restored_key": restored.key, "source": record.source, "sha256": record.sha256,
+            "retracted": retracted, "problems": problems}
+
+
+def quarantined_record(records: SweepRecords, ref: str) -> ItemRecord:
+    found = [r for r in records.find(ref) if r.action == "quarantined" and r.location]
+    if not found:
+        raise LookupError(f"no quarantined item matches {ref!r} (give the quarantine location, the storage key "
+                          f"or the sha256 shown by `verdict-node report`)")
+    if len({r.location for r in found}) > 1:
+        raise LookupError(f"{ref!r} matches {len(found)} quarantined items; give the quarantine location: "
+                          + ", ".join(str(r.location) for r in found))
+    return found[0]
+
+
+def summary_json(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True)

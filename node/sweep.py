@@ -1,0 +1,610 @@
+"""Storage sweeps: walk a source (local dir, SSH, S3, pict-rs), decide every item through the node's
+Pipeline (the same verdicts, policy, signatures and federation as the pict-rs hook), act on positives.
+
+    listing (batches) -> known? (stat + dict lookup) -> read -> [override?] -> Pipeline.check
+        -> record -> action (quarantine / delete / dry-run; unreadable and videos left alone by default)
+
+Why it is shaped like this:
+  - A second sweep of a large tree must cost about a directory walk: the items already decided are
+    loaded once into a dict (key -> size, mtime, etag) and a listed item whose stat matches is skipped
+    without a read or a query. Content seen under another key is caught by the Pipeline's verdict store
+    (sha256 / pixel key / perceptual hashes, peers' verdicts included), so it is not classified again.
+  - `--all` is checkpointed: item rows and the source's cursor are written in one transaction, and the
+    cursor only covers batches whose every item is recorded. A killed sweep resumes after the last such
+    batch; items decided after it are listed again and answered from the store (no second inference).
+  - Nothing in one item (hostile bytes, an unreadable file, a vanished key, a failed action) stops a
+    sweep: it is recorded and the sweep goes on. Only the source as a whole failing (SourceError after
+    the source's own retries) ends a pass, and the checkpoint lets the next run resume.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
+
+from node.actions import ACTIONS, MEDIA_ACTIONS, act
+from node.sweep_records import ItemRecord, SweepRecords, public_url, source_identity
+from scanners.sources import Item, ItemError, ItemGone, Source, SourceError
+
+log = logging.getLogger("verdict_node.sweep")
+
+Mode = Literal["all", "since", "daemon"]
+
+
+@dataclass
+class SweepOptions:
+    """How one sweep runs (the CLI's flags)."""
+
+    mode: Mode = "all"
+    since_seconds: float | None = None   # since / daemon's first pass: items modified in the last N seconds
+    interval: float = 60.0               # daemon: seconds between passes
+    cycles: int | None = None            # daemon: stop after this many passes (None: forever)
+    workers: int = 4                     # items read/decoded/classified at once
+    action: str = "quarantine"           # for positives: quarantine | delete | dry-run
+    on_unreadable: str = "leave"         # leave | quarantine | delete
+    on_video: str = "leave"
+    budget: float = 600.0                # seconds one item may take in the pipeline (no pict-rs waiting here)
+    commit_seconds: float = 1.0          # how often rows + cursor are written
+    commit_items: int = 256
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+        for name in ("on_unreadable", "on_video"):
+            if getattr(self, name) not in MEDIA_ACTIONS:
+                raise ValueError(f"{name} must be one of {', '.join(MEDIA_ACTIONS)}")
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+
+
+@dataclass
+class SweepStats:
+    """Counters of one run (cumulative over a resumed `--all` and over a daemon's passes)."""
+
+    listed: int = 0        # items the listing handed out
+    known: int = 0         # skipped on their stat: decided before, unchanged
+    decided: int = 0       # went through the pipeline (or an override)
+    cache: int = 0         # answered from the verdict store (own earlier verdicts, any key)
+    peer: int = 0          # answered by peers' verdicts
+    inferred: int = 0      # classified now
+    positives: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+    dry_run: int = 0
+    overridden: int = 0    # the admin released these bytes before
+    unreadable: int = 0
+    video: int = 0
+    unknown: int = 0       # no classifier / queue full: tried again next sweep
+    errors: int = 0        # read failures
+    gone: int = 0          # vanished between listing and reading
+    action_failures: int = 0
+    listing_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "SweepStats":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: int(v) for k, v in (raw or {}).items() if k in names})
+
+    def line(self) -> str:
+        return (f"scanned {self.listed}, known {self.known}, from store {self.cache}, from peers {self.peer}, "
+                f"inferred {self.inferred}, positives {self.positives} (quarantined {self.quarantined}, "
+                f"deleted {self.deleted}, dry-run {self.dry_run}), unreadable {self.unreadable}, video {self.video}, "
+                f"undecided {self.unknown}, errors {self.errors + self.action_failures + self.listing_errors}")
+
+
+class Progress:
+    """A one-line bar (rate, ETA) on a terminal; a plain log line per interval otherwise."""
+
+    def __init__(self, stream: IO[str] | None = None, *, tty: bool | None = None, interval: float = 30.0,
+                 expected: int | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = 0.2 if self.tty else interval
+        self.expected = expected
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, stats: SweepStats, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = stats.listed / elapsed
+        eta = ""
+        if self.expected and rate > 0 and stats.listed < self.expected:
+            left = (self.expected - stats.listed) / rate
+            eta = f" ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d}"
+        if self.tty:
+            done = f"{stats.listed}/{self.expected}" if self.expected else f"{stats.listed}"
+            bar = ""
+            if self.expected:
+                filled = min(20, int(20 * stats.listed / self.expected))
+                bar = "[" + "#" * filled + "." * (20 - filled) + "] "
+            self.stream.write(f"\r{bar}{done} items {rate:,.0f}/s{eta}  inferred {stats.inferred} "
+                              f"positives {stats.positives} errors {stats.errors}   ")
+        else:
+            self.stream.write(f"sweep: {stats.line()}; {rate:,.0f} items/s{eta}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class _Checkpoints:
+    """Which listing cursor may be saved: the one handed out with the newest batch whose items (and every
+    earlier batch's) are all recorded. Batches finish out of order with parallel workers."""
+
+    def __init__(self) -> None:
+        self._open: collections.OrderedDict[int, list] = collections.OrderedDict()  # seq -> [left, cursor]
+        self.ready: str | None = None
+
+    def add(self, seq: int, cursor: str, items: int) -> None:
+        self._open[seq] = [items, cursor]
+        self._advance()
+
+    def done(self, seq: int) -> None:
+        self._open[seq][0] -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._open:
+            seq, (left, cursor) = next(iter(self._open.items()))
+            if left > 0:
+                return
+            self.ready = cursor
+            self._open.popitem(last=False)
+
+
+class Sweep:
+    """One source swept with one node. `await run()` does the passes that the options ask for."""
+
+    def __init__(self, node: Any, source: Source, url: str, options: SweepOptions | None = None,
+                 progress: Progress | None = None) -> None:
+        self.node = node
+        self.source = source
+        self.url = url
+        self.options = options or SweepOptions()
+        self.progress = progress
+        self.records = SweepRecords(node.store)
+        self.source_id = source_identity(url)
+        self.stats = SweepStats()
+        self.run_id: int | None = None
+        self._pending: list[ItemRecord] = []
+        self._overrides: set[str] = set()
+        self._last_commit = 0.0
+
+    # -- passes ----------------------------------------------------------------------------------
+
+    async def run(self) -> SweepStats:
+        opts = self.options
+        if opts.mode == "all":
+            resumed = self.records.unfinished_run(self.source_id, "all")
+            if resumed is not None:
+                self.run_id = int(resumed["id"])
+                self.stats = SweepStats.from_dict(json.loads(resumed["stats"] or "{}"))
+                self.source.resume(resumed["cursor"])
+                log.info("resuming sweep run %d of %s", self.run_id, self.source_id)
+            else:
+                self.run_id = self.records.start_run(self.source_id, self.url, "all", opts.action)
+            await self._pass(None)
+            self.records.finish_run(self.run_id, self.source.checkpoint(), self.stats.as_dict())
+        elif opts.mode == "since":
+            self.run_id = self.records.start_run(self.source_id, self.url, "since", opts.action)
+            since = time.time() - (opts.since_seconds or 0.0)
+            await self._pass(since)
+            self.records.finish_run(self.run_id, None, self.stats.as_dict())
+        else:
+            cursor = self.records.last_cursor(self.source_id, "daemon")
+            self.run_id = self.records.start_run(self.source_id, self.url, "daemon", opts.action)
+            first_since = None
+            if cursor:
+                self.source.resume(cursor)
+            elif opts.since_seconds is not None:
+                first_since = time.time() - opts.since_seconds
+            cycle = 0
+            while True:
+                await self._pass(first_since)
+                first_since = None
+                cycle += 1
+                if opts.cycles is not None and cycle >= opts.cycles:
+                    break
+                await asyncio.sleep(opts.interval)
+            self.records.finish_run(self.run_id, self.source.checkpoint(), self.stats.as_dict())
+        if self.progress is not None:
+            self.progress.update(self.stats, force=True)
+        return self.stats
+
+    async def _pass(self, since: float | None) -> None:
+        """One listing of the source: producer (listing + known-check) and `workers` consumers."""
+        opts = self.options
+        known = self.records.known_items(self.source_id, redo_dry_run=opts.action != "dry-run")
+        self._overrides = self.records.overrides()
+        queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(maxsize=opts.workers * 4)
+        checkpoints = _Checkpoints()
+        workers = [asyncio.create_task(self._worker(queue, checkpoints), name=f"sweep-worker-{i}")
+                   for i in range(opts.workers)]
+        errors_before = len(self.source.listing_errors)
+        stats = self.stats
+        try:
+            seq = 0
+            async for batch in self.source.list_batches(since, size=opts.batch_size):
+                seq += 1
+                fresh = []
+                for item in batch:
+                    seen = known.get(item.key)
+                    if seen is not None and seen[0] == item.size and seen[1] == item.mtime and seen[2] == item.etag:
+                        continue
+                    fresh.append(item)
+                stats.listed += len(batch)
+                stats.known += len(batch) - len(fresh)
+                checkpoints.add(seq, self.source.checkpoint(), len(fresh))
+                for item in fresh:
+                    await queue.put((seq, item))
+                if self.progress is not None:
+                    self.progress.update(stats)
+                await self._maybe_commit(checkpoints)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            stats.listing_errors += len(self.source.listing_errors) - errors_before
+            await self._commit(checkpoints.ready)  # what is recorded so far is kept; the cursor covers it
+            raise
+        stats.listing_errors += len(self.source.listing_errors) - errors_before
+        await self._commit(self.source.checkpoint())  # the listing ended: the cursor moved to the next bound
+
+    async def _worker(self, queue: asyncio.Queue, checkpoints: _Checkpoints) -> None:
+        while True:
+            job = await queue.get()
+            if job is None:
+                return
+            seq, item = job
+            try:
+                record = await self._decide(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug on one item must not end the sweep
+                log.exception("sweep: %s failed", item.key)
+                self.stats.errors += 1
+                record = self._record(item, outcome="error", origin="internal", reason=f"{type(exc).__name__}: {exc}")
+            if record is not None:
+                self._pending.append(record)
+            checkpoints.done(seq)
+            await self._maybe_commit(checkpoints)
+
+    # -- one item --------------------------------------------------------------------------------
+
+    def _record(self, item: Item, **fields: Any) -> ItemRecord:
+        return ItemRecord(source=self.source_id, key=item.key, size=item.size, mtime=item.mtime, etag=item.etag,
+                          run_id=self.run_id, decided_at=time.time(), **fields)
+
+    async def _decide(self, item: Item) -> ItemRecord | None:
+        stats, opts = self.stats, self.options
+        try:
+            data = await self.source.read(item)
+        except ItemGone:
+            stats.gone += 1
+            return None
+        except ItemError as exc:
+            stats.errors += 1
+            return self._record(item, outcome="error", origin="read", reason=exc.reason)
+        if self._overrides:
+            sha = hashlib.sha256(data).hexdigest()
+            if sha in self._overrides:
+                stats.decided += 1
+                stats.overridden += 1
+                return self._record(item, outcome="allow", origin="override", sha256=sha,
+                                    reason="released as a false positive by the admin")
+        result = await self._check(data, item.key)
+        stats.decided += 1
+        fp = result.fingerprint
+        outcome, origin, reason = result.outcome, result.source, result.reason
+        pixel = fp.pixel_sha256 if fp is not None else None
+        if outcome == "block" and pixel is not None and pixel in self._overrides:
+            outcome, origin, reason = "allow", "override", "released as a false positive by the admin (same pixels)"
+            stats.overridden += 1
+        record = self._record(item, outcome=outcome, origin=origin, reason=reason, sha256=result.sha256,
+                              pixel_sha256=pixel, phash64=(fp.phash64 or None) if fp else None,
+                              pdq256=fp.pdq256 if fp else None, scores=result.scores,
+                              verdict_ids=tuple(result.verdict_ids))
+        if result.inferred:
+            stats.inferred += 1
+        elif origin == "cache":
+            stats.cache += 1
+        elif origin == "peer":
+            stats.peer += 1
+        action = "leave"
+        if outcome == "block":
+            stats.positives += 1
+            action = opts.action
+        elif outcome == "unreadable":
+            stats.unreadable += 1
+            action = opts.on_unreadable
+        elif outcome == "video":
+            stats.video += 1
+            action = opts.on_video
+        elif outcome == "unknown":
+            stats.unknown += 1
+        if action == "leave":
+            return record
+        done = await act(self.source, item, record, action, self.records, actor_id=self.node.actor_id)
+        if done.action == "quarantined":
+            stats.quarantined += 1
+        elif done.action == "deleted":
+            stats.deleted += 1
+        elif done.action == "dry-run":
+            stats.dry_run += 1
+        elif done.action == "failed":
+            stats.action_failures += 1
+        return done
+
+    async def _check(self, data: bytes, key: str) -> Any:
+        """Pipeline.check; a full classifier queue (other callers, e.g. the pict-rs hook in the same node)
+        is waited out instead of leaving the item undecided."""
+        delay = 0.05
+        for _ in range(8):
+            result = await self.node.pipeline.check(data, source="sweep", source_key=key, budget=self.options.budget)
+            if result.outcome != "unknown" or "queue full" not in result.reason:
+                return result
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        return result
+
+    # -- commits ---------------------------------------------------------------------------------
+
+    async def _maybe_commit(self, checkpoints: _Checkpoints) -> None:
+        now = time.monotonic()
+        if len(self._pending) >= self.options.commit_items or now - self._last_commit >= self.options.commit_seconds:
+            await self._commit(checkpoints.ready)
+
+    async def _commit(self, cursor: str | None) -> None:
+        """Decision rows, then item rows + cursor in one transaction (from this thread: SQLite writes of a
+        few hundred rows take milliseconds, and the rows must be in before the cursor moves)."""
+        self._last_commit = time.monotonic()
+        rows, self._pending = self._pending, []
+        self.node.store.flush()
+        self.records.commit(rows, self.run_id, cursor, self.stats.as_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI: `verdict-node scan`, `apply`, `release`
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'20m' -> 1200.0; units s, m, h, d, w; a bare number is seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 20m, 6h, 7d)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option wants NAME=VALUE, got {pair!r}")
+        out[name.strip()] = value
+    return out
+
+
+def open_node(config_path: str | None, *, load_model: bool) -> Any:
+    """The node a command works with: same data directory, verdicts and keys as `serve`. Peer lookups are
+    installed when configured; delivery is left to `serve` (it publishes our new verdicts from the store)."""
+    from node.config import resolve_config
+    from node.runtime import Node
+
+    config = resolve_config(config_path)
+    extensions = ["node.federation:install"] if config.federation.lookup_peers and load_model else []
+    node = Node.open(config, load_model=load_model, extensions=extensions)
+    node.background.clear()
+    return node
+
+
+async def close_node(node: Any) -> None:
+    federation = getattr(node, "federation", None)
+    client = getattr(federation, "client", None)
+    if client is not None and hasattr(client, "close"):
+        try:
+            await client.close()
+        except Exception:  # noqa: BLE001
+            pass
+    await node.close()
+
+
+def _expected_items(records: SweepRecords, source_id: str) -> int | None:
+    row = records.store.conn.execute(
+        "SELECT stats FROM sweep_runs WHERE source = ? AND finished_at IS NOT NULL AND mode = 'all' "
+        "ORDER BY id DESC LIMIT 1", (source_id,)).fetchone()
+    if row and row[0]:
+        return int(json.loads(row[0]).get("listed") or 0) or None
+    count = records.store.conn.execute("SELECT COUNT(*) FROM sweep_items WHERE source = ?", (source_id,)).fetchone()[0]
+    return int(count) or None
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from node.config import ConfigError
+    from scanners.sources import open_source
+
+    try:
+        mode: Mode = "daemon" if args.daemon else ("since" if args.since and not args.all else "all")
+        options = SweepOptions(
+            mode=mode, since_seconds=parse_duration(args.since) if args.since else None,
+            interval=parse_duration(args.interval), workers=args.workers,
+            action="dry-run" if args.dry_run else args.action, on_unreadable=args.on_unreadable,
+            on_video=args.on_video)
+        source_options = parse_options(args.option)
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.quarantine_dir:
+        source_options["quarantine_dir"] = args.quarantine_dir
+    try:
+        node = open_node(args.config, load_model=True)
+    except ConfigError as exc:
+        return _error(str(exc))
+
+    async def main() -> SweepStats:
+        source = open_source(args.source, **source_options)
+        sweep = Sweep(node, source, args.source, options)
+        sweep.progress = Progress(interval=args.log_interval,
+                                  expected=_expected_items(sweep.records, sweep.source_id))
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, task.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            return await sweep.run()
+        finally:
+            sweep.progress.close()
+            await source.close()
+            print(f"run {sweep.run_id} ({public_url(args.source)}): {sweep.stats.line()}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"run": sweep.run_id, "source": sweep.source_id, **sweep.stats.as_dict()},
+                                 sort_keys=True), flush=True)
+
+    async def guarded() -> int:
+        try:
+            await main()
+            return 0
+        except SourceError as exc:
+            print(f"error: {exc} (the sweep is checkpointed: run the same command again to resume)", file=sys.stderr)
+            return 1
+        except asyncio.CancelledError:
+            return 130
+        finally:
+            await close_node(node)
+
+    if node.backend is None:
+        print(f"warning: no classifier ({node.backend_problem}); images without a known verdict stay undecided "
+              f"and are tried again by the next sweep", file=sys.stderr)
+    return asyncio.run(guarded())
+
+
+def _source_for(records: SweepRecords, run: dict[str, Any] | None, url: str | None, options: dict[str, str]) -> Any:
+    from scanners.sources import open_source
+
+    target = url or (run["url"] if run else None)
+    if not target:
+        raise LookupError("cannot tell which storage this is: pass --source URL")
+    return open_source(target, **options)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from node.actions import apply_run
+    from node.config import ConfigError
+
+    try:
+        options = parse_options(args.option)
+        node = open_node(args.config, load_model=False)
+    except (ValueError, ConfigError) as exc:
+        return _error(str(exc))
+    if args.quarantine_dir:
+        options["quarantine_dir"] = args.quarantine_dir
+
+    async def main() -> int:
+        records = SweepRecords(node.store)
+        try:
+            run = records.get_run(args.run)
+            if run is None:
+                return _error(f"no sweep run {args.run} (see the run number in `scan`'s summary)")
+            if run["action"] != "dry-run":
+                print(f"note: run {args.run} was not a dry run ({run['action']}); acting on any positives it "
+                      f"left unacted", file=sys.stderr)
+            source = _source_for(records, run, args.source, options)
+            try:
+                counts = await apply_run(records, args.run, source, action=args.action, actor_id=node.actor_id)
+            finally:
+                await source.close()
+        except (LookupError, SourceError) as exc:
+            return _error(str(exc))
+        finally:
+            await close_node(node)
+        print(json.dumps({"run": args.run, **counts}, sort_keys=True))
+        return 0 if counts["failed"] == 0 else 1
+
+    return asyncio.run(main())
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from node.actions import quarantined_record, release
+    from node.config import ConfigError
+
+    try:
+        options = parse_options(args.option)
+        node = open_node(args.config, load_model=False)
+    except (ValueError, ConfigError) as exc:
+        return _error(str(exc))
+    if args.quarantine_dir:
+        options["quarantine_dir"] = args.quarantine_dir
+
+    def retract(verdict_id: str, reason: str) -> str:
+        from node.federation import retract as federation_retract
+
+        row = node.store.conn.execute("SELECT retracted_at FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
+        if row is None:
+            raise LookupError(f"{verdict_id}: not in the verdict store")
+        if row[0] is not None:
+            return f"{verdict_id} was already retracted"
+        return federation_retract(node.store, node.config, node.ed25519_key, verdict_id, reason)
+
+    async def main() -> int:
+        records = SweepRecords(node.store)
+        try:
+            record = quarantined_record(records, args.item)
+            run = records.get_run(record.run_id) if record.run_id is not None else None
+            local_dir = _quarantine_dir_of(record.location)
+            if "quarantine_dir" not in options and local_dir is not None:
+                options["quarantine_dir"] = local_dir
+            source = _source_for(records, run, args.source, options)
+            try:
+                outcome = await release(records, args.item, source, reason=args.reason, retract=retract)
+            finally:
+                await source.close()
+        except (LookupError, SourceError) as exc:
+            return _error(str(exc))
+        finally:
+            await close_node(node)
+        print(json.dumps(outcome, sort_keys=True))
+        return 0
+
+    return asyncio.run(main())
+
+
+def _quarantine_dir_of(location: str | None) -> str | None:
+    """Local and pict-rs quarantines are directories holding the location file; SSH/S3 ones are not local
+    paths and the source's default (or --quarantine-dir) is used."""
+    import os
+
+    if location and os.path.isabs(location) and os.path.exists(location):
+        return os.path.dirname(location)
+    return None
