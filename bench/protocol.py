@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,22 +32,27 @@ from protocol.verdict import (  # noqa: E402
 ACTOR = "https://verdicts.example.org/actor"
 
 
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``fn``, best of three windows (the least disturbed by neighbours)."""
-    fn()
-    best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        deadline = start + seconds / 3
-        while True:
-            for _ in range(20):
-                fn()
-            count += 20
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, count / (now - start))
-    return best
+def rates(functions: dict[str, Callable[[], object]], seconds: float, rounds: int = 15) -> dict[str, float]:
+    """Calls per second of each function. The functions take turns in short slices, round after round,
+    and each gets the median of its slices: neighbours' load hits all of them alike, so the ratios hold
+    even when the absolute figures move."""
+    for fn in functions.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    slice_s = seconds / rounds
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            count, start = 0, time.perf_counter()
+            deadline = start + slice_s
+            while True:
+                for _ in range(10):
+                    fn()
+                count += 10
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+            samples[name].append(count / (now - start))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def realistic_verdict() -> Verdict:
@@ -87,26 +93,27 @@ def main() -> int:
     raw_ed_sig = ed.sign(b"x" * 64)
     raw_rsa_sig = rsa_key.sign(b"x" * 200, padding.PKCS1v15(), hashes.SHA256())
     s = args.seconds
-    figures = {
-        "baseline ed25519 verify (64 B)": rate(lambda: ed_pub.verify(raw_ed_sig, b"x" * 64), s),
-        "baseline rsa-2048 verify": rate(lambda: rsa_pub.verify(raw_rsa_sig, b"x" * 200, padding.PKCS1v15(),
-                                                                hashes.SHA256()), s),
-        "verify_verdict (dict)": rate(lambda: verify_verdict(doc, resolve), s),
-        "verify_verdict (json text)": rate(lambda: verify_verdict(json.loads(wire), resolve), s),
-        "sign_verdict": rate(lambda: sign_verdict(verdict, ed, ed25519_key_id(ACTOR)), s),
-        "http verify (cavage rsa-sha256 POST)": rate(verify_http, s),
-        "http sign (cavage rsa-sha256 POST)": rate(
-            lambda: httpsig.sign_request("POST", "https://peer.example/inbox", {}, body, rsa_key_id(ACTOR),
-                                         rsa_key), s),
-    }
+    figures = rates({
+        "baseline ed25519 verify (64 B)": lambda: ed_pub.verify(raw_ed_sig, b"x" * 64),
+        "baseline rsa-2048 verify": lambda: rsa_pub.verify(raw_rsa_sig, b"x" * 200, padding.PKCS1v15(),
+                                                          hashes.SHA256()),
+        "verify_verdict (dict)": lambda: verify_verdict(doc, resolve),
+        "verify_verdict (json text)": lambda: verify_verdict(json.loads(wire), resolve),
+        "sign_verdict": lambda: sign_verdict(verdict, ed, ed25519_key_id(ACTOR)),
+        "http verify (cavage rsa-sha256 POST)": verify_http,
+        "http sign (cavage rsa-sha256 POST)": lambda: httpsig.sign_request(
+            "POST", "https://peer.example/inbox", {}, body, rsa_key_id(ACTOR), rsa_key),
+    }, s * 7)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"one core, {s:.1f} s per figure; verdict document {len(wire)} bytes, POST body {len(body)} bytes; "
-          f"load average {load:.2f} on {os.cpu_count()} CPUs")
+    print(f"one core, {s:.1f} s per figure (interleaved slices, medians); verdict document {len(wire)} bytes, "
+          f"POST body {len(body)} bytes; load average {load:.2f} on {os.cpu_count()} CPUs")
     for name, value in figures.items():
         print(f"  {name:40s} {value:10,.0f} /s")
     print("ratios to the bare primitive measured above:")
-    print(f"  verify_verdict / ed25519 verify        {figures['verify_verdict (dict)'] / figures['baseline ed25519 verify (64 B)']:.2f}")
-    print(f"  http verify / rsa-2048 verify          {figures['http verify (cavage rsa-sha256 POST)'] / figures['baseline rsa-2048 verify']:.2f}")
+    verdict_ratio = figures["verify_verdict (dict)"] / figures["baseline ed25519 verify (64 B)"]
+    http_ratio = figures["http verify (cavage rsa-sha256 POST)"] / figures["baseline rsa-2048 verify"]
+    print(f"  verify_verdict / ed25519 verify        {verdict_ratio:.2f}")
+    print(f"  http verify / rsa-2048 verify          {http_ratio:.2f}")
     target = 3000
     ok = figures["verify_verdict (dict)"] >= target
     print(f"verdict verifications target >= {target}/s: {'met' if ok else 'NOT met'}")
