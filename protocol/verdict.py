@@ -10,6 +10,7 @@ is not exactly well-formed is refused with a ProtocolError naming the field, nev
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 import time
@@ -97,7 +98,10 @@ class Verdict:
             "type": "Verdict",
             "attributedTo": self.issuer,
             "fingerprint": self.fingerprint.to_as2(),
-            "scores": {k: float(v) for k, v in self.scores.items()},
+            # numpy scalars become plain floats; anything that is not a real number is left for the
+            # strict parser below to refuse (float("0.5") or float(True) would hide a caller's bug)
+            "scores": {k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+                       for k, v in self.scores.items()},
             "label": self.label,
             "model": {"type": "ClassifierModel", "name": self.model.name, "version": self.model.version,
                       "rules": self.model.rules},

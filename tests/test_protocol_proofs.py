@@ -376,3 +376,13 @@ def test_property_from_as2_raises_only_protocol_error(value, data):
         Verdict.from_as2(doc)
     except ProtocolError:
         pass
+
+
+def test_to_as2_refuses_non_numbers_and_accepts_numpy_scalars():
+    import numpy as np
+    for bad in ("0.5", True, None):
+        with pytest.raises(ProtocolError) as info:
+            make_verdict(scores={"csam": bad}).to_as2()
+        assert info.value.field == "scores.csam"
+    doc = make_verdict(scores={"csam": np.float32(0.25), "nsfw": np.float64(0.5)}).to_as2()
+    assert doc["scores"] == {"csam": 0.25, "nsfw": 0.5} and type(doc["scores"]["csam"]) is float
