@@ -270,7 +270,9 @@ class Pipeline:
         node = self.node
         loop = asyncio.get_running_loop()
         if node.backend is None:
-            return self._unavailable(work, f"no classifier ({node.backend_problem})")
+            model = node.config.classifier.model
+            why = "classifier.model is none" if model.strip().lower() == "none" else f"{model} is not loaded, see /healthz"
+            return self._unavailable(work, f"no classifier ({why})")
         task = self._inflight.get(work.sha256)
         if task is None:
             # A twin request may have finished its inference while we were decoding: use its verdict.

@@ -109,7 +109,9 @@ class Node:
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
         if problem and load_model:
-            log.warning("no classifier: %s", problem)
+            log.warning("no classifier: %s (node.yaml classifier.model is %r; until it loads, known images are "
+                        "answered from stored verdicts and unknown ones per pictrs.on_unavailable: %s)",
+                        problem.rstrip("."), config.classifier.model, config.pictrs.on_unavailable)
         node = cls(config, Store(config.database_path), backend=backend, backend_problem=problem, peers=peers,
                    ed25519_key=load_private_key(config.ed25519_key_path),
                    rsa_key=load_private_key(config.rsa_key_path))

@@ -176,10 +176,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = resolve_config(args.config)
+        default_url = f"http://{config.listen.host}:{config.listen.port}"
         if getattr(args, "host", None):
             config.listen.host = args.host
         if getattr(args, "port", None):
             config.listen.port = args.port
+        if config.node.url == default_url:  # never set by the admin: follow the overrides
+            config.node.url = f"http://{config.listen.host}:{config.listen.port}"
         node = Node.open(config)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
