@@ -188,6 +188,7 @@ class Sweep:
         self.run_id: int | None = None
         self._pending: list[ItemRecord] = []
         self._overrides: set[str] = set()
+        self._inferred_ids: set[str | None] = set()
         self._last_commit = 0.0
 
     # -- passes ----------------------------------------------------------------------------------
@@ -319,6 +320,8 @@ class Sweep:
         stats.decided += 1
         fp = result.fingerprint
         outcome, origin, reason = result.outcome, result.source, result.reason
+        if fp is None and outcome == "block":
+            fp = self._fingerprint_from_verdicts(result)
         pixel = fp.pixel_sha256 if fp is not None else None
         if outcome == "block" and pixel is not None and pixel in self._overrides:
             outcome, origin, reason = "allow", "override", "released as a false positive by the admin (same pixels)"
@@ -327,9 +330,10 @@ class Sweep:
                               pixel_sha256=pixel, phash64=(fp.phash64 or None) if fp else None,
                               pdq256=fp.pdq256 if fp else None, scores=result.scores,
                               verdict_ids=tuple(result.verdict_ids))
-        if result.inferred:
+        if result.inferred and result.verdict_id not in self._inferred_ids:
+            self._inferred_ids.add(result.verdict_id)  # twins that shared one inference count it once
             stats.inferred += 1
-        elif origin == "cache":
+        elif origin in ("cache", "inference"):
             stats.cache += 1
         elif origin == "peer":
             stats.peer += 1
@@ -357,6 +361,19 @@ class Sweep:
         elif done.action == "failed":
             stats.action_failures += 1
         return done
+
+    def _fingerprint_from_verdicts(self, result: Any) -> Any:
+        """An exact-key hit is answered without decoding, so it has no perceptual hashes of its own; a positive
+        is reported with them, taken from the verdict on the same bytes (or the same pixels)."""
+        for verdict_id in result.verdict_ids:
+            held = self.node.store.get_verdict(verdict_id)
+            if held is not None and held.verdict.fingerprint.sha256 == result.sha256:
+                return held.verdict.fingerprint
+        for verdict_id in result.verdict_ids:  # no decode happened, so the hit was on the pixel key: same pixels
+            held = self.node.store.get_verdict(verdict_id)
+            if held is not None:
+                return dataclasses.replace(held.verdict.fingerprint, sha256=result.sha256)
+        return None
 
     async def _check(self, data: bytes, key: str) -> Any:
         """Pipeline.check; a full classifier queue (other callers, e.g. the pict-rs hook in the same node)

@@ -1,0 +1,73 @@
+"""Shared pieces of the sweep tests: a node with the tiny CLIP, a corpus of real photos plus hostile items,
+and small queries over what a sweep recorded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from node.runtime import Node
+from node.sweep import Sweep, SweepOptions, SweepStats
+from node.sweep_records import SweepRecords
+from tests.hostile import hostile_corpus
+from tests.images import photo_bytes, photo_names
+
+#: Hostile items that decode (or fail) fast; the full corpus is swept once in test_sweep.py.
+QUICK_HOSTILE = ("empty", "random_bytes", "truncated_png", "html_named_jpg", "svg_named_jpg", "mp4_header",
+                 "jpeg_header_only", "jpeg_with_zip_appended")
+
+
+def photo_corpus(size: int | None = 256) -> dict[str, bytes]:
+    """key -> bytes: every real photo (some score csam >= 0.5 with the tiny CLIP, some well below)."""
+    return {f"{i % 3:02d}/{i % 2:02d}/photo-{name}": photo_bytes(name, size=size) for i, name in enumerate(photo_names())}
+
+
+def hostile_items(names: tuple[str, ...] | None = QUICK_HOSTILE) -> dict[str, tuple[bytes, str]]:
+    corpus = hostile_corpus()
+    return {f"hostile/{n}": corpus[n] for n in (names or corpus)}
+
+
+def write_tree(root: Path, items: dict[str, bytes]) -> None:
+    for key, data in items.items():
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+async def with_node(config: Any, body: Callable[[Node], Awaitable[Any]]) -> Any:
+    node = Node.open(config, extensions=())
+    try:
+        return await body(node)
+    finally:
+        await node.close()
+
+
+async def sweep(node: Node, source: Any, url: str, **options: Any) -> tuple[SweepStats, int]:
+    s = Sweep(node, source, url, SweepOptions(**options))
+    stats = await s.run()
+    return stats, s.run_id
+
+
+def inferred(node: Node) -> int:
+    return int(node.metrics.inference_images._value.get())
+
+
+def rows(node: Node, run_id: int | None = None) -> dict[str, dict]:
+    """key -> sweep_items row (dicts, scores decoded)."""
+    where, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+    out = {}
+    for r in node.store.db.query(f"SELECT * FROM sweep_items {where}", params):
+        r = dict(r)
+        r["scores"] = json.loads(r["scores"]) if r["scores"] else None
+        r["verdict_ids"] = json.loads(r["verdict_ids"] or "[]")
+        out[r["key"]] = r
+    return out
+
+
+def own_verdicts(node: Node) -> list[dict]:
+    return [dict(r) for r in node.store.db.query("SELECT verdict_id, sha256, pixel_sha256, scores, retracted_at "
+                                                 "FROM verdicts WHERE own = 1")]
+
+
+def records(node: Node) -> SweepRecords:
+    return SweepRecords(node.store)

@@ -1,0 +1,259 @@
+"""Sweeps of a local directory on a real node (tiny CLIP, real store, real signatures): quarantine, known
+items, content under another key, dry run + apply, delete, release with override and retraction, peers'
+verdicts, report, the hostile corpus."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from node.actions import apply_run, release
+from node.cli import main as cli_main
+from node.report import report_rows
+from scanners.sources import open_source
+from tests.images import photo_bytes
+from tests.node_helpers import make_data_dir, run
+from tests.sweep_helpers import (hostile_items, inferred, own_verdicts, photo_corpus, records, rows, sweep, with_node,
+                                 write_tree)
+from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
+
+THRESHOLDS = {"csam": 0.5}
+
+
+def setup_tree(tmp_path: Path, hostile: bool = True) -> tuple[Path, dict[str, bytes], dict[str, str]]:
+    root = tmp_path / "files"
+    items = photo_corpus()
+    expected_media = {}
+    if hostile:
+        for key, (data, outcome) in hostile_items().items():
+            items[key] = data
+            expected_media[key] = outcome
+    write_tree(root, items)
+    return root, items, expected_media
+
+
+def blocked_by_own_verdicts(node) -> set[str]:
+    """sha256s whose own signed verdict scores csam >= our threshold (what must be acted on)."""
+    return {v["sha256"] for v in own_verdicts(node) if json.loads(v["scores"]).get("csam", 0) >= THRESHOLDS["csam"]}
+
+
+def test_local_sweep_quarantines_positives_skips_known_and_reuses_content(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root, items, media = setup_tree(tmp_path)
+    # The same bytes as a photo under another key: decided from the verdict store, not classified again.
+    items["copies/again-coffee"] = items["02/00/photo-coffee"]
+    items["copies/again-astronaut"] = items["00/00/photo-astronaut"]
+    write_tree(root, items)
+    quarantine = tmp_path / "quarantine"
+
+    async def body(node):
+        source = open_source(str(root), quarantine_dir=str(quarantine))
+        stats, run_id = await sweep(node, source, str(root), workers=3)
+        recorded = rows(node)
+        assert set(recorded) == set(items)  # every item decided, exactly one row each
+        assert stats.listed == len(items) and stats.known == 0
+        distinct_images = {items[k] for k in items if k not in media or media[k] == "image"}
+        assert inferred(node) == len(own_verdicts(node)) <= len(distinct_images)
+        assert stats.inferred == inferred(node) and stats.cache >= 2
+        blocked = blocked_by_own_verdicts(node)
+        positives = {k for k, r in recorded.items() if r["outcome"] == "block"}
+        assert positives and positives != set(items)
+        assert positives == {k for k, r in recorded.items() if r["sha256"] in blocked}
+        assert {"copies/again-coffee", "02/00/photo-coffee"} <= positives or not {"02/00/photo-coffee"} & positives
+        for key in positives:
+            r = recorded[key]
+            assert r["action"] == "quarantined" and not (root / key).exists()
+            assert Path(r["location"]).read_bytes() == items[key]
+            sidecar = json.loads(Path(r["location"] + ".json").read_text())
+            assert sidecar["original"]["key"] == key and sidecar["verdict_node"]["verdict_ids"] == r["verdict_ids"]
+            assert oct(os.stat(quarantine).st_mode & 0o777) == "0o700"
+        for key in set(items) - positives:
+            assert (root / key).read_bytes() == items[key]  # allowed, unreadable and video: left alone
+        for key, outcome in media.items():
+            if outcome != "image":
+                assert recorded[key]["outcome"] == outcome and recorded[key]["action"] == "none"
+        assert stats.positives == stats.quarantined == len(positives)
+
+        # Second sweep: everything is known by its stat; nothing read, nothing classified.
+        before = inferred(node)
+        again, _ = await sweep(node, open_source(str(root), quarantine_dir=str(quarantine)), str(root))
+        assert again.listed == len(items) - len(positives) and again.known == again.listed and again.decided == 0
+        assert inferred(node) == before
+
+        # A changed file is decided again (and only it).
+        changed = next(k for k in items if k not in positives and k not in media)
+        (root / changed).write_bytes(photo_bytes("immunohistochemistry", size=200))
+        third, _ = await sweep(node, open_source(str(root), quarantine_dir=str(quarantine)), str(root))
+        assert third.decided == 1 and third.known == third.listed - 1
+        assert rows(node)[changed]["outcome"] == "allow"
+    run(with_node(config, body))
+
+
+def test_dry_run_then_apply_without_classifying_again_and_delete(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root, items, _ = setup_tree(tmp_path, hostile=False)
+    quarantine = tmp_path / "q"
+
+    async def body(node):
+        src = open_source(str(root), quarantine_dir=str(quarantine))
+        stats, run_id = await sweep(node, src, str(root), action="dry-run")
+        positives = {k for k, r in rows(node).items() if r["outcome"] == "block"}
+        assert positives and stats.dry_run == len(positives)
+        assert all((root / k).exists() for k in items)  # nothing touched
+        assert {rows(node)[k]["action"] for k in positives} == {"dry-run"}
+        # A dry run's positives are not "known" to a dry run again...
+        again, _ = await sweep(node, src, str(root), action="dry-run")
+        assert again.decided == 0
+        classified = inferred(node)
+        counts = await apply_run(records(node), run_id, src, actor_id=node.actor_id)
+        assert counts["positives"] == counts["quarantined"] == len(positives) and counts["changed"] == 0
+        assert inferred(node) == classified
+        assert not any((root / k).exists() for k in positives)
+        assert all(rows(node)[k]["action"] == "quarantined" for k in positives)
+        # Applying again finds nothing left to do.
+        assert (await apply_run(records(node), run_id, src, actor_id=node.actor_id))["positives"] == 0
+
+        # Delete mode on a fresh copy of the tree: positives are removed, from the verdict store (no inference).
+        other = tmp_path / "other"
+        write_tree(other, items)
+        deleted, _ = await sweep(node, open_source(str(other)), str(other), action="delete")
+        assert deleted.deleted == len(positives) and deleted.inferred == 0
+        assert {p.relative_to(other).as_posix() for p in other.rglob("*") if p.is_file()} == set(items) - positives
+    run(with_node(config, body))
+
+
+def test_apply_skips_items_changed_since_the_dry_run(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    write_tree(root, {"a": photo_bytes("hubble_deep_field", size=256)})
+
+    async def body(node):
+        src = open_source(str(root), quarantine_dir=str(tmp_path / "q"))
+        _, run_id = await sweep(node, src, str(root), action="dry-run")
+        (root / "a").write_bytes(photo_bytes("astronaut", size=256))
+        counts = await apply_run(records(node), run_id, src, actor_id=node.actor_id)
+        assert counts == {"positives": 1, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 1, "failed": 0}
+        assert (root / "a").exists()
+    run(with_node(config, body))
+
+
+def test_release_restores_overrides_and_retracts_own_verdict(tmp_path, tiny_clip_spec):
+    from node.federation import retract
+
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    bad = photo_bytes("hubble_deep_field", size=256)
+    write_tree(root, {"x/hubble": bad, "x/astronaut": photo_bytes("astronaut", size=256)})
+    quarantine = tmp_path / "q"
+
+    async def body(node):
+        src = open_source(str(root), quarantine_dir=str(quarantine))
+        stats, _ = await sweep(node, src, str(root))
+        assert stats.quarantined == 1 and not (root / "x/hubble").exists()
+        record = rows(node)["x/hubble"]
+        verdict_id = record["verdict_ids"][0]
+        outcome = await release(records(node), record["location"], src, reason="reviewed: a galaxy",
+                                retract=lambda v, why: retract(node.store, node.config, node.ed25519_key, v, why))
+        assert (root / "x/hubble").read_bytes() == bad
+        assert outcome["retracted"] and not outcome["problems"]
+        held = node.store.db.query("SELECT retracted_at, retract_reason FROM verdicts WHERE verdict_id = ?", [verdict_id])
+        assert [r["retract_reason"] for r in held] == ["reviewed: a galaxy"]
+        deletes = list(node.store.db.query("SELECT type, object_id FROM outbox WHERE type = 'Delete'"))
+        assert [d["object_id"] for d in deletes] == [verdict_id]  # withdrawn at every peer
+        assert rows(node)["x/hubble"]["action"] == "released" and rows(node)["x/hubble"]["outcome"] == "allow"
+        # Not quarantined again: neither where it was, nor the same bytes under another key (no inference).
+        before = inferred(node)
+        (root / "y").mkdir()
+        (root / "y/copy").write_bytes(bad)
+        again, _ = await sweep(node, open_source(str(root), quarantine_dir=str(quarantine)), str(root))
+        assert again.quarantined == 0 and again.overridden == 1 and inferred(node) == before
+        assert (root / "x/hubble").exists() and (root / "y/copy").exists()
+        assert rows(node)["y/copy"]["origin"] == "override"
+    run(with_node(config, body))
+
+
+def test_peer_verdicts_decide_without_inference_and_report_names_the_peer(tmp_path, tiny_clip_spec, capsys):
+    from protocol.verdict import Verdict, new_verdict_id, sign_verdict, utc_timestamp
+    from scanners.fingerprint import fingerprint
+
+    peer = "https://peer.example/actor"
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS,
+                           peers=[{"actor": peer, "trust": "full"}])
+    root = tmp_path / "files"
+    flagged = photo_bytes("chelsea", size=256)  # our own model allows it; the peer says otherwise
+    write_tree(root, {"a/cat": flagged, "a/astronaut": photo_bytes("astronaut", size=256)})
+    peer_key = ed25519.Ed25519PrivateKey.generate()
+
+    async def body(node):
+        verdict = Verdict(id=new_verdict_id(peer), issuer=peer, fingerprint=fingerprint(flagged),
+                          scores={"csam": 0.93, "nsfw": 0.99, "underage": 0.93}, label="csam", model=node.model,
+                          published=utc_timestamp())
+        node.add_verdict(verdict, sign_verdict(verdict, peer_key, f"{peer}#ed25519-key"), own=False)
+        stats, _ = await sweep(node, open_source(str(root), quarantine_dir=str(tmp_path / "q")), str(root))
+        assert stats.peer == 1 and stats.inferred == 1 and stats.quarantined == 1
+        assert rows(node)["a/cat"]["origin"] == "peer"
+        return verdict.id
+    verdict_id = run(with_node(config, body))
+
+    config_arg = ["--config", str(config.data_dir / "node.yaml")]
+    assert cli_main(["report", "--format", "json", *config_arg]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(r["key"], r["verdict_from"], r["verdict_ids"]) for r in report] == [("a/cat", f"peer {peer}", [verdict_id])]
+    assert report[0]["scores"]["csam"] == 0.93 and report[0]["sha256"] and report[0]["phash64"]
+    assert cli_main(["report", "--format", "csv", "--since", "1h", *config_arg]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["key"], r["verdict_from"], r["action"]) for r in table] == [("a/cat", f"peer {peer}", "quarantined")]
+    assert json.loads(table[0]["scores"]) == report[0]["scores"]
+    assert cli_main(["report", "--format", "csv", "--since", "2999-01-01T00:00:00Z", *config_arg]) == 0
+    assert capsys.readouterr().out.strip().count("\n") == 0  # header only
+
+
+def test_report_names_own_inference(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    write_tree(root, {"h": photo_bytes("hubble_deep_field", size=256), "copy-h": photo_bytes("hubble_deep_field", size=256)})
+
+    async def body(node):
+        await sweep(node, open_source(str(root), quarantine_dir=str(tmp_path / "q")), str(root), workers=1)
+        return {r["key"]: r for r in report_rows(records(node))}
+    report = run(with_node(config, body))
+    assert report["copy-h"]["verdict_from"] == "own inference"  # listed first ('c' < 'h'): classified
+    assert report["h"]["verdict_from"] == "own verdict"         # same bytes: our earlier verdict
+
+
+def test_full_hostile_corpus_never_stops_a_sweep_and_is_never_csam(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds={"csam": 0.0})  # block every image
+    root = tmp_path / "files"
+    corpus = hostile_items(None)
+    write_tree(root, {k: v[0] for k, v in corpus.items()})
+    (root / "zz-last-photo").write_bytes(photo_bytes("astronaut", size=128))
+
+    async def body(node):
+        stats, _ = await sweep(node, open_source(str(root), quarantine_dir=str(tmp_path / "q")), str(root),
+                               workers=2, on_video="leave", on_unreadable="leave")
+        recorded = rows(node)
+        assert set(recorded) == set(corpus) | {"zz-last-photo"}
+        for key, (_, outcome) in corpus.items():
+            expected = "block" if outcome == "image" else outcome  # threshold 0: every readable image blocks
+            assert recorded[key]["outcome"] == expected, key
+            if outcome != "image":
+                assert (root / key).exists() and recorded[key]["action"] == "none"
+        assert recorded["zz-last-photo"]["outcome"] == "block" and stats.errors == 0
+    run(with_node(config, body))
+
+
+def test_unreadable_items_are_acted_on_only_when_configured(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    write_tree(root, {k: v[0] for k, v in hostile_items(("random_bytes", "mp4_header")).items()})
+
+    async def body(node):
+        stats, _ = await sweep(node, open_source(str(root), quarantine_dir=str(tmp_path / "q")), str(root),
+                               on_unreadable="quarantine")
+        assert (stats.unreadable, stats.video, stats.quarantined, stats.positives) == (1, 1, 1, 0)
+        assert not (root / "hostile/random_bytes").exists() and (root / "hostile/mp4_header").exists()
+    run(with_node(config, body))
