@@ -15,6 +15,7 @@ lowercase \\u00xx.
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -28,6 +29,7 @@ _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, sort_keys=True, 
 
 
 _SAFE_KEYS: set[str] = set()
+_context_cache: tuple[Any, bytes] | None = None  # (private copy of a @context value, its canonical bytes)
 _INF = float("inf")
 # A placeholder no JSON string of a peer is expected to contain (checked anyway when it is put back).
 _MARKER = "\ue000JCS\ue001"
@@ -44,6 +46,10 @@ def canonicalize(obj: Any) -> bytes:
     Integers beyond 2**53 are written as the double a JavaScript peer would read (I-JSON). Raises
     ProtocolError for values JSON cannot carry (NaN, infinities, numbers beyond double range, non-string
     keys, lone surrogates, other Python types)."""
+    if type(obj) is dict and "@context" in obj and len(obj) > 1:
+        spliced = _with_known_context(obj)
+        if spliced is not None:
+            return spliced
     try:
         special = _check_fast_path(obj)
         if special:
@@ -56,6 +62,44 @@ def canonicalize(obj: Any) -> bytes:
         return _encode(obj).encode("utf-8")
     except (TypeError, ValueError, UnicodeError, RecursionError) as exc:
         raise ProtocolError(f"cannot canonicalize: {exc}") from exc
+
+
+def _with_known_context(obj: dict[str, Any]) -> bytes | None:
+    """Canonical bytes of a JSON-LD document whose ``@context`` equals the last one seen, reusing that
+    context's canonical bytes. A verdict and its proof options carry the same large context, and so does
+    every verdict of a peer: this halves the work of a verification.
+
+    Sound because "@context" is then the first member in JCS order (checked: no other key sorts before
+    it) and the cached context holds only strings, lists and objects, whose Python equality is exact
+    (unlike 1 == 1.0 == True). Returns None when the shortcut does not apply."""
+    global _context_cache
+    context = obj["@context"]
+    if min(key for key in obj if key != "@context") <= "@context":
+        return None
+    cached = _context_cache
+    if cached is None or cached[0] != context:
+        if not _only_strings_lists_objects(context):
+            return None
+        cached = (copy.deepcopy(context), canonicalize(context))
+        _context_cache = cached
+    rest = canonicalize({key: value for key, value in obj.items() if key != "@context"})
+    return b'{"@context":' + cached[1] + b"," + rest[1:]
+
+
+def _only_strings_lists_objects(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if not all(type(key) is str for key in item):
+                return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is not str:
+            return False
+    return True
 
 
 def _check_fast_path(obj: Any) -> bool:

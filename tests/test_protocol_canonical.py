@@ -103,3 +103,33 @@ def test_property_fast_path_equals_reference_implementation(value):
     """The C-encoder fast path must give exactly the bytes of the reference rfc8785 library."""
     import rfc8785
     assert canonicalize(value) == rfc8785.dumps(value)
+
+
+contexts = st.sampled_from([
+    "https://www.w3.org/ns/activitystreams",
+    ["https://www.w3.org/ns/activitystreams", {"vn": "https://verdict-node.org/ns#", "x": {"@id": "vn:x"}}],
+    ["https://www.w3.org/ns/activitystreams", {"n": 1}],
+    ["https://www.w3.org/ns/activitystreams", {"n": True}],
+    ["https://www.w3.org/ns/activitystreams", {"n": 1.0}],
+    [],
+    {},
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(contexts, st.dictionaries(any_text, wide_values, max_size=4))
+def test_property_documents_with_a_context_equal_reference(context, rest):
+    """Repeated contexts take the cached-context shortcut: the bytes must still be the reference bytes,
+    and 1, 1.0 and true in a context must never be confused."""
+    import rfc8785
+    doc = {"@context": context, **rest}
+    assert canonicalize(doc) == rfc8785.dumps(doc)
+    assert canonicalize(doc) == rfc8785.dumps(doc)
+
+
+def test_cached_context_is_a_private_copy():
+    context = ["https://www.w3.org/ns/activitystreams", {"a": "b"}]
+    first = canonicalize({"@context": context, "id": "x"})
+    context[1]["a"] = "changed"
+    assert canonicalize({"@context": context, "id": "x"}) != first
+    assert canonicalize({"@context": ["https://www.w3.org/ns/activitystreams", {"a": "b"}], "id": "x"}) == first
