@@ -413,6 +413,11 @@ class _Presence:
         return sum(frames for _, frames in self.done) / span
 
 
+def _connected(request: Any) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 def _json_response(obj: Any, status: int = 200) -> Any:
     from aiohttp import web
 
@@ -507,6 +512,27 @@ class WorkerHub:
         app.router.add_post(f"{API_PREFIX}/lease", self.handle_lease)
         app.router.add_post(f"{API_PREFIX}/leases/{{lease_id}}", self.handle_results)
 
+        async def on_shutdown(app: Any) -> None:
+            # Before the node drains its inferences: fail what waits for workers (their HTTP requests can no
+            # longer arrive) and end the long polls, instead of waiting out leases at every restart.
+            self.close()
+
+        app.on_shutdown.append(on_shutdown)
+
+    def add_metrics(self, registry: Any) -> None:
+        """Gauges for /metrics, read live from the queue and the presence table."""
+        from prometheus_client import Gauge
+
+        Gauge("verdictnode_worker_queue_images", "Images waiting for or leased to remote workers.",
+              registry=registry).set_function(lambda: self.queue.outstanding)
+        Gauge("verdictnode_workers_connected", "Remote workers heard from within workers.stale_after_s.",
+              registry=registry).set_function(
+            lambda: sum(p.last_seen >= self.clock() - self.settings.stale_after_s for p in self.presence.values()))
+        Gauge("verdictnode_worker_requeued_images", "Images put back in the queue (lease expired, worker removed "
+              "or failed), since start.", registry=registry).set_function(lambda: self.queue.requeued)
+        Gauge("verdictnode_worker_dropped_images", "Images dropped (job_ttl_s or max_attempts), since start.",
+              registry=registry).set_function(lambda: self.queue.dropped)
+
     def _authenticate(self, request: Any) -> tuple[str, str]:
         from aiohttp import web
 
@@ -523,11 +549,14 @@ class WorkerHub:
 
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        chunks, size = [], 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+            chunks.append(chunk)
         try:
-            return json.loads(raw)
+            return json.loads(b"".join(chunks))
         except ValueError as exc:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"body is not JSON: {exc}"}),
                                      content_type="application/json") from None
@@ -578,8 +607,12 @@ class WorkerHub:
         self._touch(name, model)
         if max_frames == 0:
             return web.Response(status=204)
+        # Granting is re-checked at the last moment: a worker revoked during its long poll gets nothing, nor
+        # does one whose connection is gone (a killed process: the kernel closed its socket), so its jobs do
+        # not sit in a lease nobody will return until the lease times out.
         lease = await self.queue.take(name, max_frames, min(float(wait_s), self.poll_wait),
-                                      still_allowed=lambda: self.registry.authenticate(token) == name)
+                                      still_allowed=lambda: _connected(request)
+                                      and self.registry.authenticate(token) == name)
         self._touch(name)
         if lease is None:
             return web.Response(status=204)
@@ -742,6 +775,7 @@ def install(node: Any) -> None:
             raise ConfigError(f"node.yaml: workers.model: {describe_model(model)} differs from the local classifier "
                               f"{describe_model(local.model)}; verdicts of one node come from one model")
     hub = WorkerHub(node.store, settings, model, spec=spec)
+    hub.add_metrics(node.metrics.registry)
     node.workers = hub
     node.set_backend(WorkerBackend(hub, local, local_after_s=settings.local_after_ms / 1000.0))
     node.app_setups.append(hub.setup)

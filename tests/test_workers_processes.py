@@ -24,7 +24,7 @@ import pytest
 from node.work_queue import WorkerRegistry, expected_model
 from node.work_wire import describe_model
 from tests.images import synthetic_image_bytes
-from tests.node_helpers import ROOT, make_data_dir, pictrs_post, run, running_node, tiny_clip_spec, validate_url
+from tests.node_helpers import ROOT, make_data_dir, metric_value, pictrs_post, run, running_node, tiny_clip_spec, validate_url
 from tests.test_workers import make_other_model
 
 BUDGET = 20.0
@@ -123,6 +123,7 @@ def test_two_workers_share_a_burst_and_a_killed_workers_lease_finishes_on_the_ot
                     assert all(r["source"] == "inference" and r["_seconds"] < BUDGET for r in results)
                     assert all(job.future.done() and not job.future.exception() for job in killed_jobs)
                     assert hub.queue.requeued >= len(killed_jobs) >= 1
+                    assert await metric_value(base, "verdictnode_worker_requeued_images") == hub.queue.requeued
 
                     # Every image the workers saw has exactly one verdict: nothing lost, nothing doubled.
                     by_sha = own_verdicts_by_sha(node)
@@ -135,9 +136,16 @@ def test_two_workers_share_a_burst_and_a_killed_workers_lease_finishes_on_the_ot
                     assert records["w1"].jobs_done + records["w2"].jobs_done == len(images) - 1
                     assert records["w1"].jobs_done >= 1 and records["w2"].jobs_done > len(killed_jobs)
 
-                    # The last worker goes away: once it counts as stale, answers come at once again.
+                    # The last worker is killed during its long poll: the node sees the closed connection and
+                    # does not hand it the next upload (no lease to wait out); once it counts as stale, the
+                    # upload gets on_unavailable, within stale_after_s rather than the budget.
+                    requeued = hub.queue.requeued
                     os.kill(procs["w2"].pid, signal.SIGKILL)
                     procs["w2"].wait(10)
+                    await asyncio.sleep(0.3)
+                    orphan = await upload(synthetic_image_bytes(998, "png"), session)
+                    assert orphan["source"] == "unavailable" and orphan["_seconds"] < 2 + 1.0
+                    assert hub.queue.requeued == requeued and not hub.queue.leases
                     await wait_for(lambda: not hub.remote_active(), 10, "the node to notice")
                     last = await upload(synthetic_image_bytes(999, "png"), session)
                     assert last["_status"] == 406 and last["source"] == "unavailable" and last["_seconds"] < 1.0
