@@ -93,7 +93,8 @@ _HOW_TO_PROVIDE = (
     "verdict-node never downloads weights. Provide them in one of these ways: copy a Hugging Face cache "
     "that holds them (HF_HUB_CACHE or HF_HOME selects its location); or put open_clip_config.json and the "
     "weights file in a folder and use --model local-dir:/that/folder; or point at a checkpoint file with "
-    "--model NAME//absolute/path/to/open_clip_pytorch_model.bin; or use --model open_nsfw (bundled, CPU)."
+    "--model NAME//absolute/path/to/open_clip_pytorch_model.bin (OpenAI's weights need the -quickgelu "
+    "architecture: ViT-L-14-quickgelu//path); or use --model open_nsfw (bundled, CPU)."
 )
 
 
