@@ -149,7 +149,10 @@ class Federation:
                                         ["result"], registry=r)
         self.refused_counter = Counter("verdictnode_federation_refused_total",
                                        "Federation requests refused, by HTTP status.", ["status"], registry=r)
-        self.delivered_counter = Counter("verdictnode_federation_outbox_entries_total",
+        self.retractions_counter = Counter("verdictnode_federation_retractions_applied_total",
+                                           "Retractions (received, or made with the CLI) applied by this server.",
+                                           registry=r)
+        self.outbox_counter = Counter("verdictnode_federation_outbox_entries_total",
                                          "Entries appended to the outbox log, by type.", ["type"], registry=r)
 
     # ------------------------------------------------------------------------------------------------
@@ -522,8 +525,26 @@ class Federation:
                                            activity_id=f"{verdict_id}/create")
                 enqueue(conn, create, inboxes, now=now)
             self._set_state("collected_rowid", str(rows[-1][0]))
-        self.delivered_counter.labels("Create").inc(len(rows))
+        self.outbox_counter.labels("Create").inc(len(rows))
         self.delivery.wake()
+        return len(rows)
+
+    def notice_outside_retractions(self) -> int:
+        """Retractions written by another process (`verdict-node verdicts retract` while we serve) are in
+        the store already; drop those verdicts from this process's indexes and decision cache too."""
+        cursor = int(self._state("retractions_seen", "0"))
+        rows = self.store.conn.execute(
+            "SELECT r.rowid, v.id FROM retractions r LEFT JOIN verdicts v ON v.verdict_id = r.verdict_id "
+            "WHERE r.rowid > ? ORDER BY r.rowid", (cursor,)).fetchall()
+        if not rows:
+            return 0
+        for _, verdict_rowid in rows:
+            if verdict_rowid is not None:
+                self.node.phash_index.remove(verdict_rowid)
+                self.node.pdq_index.remove(verdict_rowid)
+        self.store.generation += 1  # invalidates the pipeline's cached decisions (node/store.py)
+        self._set_state("retractions_seen", str(rows[-1][0]))
+        self.retractions_counter.inc(len(rows))
         return len(rows)
 
     def _state(self, key: str, default: str) -> str:
@@ -795,6 +816,7 @@ class Federation:
             try:
                 while self.collect_own_verdicts() > 0:
                     await asyncio.sleep(0)
+                self.notice_outside_retractions()
             except Exception:  # a busy database must not stop publishing for good
                 log.exception("outbox collector failed; retrying")
             try:
