@@ -17,13 +17,16 @@ A removal marks the entry dead (tombstone); when a quarter of the main entries a
 without them. ``ref`` is the caller's identity of an entry (e.g. a store row id): adding a ref that is
 already present replaces its code.
 
-Memory for N 64-bit entries with the default 3 chunks: code 8 + ref 8 + alive 1 + ref order 4 + 3 x (value 4
-+ entry 4) = 45 bytes (bench/index.py measures it).
+Memory for N 64-bit entries with the default 3 chunks: code 8 + ref 8 + alive 1 + 3 x (value 4 + position 4)
+= 41 bytes; from ~4M entries the bucket tables (32 MiB in all) replace the values (from 2-4M entries): ~32 bytes at 10M. Entries
+are kept in ref order so that finding a ref needs no extra array (8 bytes more per entry, until the next
+rebuild, once a merge has to insert a ref below the largest). bench/index.py measures it.
 
 Concurrency: every public method takes one lock, so the index is safe to share between the asyncio loop and
 worker threads (e.g. ``await asyncio.to_thread(index.search, ...)``); on the loop itself each call is atomic
-because nothing in it awaits. A merge or rebuild runs inside the call that triggers it (``add``): ~0.1-0.3 s
-at 10M entries for a merge, seconds for ``add_many`` of millions.
+because nothing in it awaits. A merge or rebuild runs inside the call that triggers it: ~0.3 s for the merge
+that every N/64-th ``add`` triggers at 10M entries (12 us per add on average), seconds for ``add_many`` of
+millions (or for the compaction after N/4 removals).
 """
 from __future__ import annotations
 
@@ -187,7 +190,10 @@ class HammingIndex:
         self._codes = np.empty((0, self._words), dtype=np.uint64)
         self._refs = np.empty(0, dtype=np.int64)
         self._alive = np.empty(0, dtype=bool)
-        self._ref_order = np.empty(0, dtype=np.uint32)   # positions sorted by ref (searchsorted sorter)
+        # Main entries are kept in ref order, so a ref is found by binary search in _refs. Only after a merge
+        # brings a ref lower than the largest one (a replaced code) does _ref_order (positions in ref order,
+        # intp: numpy copies any other sorter on every call) exist, until the next rebuild.
+        self._ref_order: np.ndarray | None = None
         self._dead = 0
         # delta part: appended, scanned by brute force
         self._delta_codes = np.empty((MIN_DELTA, self._words), dtype=np.uint64)
@@ -280,9 +286,11 @@ class HammingIndex:
             raise ValueError(f"{len(ref_array)} refs but {len(codes)} codes")
         if not len(ref_array):
             return
-        # keep the last occurrence of each ref
-        reversed_unique, first_in_reversed = np.unique(ref_array[::-1], return_index=True)
-        if len(reversed_unique) != len(ref_array):
+        # keep the last occurrence of each ref (rows loaded from the store come in increasing order: no sort)
+        increasing = bool((ref_array[1:] > ref_array[:-1]).all())
+        reversed_unique, first_in_reversed = (None, None) if increasing else np.unique(ref_array[::-1],
+                                                                                        return_index=True)
+        if not increasing and len(reversed_unique) != len(ref_array):
             keep = np.sort(len(ref_array) - 1 - first_in_reversed)
             ref_array, codes = ref_array[keep], codes[keep]
         with self._lock:
@@ -310,8 +318,8 @@ class HammingIndex:
         if not len(self._refs):
             return False
         i = int(np.searchsorted(self._refs, ref, sorter=self._ref_order))
-        while i < len(self._ref_order):
-            position = self._ref_order[i]
+        while i < len(self._refs):
+            position = i if self._ref_order is None else int(self._ref_order[i])
             if self._refs[position] != ref:
                 break
             if self._alive[position]:
@@ -353,24 +361,31 @@ class HammingIndex:
         first = len(self._refs)
         if first + len(refs) >= 2**32:
             raise OverflowError("HammingIndex holds at most 2**32 - 1 entries")
+        order = np.argsort(refs, kind="stable")     # append in ref order: usually keeps _refs sorted
+        codes, refs = codes[order], refs[order]
         for chunk in self._chunks:
             chunk.insert(codes, first)
-        order = np.argsort(refs, kind="stable")
-        at = np.searchsorted(self._refs, refs[order], side="right", sorter=self._ref_order)
-        self._ref_order = np.insert(self._ref_order, at, (order + first).astype(np.uint32))
+        if self._ref_order is None and first and refs[0] < self._refs[-1]:
+            self._ref_order = np.arange(first, dtype=np.intp)
+        if self._ref_order is not None:
+            at = np.searchsorted(self._refs, refs, side="right", sorter=self._ref_order)
+            self._ref_order = np.insert(self._ref_order, at, np.arange(first, first + len(refs), dtype=np.intp))
         self._codes = np.concatenate([self._codes, codes])
         self._refs = np.concatenate([self._refs, refs])
         self._alive = np.concatenate([self._alive, np.ones(len(refs), dtype=bool)])
 
     def _rebuild(self, codes: np.ndarray, refs: np.ndarray) -> None:
-        """Sorted arrays from scratch over live entries only (drops tombstones)."""
+        """Sorted arrays from scratch over live entries only (drops tombstones), entries in ref order."""
         if len(refs) >= 2**32:
             raise OverflowError("HammingIndex holds at most 2**32 - 1 entries")
+        if len(refs) > 1 and not (refs[1:] >= refs[:-1]).all():
+            order = np.argsort(refs, kind="stable")
+            codes, refs = codes[order], refs[order]
         self._codes = np.ascontiguousarray(codes, dtype=np.uint64)
         self._refs = np.ascontiguousarray(refs, dtype=np.int64)
         self._alive = np.ones(len(refs), dtype=bool)
         self._dead = 0
-        self._ref_order = np.argsort(self._refs, kind="stable").astype(np.uint32)
+        self._ref_order = None
         for chunk in self._chunks:
             chunk.build(self._codes)
         self._live = len(refs)
@@ -438,6 +453,7 @@ class HammingIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays (main + delta buffer), for the bench and /metrics."""
-        return (self._codes.nbytes + self._refs.nbytes + self._alive.nbytes + self._ref_order.nbytes
+        ref_order = 0 if self._ref_order is None else self._ref_order.nbytes
+        return (self._codes.nbytes + self._refs.nbytes + self._alive.nbytes + ref_order
                 + sum(c.nbytes for c in self._chunks) + self._delta_codes.nbytes + self._delta_refs.nbytes
                 + self._delta_alive.nbytes)
