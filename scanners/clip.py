@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -57,14 +58,18 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _limit_cpu_threads() -> None:
     """torch may see the host's cores inside a container; use only the cores this process may run on."""
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
+    usable = _usable_cores()
     if torch.get_num_threads() > usable:
         torch.set_num_threads(usable)
 
@@ -219,6 +224,9 @@ class ClipClassifier:
         # Similarities are taken in fp32 whatever the model runs in: 233 texts cost nothing.
         self.text_embeddings = torch.as_tensor(text_embeddings, dtype=torch.float32, device=device)
         self.texts = rules.TEXTS
+        workers = _usable_cores()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clip-preprocess") \
+            if workers > 1 else None
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", batch_size: int = 32,
@@ -254,10 +262,17 @@ class ClipClassifier:
                                              Path(cache_dir) if cache_dir else default_cache_dir())
         return cls(model, preprocess, embeddings, info, device, batch_size)
 
+    def _preprocess_one(self, frame: Image.Image):
+        return self.preprocess(frame if frame.mode == "RGB" else frame.convert("RGB"))
+
     def preprocess_batch(self, frames: Sequence[Image.Image]):
+        """The model's own transforms, spread over the usable cores: PIL's resize releases the GIL, and
+        without this the cores idle while one thread resizes a batch."""
         import torch
 
-        return torch.stack([self.preprocess(f if f.mode == "RGB" else f.convert("RGB")) for f in frames])
+        if len(frames) < 2 or self._pool is None:
+            return torch.stack([self._preprocess_one(f) for f in frames])
+        return torch.stack(list(self._pool.map(self._preprocess_one, frames)))
 
     def encode_images(self, frames: Sequence[Image.Image]):
         """L2-normalised fp32 image embeddings, one row per frame."""
