@@ -22,6 +22,7 @@ import importlib
 import inspect
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
@@ -135,6 +136,8 @@ class Node:
         return True
 
     def _load_indexes(self) -> None:
+        self._synced_rowid = self.store.max_verdict_rowid()
+        self._synced_retractions_at = time.time()
         phash_refs, phashes, pdq_refs, pdqs = [], [], [], []
         for rowid, phash, pdq in self.store.active_perceptual():
             if phash:
@@ -148,6 +151,31 @@ class Node:
         if pdqs:
             self.pdq_index.add_many(pdq_refs, pdqs)
         self._update_index_gauges()
+
+    def sync_with_store(self, overlap: float = 5.0) -> int:
+        """Learn verdict changes made by other processes (a CLI retraction, a sweep's new verdicts): index new
+        rows, drop retracted ones, and invalidate memoised decisions. Returns how many entries changed.
+        Re-adding or re-removing is harmless, so the retraction window overlaps the previous one."""
+        changed = 0
+        for rowid, phash, pdq, retracted in self.store.verdicts_after(self._synced_rowid):
+            self._synced_rowid = max(self._synced_rowid, rowid)
+            if retracted:
+                continue
+            if phash:
+                self.phash_index.add(rowid, phash)
+            if pdq:
+                self.pdq_index.add(rowid, pdq)
+            changed += 1
+        now = time.time()
+        for rowid in self.store.retracted_since(self._synced_retractions_at - overlap):
+            removed_phash = self.phash_index.remove(rowid)
+            removed_pdq = self.pdq_index.remove(rowid)
+            changed += int(bool(removed_phash or removed_pdq))
+        self._synced_retractions_at = now
+        if changed:
+            self.store.generation += 1
+            self._update_index_gauges()
+        return changed
 
     def _update_index_gauges(self) -> None:
         self.metrics.index_size.labels("phash64").set(len(self.phash_index))
@@ -182,6 +210,8 @@ class Node:
     def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:
         """Store a verdict and index its perceptual hashes (idempotent). Returns (rowid, inserted_now)."""
         rowid, inserted = self.store.insert_verdict(verdict, document, own=own)
+        if inserted and rowid == self._synced_rowid + 1:
+            self._synced_rowid = rowid  # nothing from another process in between: no need to read it back
         if inserted:
             fp = verdict.fingerprint
             if fp.phash64:
@@ -226,6 +256,10 @@ class Node:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
+            try:
+                self.sync_with_store()
+            except Exception:  # noqa: BLE001 - try again next round
+                log.exception("reading verdict changes from the database failed")
             if self.store.pending_decisions:
                 try:
                     await loop.run_in_executor(self.executor, self.store.flush)

@@ -210,6 +210,11 @@ CREATE TABLE sweep_overrides (
 );
 CREATE INDEX sweep_overrides_pixel ON sweep_overrides(pixel_sha256);
 """),
+    # Another process (a CLI retraction, a sweep) may change verdicts under a running server: it finds
+    # them by rowid (new ones) and by retracted_at (retracted ones), see Node.sync_with_store.
+    Migration("verdicts retracted_at index", """
+CREATE INDEX verdicts_retracted_at ON verdicts(retracted_at);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
@@ -399,6 +404,18 @@ class Store:
         yield from self.conn.execute(
             "SELECT id, phash64, pdq256 FROM verdicts WHERE retracted_at IS NULL "
             "AND (phash64 IS NOT NULL OR pdq256 IS NOT NULL)")
+
+    def max_verdict_rowid(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM verdicts").fetchone()[0])
+
+    def verdicts_after(self, rowid: int) -> list[tuple[int, str | None, str | None, bool]]:
+        """(rowid, phash64, pdq256, retracted) of verdicts stored after `rowid` (by any process)."""
+        return [(r[0], r[1], r[2], r[3] is not None) for r in self.conn.execute(
+            "SELECT id, phash64, pdq256, retracted_at FROM verdicts WHERE id > ? ORDER BY id", (rowid,))]
+
+    def retracted_since(self, when: float) -> list[int]:
+        """Rowids of verdicts retracted at or after `when` (unix time), by any process."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM verdicts WHERE retracted_at >= ?", (when,))]
 
     def retract_verdict(self, verdict_id: str, reason: str) -> int | None:
         """Mark a verdict retracted; returns its rowid (to drop from the indexes) or None if unknown/already."""

@@ -227,3 +227,30 @@ def test_retracting_a_verdict_takes_effect_at_once(tmp_path, tiny_clip_spec):
         assert again.source == "inference" and again.verdict_id != first.verdict_id
         assert inferred(node) == 2
     run(_with_node(config, body))
+
+
+def test_changes_made_by_another_process_reach_a_running_node(tmp_path, tiny_clip_spec):
+    """A CLI retraction or a sweep writes to the same database while `serve` runs: the node picks them up."""
+    from node.store import Store
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    data = photo_bytes(BLOCKED)
+
+    async def body(node: Node):
+        first = await node.pipeline.check(data)
+        assert (await node.pipeline.check(data)).source == "cache"
+        with Store(config.database_path) as other:  # another connection, as another process has
+            assert other.retract_verdict(first.verdict_id, "reviewed: false positive") is not None
+        assert node.sync_with_store() >= 1
+        assert len(node.phash_index) == 0
+        again = await node.pipeline.check(data)
+        assert again.source == "inference" and again.verdict_id != first.verdict_id
+        # A verdict stored by another process is indexed too (perceptual block reuse works for it).
+        peer = "https://peer.example/actor"
+        with Store(config.database_path) as other:
+            v = Verdict(id=new_verdict_id(peer), issuer=peer, fingerprint=again.fingerprint, scores={"csam": 0.99},
+                        label="csam", model=node.model, published=utc_timestamp())
+            other.insert_verdict(v, None, own=False)
+        before = len(node.phash_index)
+        assert node.sync_with_store() == 1 and len(node.phash_index) == before + 1
+    run(_with_node(config, body))
