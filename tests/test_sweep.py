@@ -257,3 +257,37 @@ def test_unreadable_items_are_acted_on_only_when_configured(tmp_path, tiny_clip_
         assert (stats.unreadable, stats.video, stats.quarantined, stats.positives) == (1, 1, 1, 0)
         assert not (root / "hostile/random_bytes").exists() and (root / "hostile/mp4_header").exists()
     run(with_node(config, body))
+
+
+def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise():
+    from node.sweep import Progress, SweepStats
+
+    stats = SweepStats(listed=50, known=40, inferred=3, positives=1)
+    tty = io.StringIO()
+    bar = Progress(tty, tty=True, expected=200)
+    bar.started -= 10  # 10 s in: 5 items/s, 150 left -> 30 s
+    bar.update(stats, force=True)
+    bar.close()
+    assert tty.getvalue().startswith("\r[#####...............] 50/200 items 5/s ETA 0:00:30")
+    log = io.StringIO()
+    lines = Progress(log, tty=False, interval=3600)
+    lines.update(stats, force=True)
+    lines.update(stats)  # within the interval: nothing
+    assert log.getvalue().count("\n") == 1 and "scanned 50, known 40" in log.getvalue() and "\r" not in log.getvalue()
+
+
+def test_cli_scan_summary_and_bad_arguments(tmp_path, tiny_clip_spec, capsys):
+    config = make_data_dir(tmp_path / "data", model="none")
+    root = tmp_path / "files"
+    write_tree(root, {"a": photo_bytes("astronaut", size=64)})
+    args = ["--config", str(config.data_dir / "node.yaml")]
+    assert cli_main(["scan", str(root), "--since", "soon", *args]) == 2
+    assert "not a duration" in capsys.readouterr().err
+    # No classifier: the image stays undecided (tried again next time), never acted on.
+    assert cli_main(["scan", str(root), "--json", "--quarantine-dir", str(tmp_path / "q"), *args]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert (summary["listed"], summary["unknown"], summary["quarantined"]) == (1, 1, 0)
+    assert "no classifier" in captured.err and (root / "a").exists()
+    assert cli_main(["apply", "99", *args]) == 2
+    assert cli_main(["release", "nothing-like-this", *args]) == 2
