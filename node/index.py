@@ -5,9 +5,9 @@ query (reference/feasibility.md section 3), too slow for the pict-rs hook, and f
 
 How. Each code is cut into ``m`` disjoint substrings (chunks; a chunk never spans a 64-bit word). By pigeonhole,
 a code within distance ``r`` of the query differs in at most ``r // m`` bits in at least one chunk. Per chunk we
-keep the chunk values of all entries sorted (``vals``) with the entry each came from (``perm``); a query
-enumerates every value within ``r // m`` bit flips of its own chunk value, finds their runs with
-``np.searchsorted``, and verifies the candidates with ``np.bitwise_count`` on the full codes. So results are
+keep the entries ordered by chunk value (``perm``); a query enumerates every value within ``r // m`` bit flips
+of its own chunk value, finds the runs of entries with those values (binary search in the sorted values, or a
+bucket table once the index is large), and verifies the candidates with ``np.bitwise_count`` on the full codes. So results are
 exact (no false negatives, no false positives) for every radius; when the radius is too large for the layout
 to pay off (many probes or most of the table as candidates), the search scans everything instead.
 
@@ -62,7 +62,9 @@ def _flip_masks(width: int, max_flips: int) -> np.ndarray:
     for k in range(1, max_flips + 1):
         for positions in itertools.combinations(range(width), k):
             masks.append(sum(1 << p for p in positions))
-    return np.array(masks, dtype=np.uint32)
+    array = np.array(masks, dtype=np.uint32)
+    array.flags.writeable = False   # shared by every query through the cache
+    return array
 
 
 def _probe_count(width: int, max_flips: int) -> int:
