@@ -77,6 +77,9 @@ class Node:
 
         self.config = config
         self.store = store
+        # The flush loop writes decision rows in the background; a synchronous flush on the event loop
+        # (the Store's own safety valve) is only for a backlog far beyond one interval's worth.
+        store.FLUSH_AT = 20_000
         self.peers = list(peers)
         self.ed25519_key = ed25519_key
         self.rsa_key = rsa_key
