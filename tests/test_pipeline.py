@@ -254,3 +254,20 @@ def test_changes_made_by_another_process_reach_a_running_node(tmp_path, tiny_cli
         before = len(node.phash_index)
         assert node.sync_with_store() == 1 and len(node.phash_index) == before + 1
     run(_with_node(config, body))
+
+
+def test_full_classifier_queue_answers_at_once_per_on_unavailable(tmp_path, tiny_clip_spec):
+    """A flood of new images cannot queue without bound (pictrs-safety's fail-open): beyond max_queue the
+    answer is on_unavailable at once, and nothing is called safe without being classified."""
+    from tests.images import synthetic_image_bytes
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec, classifier={"max_queue": 1, "max_wait_ms": 200})
+    images = [synthetic_image_bytes(500 + i, size=128) for i in range(24)]
+
+    async def body(node: Node):
+        results = await asyncio.gather(*(node.pipeline.check(b) for b in images))
+        refused = [r for r in results if r.source == "unavailable"]
+        assert refused and all("queue full" in r.reason and r.decision == "reject" for r in refused)
+        assert all(r.source in ("inference", "unavailable") for r in results)
+        assert inferred(node) == len(results) - len(refused)
+    run(_with_node(config, body))
