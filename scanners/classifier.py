@@ -78,9 +78,10 @@ def load_classifier(spec: str | None = None, device: str = "auto", batch_size: i
       ``NAME/random`` (random weights: benchmarks and demos only, peers will not trust its scores).
     - ``"local-dir:PATH"``: a folder with open_clip_config.json and weights (open_clip's own layout).
 
-    CLIP backends apply horde-safety's rule set (scanners.rules). ``cache_dir`` holds the concept text
-    embeddings, computed once per model. Raises ModelUnavailable with instructions when weights are
-    missing.
+    CLIP backends apply horde-safety's rule set (scanners.rules). ``cache_dir`` (default
+    ~/.cache/verdict-node) is searched first for hub weights, laid out as a Hugging Face hub cache
+    (models--ORG--REPO/...), and holds the rule-text embeddings, computed once per model under
+    ``text-embeddings/``. Raises ModelUnavailable with instructions when weights are missing.
     """
     spec = (spec or DEFAULT_CLIP_SPEC).strip()
     if batch_size < 1:

@@ -123,8 +123,10 @@ def _find_in_dir(folder: Path) -> Path | None:
     return others[0] if others else None
 
 
-def resolve_source(spec: str) -> ClipSource:
-    """Turn a spec into files on this machine, or raise ModelUnavailable saying what is missing."""
+def resolve_source(spec: str, cache_dir: str | os.PathLike | None = None) -> ClipSource:
+    """Turn a spec into files on this machine, or raise ModelUnavailable saying what is missing.
+    Hub weights are looked up in ``cache_dir`` (laid out as a Hugging Face hub cache) when given, then
+    in the default Hugging Face cache."""
     if spec.startswith(LOCAL_DIR_PREFIX):
         folder = Path(spec[len(LOCAL_DIR_PREFIX):]).expanduser()
         if not folder.is_dir():
@@ -163,11 +165,13 @@ def resolve_source(spec: str) -> ClipSource:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise ModelUnavailable(
             f"{tag!r} is neither a pretrained tag of {name} (known: {known}) nor an existing weights file.")
-    checkpoint, looked_for = _find_in_hf_cache(cfg)
+    hub_caches = [str(Path(cache_dir).expanduser())] if cache_dir else []
+    hub_caches.append(_hf_cache_location())
+    checkpoint, looked_for = _find_in_hf_cache(cfg, hub_caches)
     if checkpoint is None:
         raise ModelUnavailable(
             f"CLIP weights for {name}/{tag} are not on this machine: looked for {looked_for} in the Hugging "
-            f"Face cache {_hf_cache_location()}. {_HOW_TO_PROVIDE}")
+            f"Face cache {' and '.join(hub_caches)}. {_HOW_TO_PROVIDE}")
     # In the hub cache a file is a link to blobs/<sha256 of the file>: an identity without re-hashing.
     identity = f"{name}/{tag}@{Path(os.path.realpath(checkpoint)).name}"
     return ClipSource(open_clip_name=name, checkpoint=checkpoint, name=name, version=tag,
@@ -189,7 +193,7 @@ def _config_name(config_path: Path) -> str:
     return f"custom-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
-def _find_in_hf_cache(cfg: dict[str, Any]) -> tuple[str | None, str]:
+def _find_in_hf_cache(cfg: dict[str, Any], hub_caches: Sequence[str]) -> tuple[str | None, str]:
     from huggingface_hub import try_to_load_from_cache
 
     hub = cfg.get("hf_hub", "")
@@ -201,10 +205,11 @@ def _find_in_hf_cache(cfg: dict[str, Any]) -> tuple[str | None, str]:
         stem, suffix = os.path.splitext(filename)
         # open_clip prefers a .safetensors twin of a pickled checkpoint; so do we.
         candidates = [f"{stem}.safetensors", filename] if suffix in (".bin", ".pth") else [filename]
-    for candidate in candidates:
-        found = try_to_load_from_cache(repo_id=repo, filename=candidate)
-        if isinstance(found, str) and os.path.isfile(found):
-            return found, ""
+    for hub_cache in hub_caches:
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id=repo, filename=candidate, cache_dir=hub_cache)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, ""
     return None, " or ".join(f"{repo}/{c}" for c in candidates)
 
 
@@ -232,7 +237,8 @@ class ClipClassifier:
     def load(cls, spec: str, device: str = "auto", batch_size: int = 32,
              cache_dir: str | os.PathLike | None = None) -> "ClipClassifier":
         os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: nothing below may reach a hub
-        source = resolve_source(spec)
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
+        source = resolve_source(spec, cache)
         import torch
 
         open_clip = import_open_clip()
@@ -259,7 +265,7 @@ class ClipClassifier:
         tokenizer = open_clip.get_tokenizer(source.open_clip_name)
         info = rules.clip_model_info(source.name, source.version)
         embeddings = _cached_text_embeddings(model, tokenizer, device, source.identity,
-                                             Path(cache_dir) if cache_dir else default_cache_dir())
+                                             cache)
         return cls(model, preprocess, embeddings, info, device, batch_size)
 
     def _preprocess_one(self, frame: Image.Image):

@@ -139,6 +139,14 @@ def test_hub_tag_is_looked_up_in_the_hf_cache_only(tmp_path, monkeypatch):
     os.symlink(blob, repo / "snapshots" / "abc123" / "open_clip_pytorch_model.bin")
     source = resolve_source("ViT-L-14/openai")
     assert source.checkpoint.endswith("open_clip_pytorch_model.bin")
+    # The node's classifier.cache_dir, laid out the same way, is searched before the default cache.
+    node_cache = tmp_path / "node-cache"
+    (node_cache / repo.name).mkdir(parents=True)
+    os.symlink(repo / "snapshots", node_cache / repo.name / "snapshots")
+    os.symlink(repo / "refs", node_cache / repo.name / "refs")
+    assert resolve_source("ViT-L-14/openai", node_cache).checkpoint.startswith(str(node_cache))
+    with pytest.raises(ModelUnavailable, match=f"{tmp_path / 'elsewhere'} and {tmp_path}"):
+        resolve_source("ViT-B-32/openai", tmp_path / "elsewhere")
     assert (source.name, source.version) == ("ViT-L-14", "openai")
     assert source.identity.endswith("f" * 64) and source.pretrained_cfg["quick_gelu"] is True
 
