@@ -22,6 +22,7 @@ from aiohttp import web
 from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
 from node.metrics import CONTENT_TYPE
 from node.runtime import Node
+from node.store import SchemaTooNew
 
 log = logging.getLogger("verdict_node.server")
 
@@ -92,7 +93,10 @@ async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str 
                         if len(data) > max_bytes:
                             return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
                     return bytes(data), part.headers.get("Content-Type")
-        return await request.read(), (content_type if request.headers.get("Content-Type") else None)
+        data = await request.read()
+        if len(data) > max_bytes:  # chunked bodies have no Content-Length to refuse early
+            return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+        return data, (content_type if request.headers.get("Content-Type") else None)
     except web.HTTPRequestEntityTooLarge:
         return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
     except (ValueError, AssertionError) as e:  # malformed multipart
@@ -184,7 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.node.url == default_url:  # never set by the admin: follow the overrides
             config.node.url = f"http://{config.listen.host}:{config.listen.port}"
         node = Node.open(config)
-    except ConfigError as e:
+    except (ConfigError, SchemaTooNew) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     urls = pictrs_urls(config)

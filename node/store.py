@@ -26,6 +26,10 @@ import sqlite_utils
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer verdict-node: refuse to touch it."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema step: a name (for humans) and SQL run in one transaction."""
@@ -316,7 +320,7 @@ class Store:
         conn = self.conn
         current = self.schema_version
         if current > len(self._migrations):
-            raise RuntimeError(f"{self.path}: schema version {current} is newer than this program "
+            raise SchemaTooNew(f"{self.path}: schema version {current} is newer than this program "
                                f"({len(self._migrations)} migrations); upgrade verdict-node")
         for number, migration in enumerate(self._migrations[current:], start=current + 1):
             conn.execute("BEGIN IMMEDIATE")

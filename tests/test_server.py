@@ -151,6 +151,13 @@ def test_body_limit_multipart_and_metrics(tmp_path, tiny_clip_spec):
             url = validate_url(config, base)
             status, answer = await pictrs_post(url, b"\xff\xd8" + b"\x00" * 300_000)
             assert status == 413
+
+            async def chunked():  # no Content-Length: the limit still holds
+                for _ in range(30):
+                    yield b"\x00" * 10_000
+            async with aiohttp.ClientSession(timeout=PICTRS_TIMEOUT) as s:
+                async with s.post(url, data=chunked(), headers={"Content-Type": "image/jpeg"}) as r:
+                    assert r.status == 413
             form = aiohttp.FormData()
             form.add_field("file", small, filename="a.jpg", content_type="image/jpeg")
             async with aiohttp.ClientSession(timeout=PICTRS_TIMEOUT) as s:
