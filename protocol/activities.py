@@ -319,16 +319,15 @@ def _no_constants(name: str) -> Any:
 
 
 def _check_depth(doc: Any) -> None:
-    """Iterative, so a hostile nesting cannot exhaust the Python stack."""
+    """Iterative, so a hostile nesting cannot exhaust the Python stack. Only containers are stacked (a
+    value's depth is its container's + 1), which keeps this cheap on the inbox's hot path."""
     stack = [(doc, 1)]
     while stack:
         value, depth = stack.pop()
-        if depth > MAX_DEPTH:
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if children and depth >= MAX_DEPTH:
             raise ProtocolError(f"activity nested deeper than {MAX_DEPTH}")
-        if isinstance(value, dict):
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, list):
-            stack.extend((v, depth + 1) for v in value)
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
 
 
 def _parse(doc: Any, nested: bool) -> Activity:
