@@ -8,8 +8,11 @@ The queue is the ``deliveries`` table (one row per outbox entry and target inbox
 restarts and works the same whether the row was written by the server or by a CLI command in another
 process (the loop polls the database). Each inbox has its own worker: entries go to one inbox in log
 order, and a dead peer backs off (exponentially, for days) without delaying any other peer. Consecutive
-verdict ``Create`` entries for one inbox travel together as one ``Create`` of up to ``batch_max``
-verdicts, sent once the batch is full or its oldest entry has waited ``batch_wait`` seconds.
+verdict entries for one inbox travel together as one ``Create`` of up to ``batch_max`` verdicts, sent
+once the batch is full or its oldest entry has waited ``batch_wait`` seconds.
+
+Outbox entries are either an activity (``document`` is the activity: Delete, Accept, Follow, ...) or of
+type ``Verdict`` (``document`` is one signed verdict of ours, published inside a ``Create``).
 """
 from __future__ import annotations
 
@@ -176,21 +179,21 @@ class _Pending:
     delivery_id: int
     seq: int
     type: str
-    document: str
     created_at: float
     attempts: int
     next_attempt_at: float
 
 
-BatchBuilder = Callable[[list[dict[str, Any]], int, int], dict[str, Any]]
+VERDICT_ENTRY = "Verdict"
+# (verdict documents as stored JSON texts, first seq, last seq) -> the Create body to send.
+BatchBuilder = Callable[[list[str], int, int], bytes]
 
 
 class DeliveryQueue:
     """Per-inbox workers over the ``deliveries`` table.
 
-    ``build_batch(creates, first_seq, last_seq)`` turns consecutive verdict ``Create`` entries into the
-    one activity that carries them (the federation module owns the wire form). ``on_delivered(inbox,
-    count)`` lets tests and metrics observe progress."""
+    ``build_batch(verdict_texts, first_seq, last_seq)`` turns consecutive verdict entries into the body
+    of the one Create that carries them (the federation module owns the wire form)."""
 
     def __init__(self, store: Any, client: SignedClient, build_batch: BatchBuilder, *,
                  batch_max: int = 100, batch_wait: float = 1.0, poll_interval: float = 1.0,
@@ -264,12 +267,19 @@ class DeliveryQueue:
                 pass
 
     def _pending(self, inbox: str) -> list[_Pending]:
+        """The head of this inbox's queue, without the documents (read only when a batch is sent)."""
         rows = self.store.conn.execute(
-            "SELECT d.id, d.outbox_seq, o.type, o.document, o.created_at, d.attempts, d.next_attempt_at "
+            "SELECT d.id, d.outbox_seq, o.type, o.created_at, d.attempts, d.next_attempt_at "
             "FROM deliveries d JOIN outbox o ON o.seq = d.outbox_seq "
             "WHERE d.inbox = ? AND d.delivered_at IS NULL ORDER BY d.outbox_seq LIMIT ?",
             (inbox, self.batch_max)).fetchall()
         return [_Pending(*row) for row in rows]
+
+    def _documents(self, batch: list[_Pending]) -> list[str]:
+        first, last = batch[0].seq, batch[-1].seq
+        texts = dict(self.store.conn.execute("SELECT seq, document FROM outbox WHERE seq BETWEEN ? AND ?",
+                                             (first, last)))
+        return [texts[item.seq] for item in batch]
 
     async def _sleep(self, inbox: str, seconds: float) -> None:
         event = self._wake.setdefault(inbox, asyncio.Event())
@@ -321,12 +331,11 @@ class DeliveryQueue:
         return run
 
     async def _send(self, inbox: str, batch: list[_Pending]) -> None:
-        if len(batch) == 1 and not _is_verdict_create(batch[0]):
-            body = batch[0].document.encode()
+        texts = self._documents(batch)
+        if _is_verdict_create(batch[0]):
+            body = self.build_batch(texts, batch[0].seq, batch[-1].seq)
         else:
-            creates = [json.loads(item.document) for item in batch]
-            body = json.dumps(self.build_batch(creates, batch[0].seq, batch[-1].seq),
-                              separators=(",", ":")).encode()
+            body = texts[0].encode()
         ids = [(item.delivery_id,) for item in batch]
         try:
             resp = await self.client.post_activity(inbox, body, timeout=self.request_timeout)
@@ -335,9 +344,8 @@ class DeliveryQueue:
         except PeerRequestError as exc:
             status, error = None, str(exc)
         now = time.time()
-        conn = self.store.conn
         if error is None:
-            conn.executemany("DELETE FROM deliveries WHERE id = ?", ids)
+            self._write("DELETE FROM deliveries WHERE id = ?", ids)
             self.delivered += len(batch)
             return
         self.failed_attempts += 1
@@ -347,13 +355,24 @@ class DeliveryQueue:
         if permanent or expired:
             # Dropped for good; a follower that missed it still gets it by backfilling the outbox.
             log.warning("delivery to %s dropped (%s): %s", inbox, "refused" if permanent else "gave up", error)
-            conn.executemany("DELETE FROM deliveries WHERE id = ?", ids)
+            self._write("DELETE FROM deliveries WHERE id = ?", ids)
             return
         delay = backoff_seconds(attempts, self.retry_base, self.retry_cap)
         log.info("delivery to %s failed (attempt %d, retry in %.0f s): %s", inbox, attempts, delay, error)
-        conn.executemany("UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
-                         [(attempts, now + delay, error[:500], i) for (i,) in ids])
+        self._write("UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+                    [(attempts, now + delay, error[:500], i) for (i,) in ids])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction for a whole batch (autocommit would commit once per row)."""
+        conn = self.store.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(sql, rows)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def _is_verdict_create(item: _Pending) -> bool:
-    return item.type == "Create"
+    return item.type == VERDICT_ENTRY
