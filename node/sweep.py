@@ -470,8 +470,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from node.config import ConfigError
     from scanners.sources import open_source
 
+    if args.all and args.since:
+        return _error("--all sweeps everything: leave out --since (or use --since alone for a partial pass)")
     try:
-        mode: Mode = "daemon" if args.daemon else ("since" if args.since and not args.all else "all")
+        mode: Mode = "daemon" if args.daemon else ("since" if args.since else "all")
         options = SweepOptions(
             mode=mode, since_seconds=parse_duration(args.since) if args.since else None,
             interval=parse_duration(args.interval), workers=args.workers,

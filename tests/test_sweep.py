@@ -77,6 +77,14 @@ def test_local_sweep_quarantines_positives_skips_known_and_reuses_content(tmp_pa
             if outcome != "image":
                 assert recorded[key]["outcome"] == outcome and recorded[key]["action"] == "none"
         assert stats.positives == stats.quarantined == len(positives)
+        # Our verdicts from the sweep are published like any other: federation's collector (run by `serve`)
+        # appends each signed verdict to the outbox log.
+        from node.federation import Federation
+
+        assert Federation(node).collect_own_verdicts() == len(own_verdicts(node))
+        logged = {r["activity_id"]: r["document"] for r in node.store.db.query("SELECT activity_id, document FROM outbox")}
+        assert set(logged) == {v["verdict_id"] + "/create" for v in own_verdicts(node)}
+        assert all('"proof"' in document for document in logged.values())
 
         # Second sweep: everything is known by its stat; nothing read, nothing classified.
         before = inferred(node)
@@ -291,3 +299,26 @@ def test_cli_scan_summary_and_bad_arguments(tmp_path, tiny_clip_spec, capsys):
     assert "no classifier" in captured.err and (root / "a").exists()
     assert cli_main(["apply", "99", *args]) == 2
     assert cli_main(["release", "nothing-like-this", *args]) == 2
+
+
+def test_since_and_daemon_passes_see_only_recent_items(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    write_tree(root, {"old": photo_bytes("chelsea", size=128), "new": photo_bytes("astronaut", size=128)})
+    day_ago = os.stat(root / "old").st_mtime - 86400
+    os.utime(root / "old", (day_ago, day_ago))
+
+    async def body(node):
+        src = lambda: open_source(str(root), quarantine_dir=str(tmp_path / "q"))  # noqa: E731
+        recent, _ = await sweep(node, src(), str(root), mode="since", since_seconds=3600)
+        assert recent.listed == 1 and set(rows(node)) == {"new"}
+        # A daemon's first pass (no cursor yet) with a look-back, then incremental passes from its cursor.
+        first, _ = await sweep(node, src(), str(root), mode="daemon", since_seconds=3600, cycles=2, interval=0.01)
+        assert first.listed == 2 and first.known == 2 and first.decided == 0  # "new" in each pass, known
+        (root / "later").write_bytes(photo_bytes("immunohistochemistry", size=128))
+        again, _ = await sweep(node, src(), str(root), mode="daemon", cycles=1)
+        assert again.listed == 2 and again.decided == 1  # "old" is below the cursor's bound: not listed
+        assert set(rows(node)) == {"new", "later"}
+        everything, _ = await sweep(node, src(), str(root))
+        assert everything.listed == 3 and everything.decided == 1 and set(rows(node)) == {"new", "later", "old"}
+    run(with_node(config, body))
