@@ -84,3 +84,26 @@ def test_scan_all_killed_midway_resumes_without_classifying_twice(tmp_path, tiny
     for key in positives:
         _, action, location = rows[key]
         assert action == "quarantined" and Path(location).read_bytes() == items[key] and not (root / key).exists()
+
+
+def test_daemon_stops_cleanly_on_sigterm_and_keeps_its_cursor(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds={"csam": 0.5})
+    root = tmp_path / "files"
+    write_tree(root, {f"i{i}": synthetic_image_bytes(1000 + i, size=(64, 64)) for i in range(5)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "node.cli", "scan", str(root), "--daemon", "--interval", "0.2",
+                             "--json", "--log-interval", "0.5", "--config", str(config.data_dir / "node.yaml")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = config.database_path
+    deadline = time.monotonic() + 120
+    while count(db, "SELECT COUNT(*) FROM sweep_items") < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few incremental passes
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["decided"] == 5 and summary["listed"] >= 5 and summary["known"] == summary["listed"] - 5
+    assert "sweep: scanned" in err  # plain log lines when stderr is not a terminal
+    assert count(db, "SELECT COUNT(*) FROM sweep_runs WHERE mode = 'daemon' AND cursor IS NOT NULL") == 1
