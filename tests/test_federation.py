@@ -255,3 +255,53 @@ def test_retry_schedule_and_rate_limiter():
     assert [bucket.take("p", now=100.0) for _ in range(2)] == [0.0, 0.0]
     assert bucket.take("p", now=100.0) > 0 and bucket.take("q", now=100.0) == 0.0
     assert bucket.take("p", now=101.5) == 0.0
+
+
+async def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=body, headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+
+def test_inbox_takes_rfc9421_and_relays_of_trusted_issuers_once(tmp_path):
+    a = _config(tmp_path, "a")  # the issuer
+    b = _config(tmp_path, "b")  # relays A's verdict
+    c = _config(tmp_path, "c", peers=[{"actor": b.actor_id, "trust": "full", "follow": False},
+                                      {"actor": a.actor_id, "trust": "full", "follow": False,
+                                       "known_models": _known()}])
+
+    async def body():
+        async with running_node(a) as (node_a, _), running_node(b), running_node(c) as (node_c, base_c):
+            _, a_doc = synthetic_verdict(a.actor_id, node_a.ed25519_key, 1, csam=0.9)
+            relay = json.dumps(activities.announce(b.actor_id, [a_doc], [c.actor_id])).encode()
+            headers = {"Content-Type": "application/activity+json"}
+            headers.update(httpsig.sign_request_rfc9421("POST", f"{base_c}/inbox", headers, relay,
+                                                        f"{b.actor_id}#main-key", load_private_key(b.rsa_key_path)))
+            status, answer = await _post(f"{base_c}/inbox", relay, headers)
+            assert (status, answer["stored"]) == (202, 1)
+            held = node_c.store.get_verdict(a_doc["id"])
+            assert held is not None and held.verdict.issuer == a.actor_id and not held.own
+            # The same activity again (a retry): recognised by its id, nothing new.
+            status, answer = await _post(f"{base_c}/inbox", relay, headers)
+            assert (status, answer["status"]) == (202, "already processed")
+            assert node_c.store.counts()["peer_verdicts"] == 1
+    run(body())
+
+
+def test_a_peer_whose_key_differs_from_its_pin_is_refused(tmp_path):
+    b = _config(tmp_path, "b")
+    wrong_pin = key_fingerprint(load_private_key(_config(tmp_path, "other").ed25519_key_path))
+    a = _config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False,
+                                       "key_fingerprint": wrong_pin}])
+
+    async def body():
+        async with running_node(a) as (node_a, base_a), running_node(b) as (node_b, _):
+            _, doc = synthetic_verdict(b.actor_id, node_b.ed25519_key, 1)
+            create = json.dumps(activities.create(b.actor_id, [doc], [a.actor_id])).encode()
+            headers = {"Content-Type": "application/activity+json"}
+            headers.update(httpsig.sign_request("POST", f"{base_a}/inbox", headers, create,
+                                                f"{b.actor_id}#main-key", load_private_key(b.rsa_key_path)))
+            status, answer = await _post(f"{base_a}/inbox", create, headers)
+            assert status == 401 and "pinned" in answer["error"]
+            assert node_a.store.counts()["peer_verdicts"] == 0
+    run(body())

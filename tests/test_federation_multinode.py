@@ -82,7 +82,10 @@ def test_four_nodes_share_verdicts(tmp_path, tiny_clip_spec):
         allowed_scores = at_a[ALLOWED]["scores"]
         category = max((k for k in allowed_scores if k != "csam"), key=lambda k: allowed_scores[k])
         c.edit_config(policy={"thresholds": {"csam": 0.5, category: round(allowed_scores[category] * 0.9, 6)}})
-        b.write_peers([{"actor": a.actor, "trust": "full", "known_models": [model]},
+        # B's admin pins A's Ed25519 key, as A's admin printed it with `verdict-node peers show-key`.
+        shown = a.cli("peers", "show-key").stdout
+        pin = next(line.split()[1] for line in shown.splitlines() if line.startswith("key_fingerprint:"))
+        b.write_peers([{"actor": a.actor, "trust": "full", "known_models": [model], "key_fingerprint": pin},
                        {"actor": c.actor, "trust": "full", "known_models": [model], "follow": False}])
         c.write_peers([{"actor": a.actor, "trust": "full", "known_models": [model]}])
 
