@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     # -- storage sweeps (node/sweep.py, node/actions.py, node/report.py) --
     def source_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("--option", "-o", action="append", metavar="NAME=VALUE",
-                       help="source option, e.g. -o client_keys=~/.ssh/id_ed25519 -o host_key='ssh-ed25519 AAAA...' "
+                       help="source option, e.g. -o client_keys=/root/.ssh/id_ed25519 -o host_key='ssh-ed25519 AAAA...' "
                             "or -o api_key=... (secrets given here are never written to the database)")
         q.add_argument("--quarantine-dir", default=None,
                        help="local/SSH/pict-rs quarantine directory (default: next to the storage root)")
