@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import yaml  # noqa: E402
 
 from node.store import Store  # noqa: E402
 from protocol.keys import generate_ed25519  # noqa: E402

@@ -107,8 +107,9 @@ class ActorDirectory:
         self._cache[actor_id] = actor
         return actor
 
-    async def get(self, actor_id: str, *, refresh: bool = False) -> PeerActor:
-        """The actor, from cache or fetched. ``refresh`` refetches unless we fetched it moments ago."""
+    async def get(self, actor_id: str, *, refresh: bool = False, remember: bool = True) -> PeerActor:
+        """The actor, from cache or fetched. ``refresh`` refetches unless we fetched it moments ago;
+        ``remember=False`` leaves a fetched document out of the cache (a stranger not yet verified)."""
         actor = self.cached(actor_id)
         if actor is not None and (not refresh or time.time() - actor.fetched_at < self.refresh_interval):
             return actor
@@ -117,7 +118,8 @@ class ActorDirectory:
         except Exception as exc:  # network, status, JSON: all mean "cannot get the key"
             raise ActorError(f"cannot fetch actor {actor_id}: {exc}") from None
         actor = self._checked(read_actor(doc, actor_id, time.time()))
-        self._save(actor)
+        if remember:
+            self.remember(actor)
         return actor
 
     def _checked(self, actor: PeerActor) -> PeerActor:
@@ -126,7 +128,7 @@ class ActorDirectory:
             raise ActorError(f"actor {actor.id} does not carry the key pinned in peers.yaml ({pin})")
         return actor
 
-    def _save(self, actor: PeerActor) -> None:
+    def remember(self, actor: PeerActor) -> None:
         self._cache[actor.id] = actor
         remote = actor.remote
         first_ed = next(iter(remote.ed25519_keys.values()), None)

@@ -42,7 +42,7 @@ from node.delivery import (ACTIVITY_JSON, VERDICT_ENTRY, DeliveryQueue, PeerRequ
 from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
 from protocol.errors import ProtocolError
-from protocol.verdict import Fingerprint, Verdict, new_object_id, origin_of, verify_verdict
+from protocol.verdict import Fingerprint, Verdict, verify_verdict
 
 if TYPE_CHECKING:
     from node.config import PeerEntry
@@ -79,11 +79,6 @@ def _json_response(data: Any, status: int = 200, content_type: str = "applicatio
 
 def _refusal_response(refusal: Refusal) -> web.Response:
     return _json_response({"error": str(refusal)}, refusal.status)
-
-
-def _wants_activity_json(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return "activity+json" in accept or "ld+json" in accept
 
 
 class TokenBucket:
@@ -141,7 +136,7 @@ class Federation:
             request_timeout=self.settings.request_timeout_seconds)
         self.lookup_limiter = TokenBucket(self.settings.lookup_rate_per_second,
                                           max(1.0, self.settings.lookup_rate_per_second * 2))
-        self._collect_wake = asyncio.Event() if _has_loop() else None
+        self._collect_wake = asyncio.Event()
         self._backfilling: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         r = node.metrics.registry
@@ -252,22 +247,25 @@ class Federation:
             actor_id = actor_of_key_id(params.key_id)
         except ActorError as exc:
             raise Refusal(401, str(exc)) from None
-        if not allow_unknown and not self._known_sender(actor_id):
+        known = self._known_sender(actor_id)
+        if not allow_unknown and not known:
             raise Refusal(403, f"{actor_id} is not a peer of this node")
-        try:
-            actor = await self.actors.get(actor_id)
+        try:  # a stranger's document is kept only once its signature verified
+            actor = await self.actors.get(actor_id, remember=known)
         except ActorError as exc:
             raise Refusal(401, str(exc)) from None
         for attempt in (0, 1):
             try:
                 httpsig.verify_request(request.method, request.raw_path, request.headers, body, params,
                                        actor.remote.http_key(params.key_id), scheme=self.scheme)
+                if not known:
+                    self.actors.remember(actor)
                 return actor
             except ProtocolError as exc:
                 if attempt == 1 or not _may_be_a_stale_key(exc):
                     raise Refusal(401, f"signature: {exc}") from None
                 try:
-                    actor = await self.actors.get(actor_id, refresh=True)
+                    actor = await self.actors.get(actor_id, refresh=True, remember=known)
                 except ActorError as fetch_error:
                     raise Refusal(401, f"signature: {exc}; {fetch_error}") from None
         raise AssertionError("unreachable")
@@ -832,14 +830,6 @@ class Federation:
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
-
 
 def _may_be_a_stale_key(exc: ProtocolError) -> bool:
     """Only a signature that does not verify (or names a key we do not have) may be cured by fetching the

@@ -19,7 +19,6 @@ import aiohttp
 from PIL import Image
 
 from protocol import activities
-from protocol.verdict import sign_verdict
 from tests.images import photo_bytes, synthetic_image_bytes
 from tests.multinode import Peer, signed_request, started, synthetic_verdict, wait_until
 from tests.node_helpers import metric_value, pictrs_post, run
