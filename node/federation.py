@@ -856,6 +856,10 @@ def install(node: "Node") -> None:
     node.background.append(federation.run)
     if federation.settings.lookup_peers:
         node.lookup_peers = federation.lookup_peers
+    for actor in federation.settings.lookup_peers:
+        if actor not in federation.peers:
+            log.warning("federation.lookup_peers: %s is not in peers.yaml: its answers are used only for "
+                        "verdicts of issuers that are", actor)
 
 
 # ----------------------------------------------------------------------------------------------------
