@@ -221,8 +221,12 @@ class Sweep:
                 first_since = time.time() - opts.since_seconds
             cycle = 0
             while True:
-                await self._pass(first_since)
-                first_since = None
+                try:
+                    await self._pass(first_since)
+                    first_since = None
+                except SourceError as exc:  # storage down for longer than the source's retries: try next pass
+                    log.error("sweep pass over %s failed: %s; next pass in %g s", self.source_id, exc, opts.interval)
+                    self.stats.listing_errors += 1
                 cycle += 1
                 if opts.cycles is not None and cycle >= opts.cycles:
                     break

@@ -322,3 +322,23 @@ def test_since_and_daemon_passes_see_only_recent_items(tmp_path, tiny_clip_spec)
         everything, _ = await sweep(node, src(), str(root))
         assert everything.listed == 3 and everything.decided == 1 and set(rows(node)) == {"new", "later", "old"}
     run(with_node(config, body))
+
+
+def test_daemon_pass_that_fails_as_a_whole_is_tried_again(tmp_path, tiny_clip_spec):
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    write_tree(root, {"a": photo_bytes("astronaut", size=64)})
+
+    async def body(node):
+        src = open_source(str(root), quarantine_dir=str(tmp_path / "q"))
+        real_scan, calls = src._scan_dir, []
+
+        def scan_dir(rel):  # the storage root cannot be listed during the first pass (e.g. an NFS outage)
+            calls.append(rel)
+            if len(calls) == 1:
+                raise PermissionError(13, "Permission denied")
+            return real_scan(rel)
+        src._scan_dir = scan_dir
+        stats, _ = await sweep(node, src, str(root), mode="daemon", cycles=2, interval=0.01)
+        assert stats.listing_errors == 1 and stats.decided == 1 and set(rows(node)) == {"a"}
+    run(with_node(config, body))
