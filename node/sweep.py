@@ -247,6 +247,9 @@ class Sweep:
                    for i in range(opts.workers)]
         errors_before = len(self.source.listing_errors)
         stats = self.stats
+        # Listing is at least once (a page boundary may repeat an item): an item already handed to a worker
+        # in this pass is not handed out again (two quarantines of one item would race).
+        handed: set[tuple[str, int | None, float | None, str | None]] = set()
         try:
             seq = 0
             async for batch in self.source.list_batches(since, size=opts.batch_size):
@@ -256,6 +259,10 @@ class Sweep:
                     seen = known.get(item.key)
                     if seen is not None and seen[0] == item.size and seen[1] == item.mtime and seen[2] == item.etag:
                         continue
+                    identity = (item.key, item.size, item.mtime, item.etag)
+                    if identity in handed:
+                        continue
+                    handed.add(identity)
                     fresh.append(item)
                 stats.listed += len(batch)
                 stats.known += len(batch) - len(fresh)

@@ -342,3 +342,27 @@ def test_daemon_pass_that_fails_as_a_whole_is_tried_again(tmp_path, tiny_clip_sp
         stats, _ = await sweep(node, src, str(root), mode="daemon", cycles=2, interval=0.01)
         assert stats.listing_errors == 1 and stats.decided == 1 and set(rows(node)) == {"a"}
     run(with_node(config, body))
+
+
+def test_an_item_listed_twice_in_one_pass_is_decided_and_quarantined_once(tmp_path, tiny_clip_spec):
+    from scanners.sources.local import LocalSource
+
+    class RepeatingListing(LocalSource):
+        """At-least-once listing, as a page boundary of a remote kind gives: every batch comes twice."""
+
+        async def _list_batches(self, since, after, size):
+            async for batch in super()._list_batches(since, after, size):
+                yield batch
+                yield list(batch)
+
+    config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
+    root = tmp_path / "files"
+    bad = photo_bytes("hubble_deep_field", size=256)
+    write_tree(root, {"bad": bad, "good": photo_bytes("astronaut", size=256)})
+
+    async def body(node):
+        stats, _ = await sweep(node, RepeatingListing(root, quarantine_dir=tmp_path / "q"), str(root), workers=4)
+        assert stats.listed == 4 and stats.decided == 2 and stats.quarantined == 1 and stats.action_failures == 0
+        record = rows(node)["bad"]
+        assert record["action"] == "quarantined" and Path(record["location"]).read_bytes() == bad
+    run(with_node(config, body))
