@@ -11,8 +11,8 @@
 3. Throughput of the worker path with one and with two workers (tiny CLIP), against local inference on the
    same tiny model.
 
-The machine is shared and noisy: each comparison alternates its contenders and reports the best of the
-rounds, as ratios against the baseline measured in the same process, plus absolute figures.
+The machine is shared and noisy: each worker-path run is paired with a local run just before it, and the
+ratio reported is the median over the pairs; absolute figures are the best run of each.
 """
 from __future__ import annotations
 
@@ -92,11 +92,25 @@ async def wait_connected(hub, names: set[str], procs: list[subprocess.Popen], ti
         await asyncio.sleep(0.1)
 
 
-async def timed_burst(backend, frames: list[Image.Image]) -> tuple[float, list]:
-    """All images at once, as a burst of uploads or a sweep would submit them; wall time until the last."""
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, all threads) of this process and of the given child processes so far.
+    Unlike wall time it hardly moves when other jobs load the shared machine."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def timed_burst(backend, frames: list[Image.Image], pids: list[int] = ()) -> tuple[float, float, list]:
+    """All images at once, as a burst of uploads or a sweep would submit them: (wall seconds until the last,
+    CPU seconds spent by this process and ``pids``, results)."""
+    cpu = cpu_seconds(list(pids))
     t = time.perf_counter()
     results = await asyncio.gather(*(backend.classify_frames([frame]) for frame in frames))
-    return time.perf_counter() - t, results
+    return time.perf_counter() - t, cpu_seconds(list(pids)) - cpu, results
 
 
 async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: int, worker_counts: list[int],
@@ -111,6 +125,8 @@ async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: in
     local = BatchingClassifier(load_classifier(spec, device="cpu", batch_size=batch), max_batch=batch,
                                max_wait_ms=20, max_queue=100_000)
     best: dict[str, float] = {}
+    ratios: dict[str, list[float]] = {}
+    cpu: dict[str, float] = {}
     scores: dict[str, list] = {}
     async with running_node(config) as (node, base):
         hub = node.workers
@@ -131,13 +147,19 @@ async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: in
                     await timed_burst(local, frames[:batch])
                     warm = True
                 key = f"{count} worker" + ("s" if count > 1 else "")
+                pids = [proc.pid for proc in procs[:count]]
                 for _ in range(rounds):
-                    seconds, results = await timed_burst(local, frames)
-                    best["local"] = min(best.get("local", float("inf")), seconds)
+                    # Paired: local right before the worker path, so a load swing on the shared machine
+                    # moves both; the ratio reported is the median of the pairs.
+                    local_seconds, local_cpu, results = await timed_burst(local, frames)
+                    best["local"] = min(best.get("local", float("inf")), local_seconds)
+                    cpu["local"] = min(cpu.get("local", float("inf")), local_cpu)
                     scores["local"] = results
-                    seconds, results = await timed_burst(node.backend, frames)
+                    seconds, used, results = await timed_burst(node.backend, frames, pids)
                     best[key] = min(best.get(key, float("inf")), seconds)
+                    cpu[key] = min(cpu.get(key, float("inf")), used)
                     scores[key] = results
+                    ratios.setdefault(key, []).append(seconds / local_seconds)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -149,42 +171,53 @@ async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: in
             await local.close()
     diffs = [abs(a.scores[k] - b.scores[k]) for key in scores if key != "local"
              for a, b in zip(scores["local"], scores[key]) for k in a.scores]
-    return {"best": best, "max_score_diff": max(diffs) if diffs else 0.0}
+    return {"best": best, "ratios": ratios, "cpu": cpu, "max_score_diff": max(diffs) if diffs else 0.0}
 
 
 def report(title: str, n: int, result: dict) -> None:
-    best = result["best"]
-    base = best["local"]
+    best, cpu = result["best"], result["cpu"]
     print(f"\n{title}")
     for key, seconds in best.items():
-        ratio = "" if key == "local" else f"   {seconds / base:5.2f}x local ({(seconds / base - 1) * 100:+.1f}%)"
-        print(f"   {key:<10} {seconds:7.2f} s for {n} images = {n / seconds:7.1f} images/s{ratio}")
+        line = (f"   {key:<10} best {seconds:7.2f} s for {n} images = {n / seconds:7.1f} images/s; "
+                f"CPU {cpu[key] / n * 1000:7.1f} ms/image")
+        if key != "local":
+            pairs = result["ratios"][key]
+            line += (f"\n   {'':<10} vs local: best-to-best {seconds / best['local']:.2f}x, median of "
+                     f"{len(pairs)} paired runs {statistics.median(pairs):.2f}x ("
+                     + ", ".join(f"{r:.2f}" for r in pairs) + f"), CPU {cpu[key] / cpu['local']:.2f}x")
+        print(line)
     print(f"   largest score difference worker vs local: {result['max_score_diff']:.2e}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
-    parser.add_argument("--heavy-images", type=int, default=128)
+    parser.add_argument("--heavy-images", type=int, default=64)
     parser.add_argument("--tiny-images", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--encoding", choices=ENCODINGS, default="png")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--encodings", default="png,rgb",
+                        help="frame encodings to compare in the overhead section (comma-separated)")
     args = parser.parse_args()
+    encodings = [e for e in args.encodings.split(",") if e]
+    if any(e not in ENCODINGS for e in encodings):
+        parser.error(f"--encodings: choose from {', '.join(ENCODINGS)}")
     if args.quick:
         args.heavy_images, args.tiny_images, args.rounds = 32, 96, 1
-    print(f"bench/workers.py: {os.cpu_count()} CPUs, encoding {args.encoding}")
+    print(f"bench/workers.py: {os.cpu_count()} CPUs; node and workers share them (a real worker has its own machine)")
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         workdir = Path(tmp)
         heavy_frames = sample_frames(args.heavy_images)
         bench_encoding(heavy_frames[:32], Geometry(224))
-        heavy = asyncio.run(compare(workdir, HEAVY_SPEC, heavy_frames, 32, [1], args.encoding, args.rounds, "heavy"))
-        report(f"2. Overhead of the worker path, {HEAVY_SPEC} on CPU, batch size 32 (target: under +15%):",
-               len(heavy_frames), heavy)
+        for encoding in encodings:
+            heavy = asyncio.run(compare(workdir, HEAVY_SPEC, heavy_frames, 32, [1], encoding, args.rounds,
+                                        f"heavy-{encoding}"))
+            report(f"2. Overhead of the worker path, {HEAVY_SPEC} on CPU, batch size 32, frames as {encoding} "
+                   f"(target: under +15%):", len(heavy_frames), heavy)
         tiny_spec = tiny_clip_spec(workdir)
         tiny_frames = sample_frames(args.tiny_images, (320, 240))
-        tiny = asyncio.run(compare(workdir, tiny_spec, tiny_frames, 32, [1, 2], args.encoding, args.rounds, "tiny"))
-        report("3. Throughput of the worker path, tiny CLIP on CPU, batch size 32 (one vs two workers):",
-               len(tiny_frames), tiny)
+        tiny = asyncio.run(compare(workdir, tiny_spec, tiny_frames, 32, [1, 2], encodings[0], args.rounds, "tiny"))
+        report(f"3. Throughput of the worker path, tiny CLIP on CPU, batch size 32, frames as {encodings[0]} "
+               f"(one vs two workers):", len(tiny_frames), tiny)
     return 0
 
 

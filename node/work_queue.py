@@ -574,7 +574,9 @@ class WorkerHub:
 
     async def handle_hello(self, request: Any) -> Any:
         name, _ = self._authenticate(request)
-        self._touch(name)
+        # Recorded for `workers list`, but not yet "connected": only a lease request, which carries the
+        # worker's model and passes the model check, makes the node wait for this worker.
+        self.registry.update(name, last_seen_at=time.time())
         return _json_response({"worker": name, "model": model_to_json(self.model), "spec": self.spec,
                                "lease_timeout_s": self.settings.lease_timeout_s, "poll_wait_s": self.poll_wait,
                                "encodings": list(ENCODINGS)})

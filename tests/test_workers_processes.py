@@ -49,9 +49,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def start_worker(base: str, token: str, model: str, log: Path, *extra: str) -> subprocess.Popen:
+def start_worker(base: str, token: str, model: str | None, log: Path, *extra: str) -> subprocess.Popen:
+    """`verdict-node worker`; without a model it loads the spec the node names."""
     handle = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--node", base, "--model", model,
+    model_args = ["--model", model] if model else []
+    return subprocess.Popen([sys.executable, "-m", "node.cli", "worker", "--node", base, *model_args,
                              "--device", "cpu", "--stats-interval", "5", *extra],
                             env={**_env(), "VERDICT_NODE_WORKER_TOKEN": token}, stdout=handle,
                             stderr=subprocess.STDOUT)
@@ -180,7 +182,7 @@ def test_cli_revocation_stops_a_running_worker_and_another_model_is_refused(work
         async with running_node(config) as (node, base):
             hub = node.workers
             log_good, log_wrong = workdir / "desktop.log", workdir / "wrong.log"
-            proc = start_worker(base, good, spec, log_good)
+            proc = start_worker(base, good, None, log_good)   # no --model: the node's spec
             wrong_proc = start_worker(base, wrong, other_spec, log_wrong)
             try:
                 await wait_for(lambda: "desktop" in hub.presence and hub.presence["desktop"].model is not None, 90,
