@@ -472,6 +472,28 @@ def _expected_items(records: SweepRecords, source_id: str) -> int | None:
     return int(count) or None
 
 
+def _count_in_background(source: Source, progress: Progress) -> None:
+    """A first sweep of a local tree has no earlier run to estimate from: count the files in a thread (a walk
+    costs seconds where classifying costs hours) and give the bar its ETA when done. Remote kinds are not
+    counted: that would be a second full listing."""
+    import os
+    import threading
+
+    from scanners.sources.local import LocalSource
+
+    if not isinstance(source, LocalSource):
+        return
+
+    def count() -> None:
+        total = 0
+        for _dir, dirs, files in os.walk(source.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            total += sum(1 for f in files if not f.startswith("."))
+        progress.expected = total
+
+    threading.Thread(target=count, name="sweep-count", daemon=True).start()
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -505,6 +527,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         sweep = Sweep(node, source, args.source, options)
         sweep.progress = Progress(interval=args.log_interval,
                                   expected=_expected_items(sweep.records, sweep.source_id))
+        if sweep.progress.expected is None and mode == "all":
+            _count_in_background(source, sweep.progress)
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
