@@ -29,7 +29,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from node.actions import ACTIONS, MEDIA_ACTIONS, act
