@@ -198,7 +198,7 @@ class DeliveryQueue:
     def __init__(self, store: Any, client: SignedClient, build_batch: BatchBuilder, *,
                  batch_max: int = 100, batch_wait: float = 1.0, poll_interval: float = 1.0,
                  retry_base: float = 10.0, retry_cap: float = 3600.0, give_up_after: float = 7 * 86400.0,
-                 request_timeout: float = 30.0) -> None:
+                 request_timeout: float = 30.0, max_in_flight: int = 4) -> None:
         self.store = store
         self.client = client
         self.build_batch = build_batch
@@ -209,6 +209,7 @@ class DeliveryQueue:
         self.retry_cap = retry_cap
         self.give_up_after = give_up_after
         self.request_timeout = request_timeout
+        self.max_in_flight = max_in_flight
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._supervisor_wake = asyncio.Event()
@@ -266,13 +267,13 @@ class DeliveryQueue:
             except asyncio.TimeoutError:
                 pass
 
-    def _pending(self, inbox: str) -> list[_Pending]:
-        """The head of this inbox's queue, without the documents (read only when a batch is sent)."""
+    def _pending(self, inbox: str, after: int = 0) -> list[_Pending]:
+        """The head of this inbox's queue past ``after``, without the documents (read when sent)."""
         rows = self.store.conn.execute(
             "SELECT d.id, d.outbox_seq, o.type, o.created_at, d.attempts, d.next_attempt_at "
             "FROM deliveries d JOIN outbox o ON o.seq = d.outbox_seq "
-            "WHERE d.inbox = ? AND d.delivered_at IS NULL ORDER BY d.outbox_seq LIMIT ?",
-            (inbox, self.batch_max)).fetchall()
+            "WHERE d.inbox = ? AND d.delivered_at IS NULL AND d.outbox_seq > ? ORDER BY d.outbox_seq LIMIT ?",
+            (inbox, after, self.batch_max)).fetchall()
         return [_Pending(*row) for row in rows]
 
     def _documents(self, batch: list[_Pending]) -> list[str]:
@@ -290,31 +291,53 @@ class DeliveryQueue:
             pass
 
     async def _work(self, inbox: str) -> None:
-        """Deliver everything queued for one inbox, in log order, then exit (the supervisor restarts it)."""
+        """Deliver everything queued for one inbox, then exit (the supervisor restarts it).
+
+        Up to ``max_in_flight`` verdict batches travel at once (verdicts are independent and idempotent,
+        and a Delete that overtakes its Create is kept by the receiver), so the round trip and the
+        receiver's verification overlap. Any other activity (Follow, Accept, Delete, ...) is a barrier:
+        it goes alone, after everything before it, and nothing after it leaves before it is through."""
         idle_since = time.monotonic()
-        while True:
-            try:
-                pending = self._pending(inbox)
-            except Exception:
-                log.exception("delivery to %s: cannot read the queue", inbox)
-                await self._sleep(inbox, self.poll_interval)
-                continue
-            if not pending:
-                if time.monotonic() - idle_since > self.poll_interval:
-                    return
-                await self._sleep(inbox, self.poll_interval)
-                continue
-            idle_since = time.monotonic()
-            now = time.time()
-            head = pending[0]
-            if head.next_attempt_at > now:
-                await self._sleep(inbox, min(head.next_attempt_at - now, 60.0))
-                continue
-            batch = self._take_batch(pending)
-            if batch is None:  # a batch still filling: wait for more entries or the end of its window
-                await self._sleep(inbox, head.created_at + self.batch_wait - now)
-                continue
-            await self._send(inbox, batch)
+        in_flight: set[asyncio.Task[None]] = set()
+        handed_out = 0  # highest seq given to an in-flight batch
+        try:
+            while True:
+                if not in_flight:
+                    handed_out = 0
+                try:
+                    pending = self._pending(inbox, after=handed_out)
+                except Exception:
+                    log.exception("delivery to %s: cannot read the queue", inbox)
+                    await self._sleep(inbox, self.poll_interval)
+                    continue
+                now = time.time()
+                head = pending[0] if pending else None
+                batch = self._take_batch(pending) if head is not None and head.next_attempt_at <= now else None
+                must_wait = in_flight and (len(in_flight) >= self.max_in_flight or head is None
+                                           or (batch is not None and not _is_verdict_create(batch[0])))
+                if must_wait:
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if head is None:
+                    if time.monotonic() - idle_since > self.poll_interval:
+                        return
+                    await self._sleep(inbox, self.poll_interval)
+                    continue
+                idle_since = time.monotonic()
+                if batch is None:  # backing off, or a batch still filling: wait for its time (or news)
+                    due = head.next_attempt_at if head.next_attempt_at > now else head.created_at + self.batch_wait
+                    await self._sleep(inbox, min(due - now, 60.0))
+                    continue
+                if not _is_verdict_create(batch[0]):
+                    await self._send(inbox, batch)
+                    continue
+                handed_out = batch[-1].seq
+                task = asyncio.create_task(self._send(inbox, batch))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+        finally:
+            for task in in_flight:
+                task.cancel()
 
     def _take_batch(self, pending: list[_Pending]) -> list[_Pending] | None:
         head = pending[0]
