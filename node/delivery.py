@@ -6,10 +6,11 @@ we read back, so a hostile or slow peer costs us bounded time and memory.
 
 The queue is the ``deliveries`` table (one row per outbox entry and target inbox), so it survives
 restarts and works the same whether the row was written by the server or by a CLI command in another
-process (the loop polls the database). Each inbox has its own worker: entries go to one inbox in log
-order, and a dead peer backs off (exponentially, for days) without delaying any other peer. Consecutive
-verdict entries for one inbox travel together as one ``Create`` of up to ``batch_max`` verdicts, sent
-once the batch is full or its oldest entry has waited ``batch_wait`` seconds.
+process (the loop polls the database). Each inbox has its own worker, so a dead peer backs off
+(exponentially, for days) without delaying any other peer. Consecutive verdict entries for one inbox
+travel together as one ``Create`` of up to ``batch_max`` verdicts, sent once the batch is full or its
+oldest entry has waited ``batch_wait`` seconds; a few such batches may be in flight at once, while every
+other activity (Follow, Accept, Delete, ...) keeps its place in the log order.
 
 Outbox entries are either an activity (``document`` is the activity: Delete, Accept, Follow, ...) or of
 type ``Verdict`` (``document`` is one signed verdict of ours, published inside a ``Create``).
