@@ -646,11 +646,17 @@ class Federation:
                 entry = activities.parse_activity(item)
                 if entry.actor != actor_id:
                     raise ActorError(f"{actor.outbox}: an item of another actor")
-                if entry.type in ("Create", "Update", "Announce"):
-                    await self.take_verdicts(list(entry.verdicts))
-                elif entry.type == "Delete":
-                    # Read from the issuer's own outbox over a signed fetch: as good as its signature.
-                    await self.take_retraction(entry, signed_by=actor_id)
+                try:
+                    if entry.type in ("Create", "Update", "Announce"):
+                        await self.take_verdicts(list(entry.verdicts))
+                    elif entry.type == "Delete":
+                        # Read from the issuer's own outbox over a signed fetch: as good as its signature.
+                        await self.take_retraction(entry, signed_by=actor_id)
+                except Refusal as refusal:
+                    # Not stored, and not worth stopping for: one bad entry (an old key, an issuer we do
+                    # not trust) must not keep every later verdict from us.
+                    self.received_counter.labels("refused").inc(max(1, len(entry.verdicts)))
+                    log.warning("backfill from %s: %s refused: %s", actor_id, entry.id, refusal)
                 taken += 1
             next_url = page.get("next")
             if not page["orderedItems"] or not isinstance(next_url, str):
