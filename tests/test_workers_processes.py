@@ -6,7 +6,8 @@ on loopback, managed with the real `verdict-node workers ...` CLI.
 - the pict-rs endpoint answers within its budget throughout, and at once per on_unavailable when no worker
   is left;
 - `workers remove` makes a running worker's next request fail with 401 (the worker exits 2); a worker
-  with another model is refused with a message naming both models (exits 3).
+  with another model is refused with a message naming both models (exits 3); a worker started without
+  --model runs the node's spec and reconnects by itself after the node restarts.
 """
 from __future__ import annotations
 
@@ -171,47 +172,58 @@ def WorkerRegistry_add(config, name: str) -> str:
 
 
 def test_cli_revocation_stops_a_running_worker_and_another_model_is_refused(workdir, spec):
+    """Also: the worker outlives a node restart (it reconnects by itself) and keeps its token until revoked."""
     config = make_data_dir(workdir / "refusals", model="none", thresholds={"csam": 0.5},
                            workers={"enabled": True, "model": spec, "lease_timeout_s": 2, "stale_after_s": 2})
     node_yaml = str(config.data_dir / "node.yaml")
     good = WorkerRegistry_add(config, "desktop")
     wrong = WorkerRegistry_add(config, "wrong")
     other_spec = make_other_model(workdir, spec)
+    log_good, log_wrong = workdir / "desktop.log", workdir / "wrong.log"
+    procs: list[subprocess.Popen] = []
 
-    async def go():
+    def connected(hub) -> bool:
+        return "desktop" in hub.presence and hub.presence["desktop"].model is not None
+
+    async def before_restart():
         async with running_node(config) as (node, base):
             hub = node.workers
-            log_good, log_wrong = workdir / "desktop.log", workdir / "wrong.log"
-            proc = start_worker(base, good, None, log_good)   # no --model: the node's spec
+            procs.append(start_worker(base, good, None, log_good))   # no --model: the node's spec
             wrong_proc = start_worker(base, wrong, other_spec, log_wrong)
-            try:
-                await wait_for(lambda: "desktop" in hub.presence and hub.presence["desktop"].model is not None, 90,
-                               "the worker to connect", 0.1)
-                listing = cli("workers", "list", "--config", node_yaml)
-                assert listing.returncode == 0 and "desktop" in listing.stdout and "wrong" in listing.stdout
-                assert hub.model.name in listing.stdout
+            procs.append(wrong_proc)
+            await wait_for(lambda: connected(hub), 90, "the worker to connect", 0.1)
+            listing = cli("workers", "list", "--config", node_yaml)
+            assert listing.returncode == 0 and "desktop" in listing.stdout and "wrong" in listing.stdout
+            assert hub.model.name in listing.stdout
 
-                # The wrong model: refused with both models named, the worker stops (exit 3).
-                assert await asyncio.to_thread(wrong_proc.wait, 90) == 3
-                text = log_wrong.read_text()
-                assert "model mismatch" in text
-                assert describe_model(hub.model) in text and describe_model(expected_model(other_spec)) in text
-                assert expected_model(other_spec).version != hub.model.version
-                listing = cli("workers", "list", "--config", node_yaml)
-                assert "refused: model mismatch" in listing.stdout
+            # The wrong model: refused with both models named, the worker stops (exit 3).
+            assert await asyncio.to_thread(wrong_proc.wait, 90) == 3
+            text = log_wrong.read_text()
+            assert "model mismatch" in text
+            assert describe_model(hub.model) in text and describe_model(expected_model(other_spec)) in text
+            assert expected_model(other_spec).version != hub.model.version
+            listing = cli("workers", "list", "--config", node_yaml)
+            assert "refused: model mismatch" in listing.stdout
 
-                # Revocation from the CLI, while the worker is in its long poll: its next request gets 401.
-                removed = cli("workers", "remove", "desktop", "--config", node_yaml)
-                assert removed.returncode == 0
-                started = time.monotonic()
-                assert await asyncio.to_thread(proc.wait, 30) == 2
-                assert time.monotonic() - started < 10
-                assert "refused this worker's token" in log_good.read_text()
-                assert "desktop" not in cli("workers", "list", "--config", node_yaml).stdout
-            finally:
-                for p in (proc, wrong_proc):
-                    if p.poll() is None:
-                        p.kill()
-                        p.wait()
+    async def after_restart():
+        async with running_node(config) as (node, base):
+            hub = node.workers
+            await wait_for(lambda: connected(hub), 30, "the worker to reconnect to the restarted node", 0.1)
+            assert procs[0].poll() is None
+            # Revocation from the CLI, while the worker is in its long poll: its next request gets 401.
+            removed = cli("workers", "remove", "desktop", "--config", node_yaml)
+            assert removed.returncode == 0
+            started = time.monotonic()
+            assert await asyncio.to_thread(procs[0].wait, 30) == 2
+            assert time.monotonic() - started < 10
+            assert "refused this worker's token" in log_good.read_text()
+            assert "desktop" not in cli("workers", "list", "--config", node_yaml).stdout
 
-    run(go())
+    try:
+        run(before_restart())
+        run(after_restart())
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
