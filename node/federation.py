@@ -431,12 +431,23 @@ class Federation:
         work = lambda: [verify_verdict(dict(doc), resolve) for doc in docs]  # noqa: E731
         return await asyncio.to_thread(work) if len(docs) > 8 else work()
 
-    async def take_verdicts(self, docs: Sequence[Mapping[str, Any]]) -> Received:
-        """Verify, then store and index verdicts received from peers (inbox, Announce, backfill)."""
+    async def take_verdicts(self, docs: Sequence[Mapping[str, Any]], *, each: bool = False) -> Received:
+        """Verify, then store and index verdicts received from peers. From the inbox a batch is all or
+        nothing (the sender learns at once that something was forged); ``each`` (backfill) keeps the
+        verdicts that verify and counts the others, so one bad entry cannot hide a hundred good ones."""
         if not docs:
             return Received()
-        verdicts = await self.verify_verdicts(docs)
-        return self._store_verdicts([(v, dict(d)) for v, d in zip(verdicts, docs)])
+        if not each:
+            verdicts = await self.verify_verdicts(docs)
+            return self._store_verdicts([(v, dict(d)) for v, d in zip(verdicts, docs)])
+        good: list[tuple[Verdict, dict[str, Any]]] = []
+        for doc in docs:
+            try:
+                good.append(((await self.verify_verdicts([doc]))[0], dict(doc)))
+            except Refusal as refusal:
+                self.received_counter.labels("refused").inc()
+                log.warning("verdict %s refused: %s", str(doc.get("id"))[:200], refusal)
+        return self._store_verdicts(good)
 
     def _store_verdicts(self, pairs: Sequence[tuple[Verdict, dict[str, Any]]]) -> Received:
         stored = duplicates = 0
@@ -646,17 +657,13 @@ class Federation:
                 entry = activities.parse_activity(item)
                 if entry.actor != actor_id:
                     raise ActorError(f"{actor.outbox}: an item of another actor")
-                try:
-                    if entry.type in ("Create", "Update", "Announce"):
-                        await self.take_verdicts(list(entry.verdicts))
-                    elif entry.type == "Delete":
-                        # Read from the issuer's own outbox over a signed fetch: as good as its signature.
+                if entry.type in ("Create", "Update", "Announce"):
+                    await self.take_verdicts(list(entry.verdicts), each=True)
+                elif entry.type == "Delete":
+                    try:  # read from the issuer's own outbox over a signed fetch: as good as its signature
                         await self.take_retraction(entry, signed_by=actor_id)
-                except Refusal as refusal:
-                    # Not stored, and not worth stopping for: one bad entry (an old key, an issuer we do
-                    # not trust) must not keep every later verdict from us.
-                    self.received_counter.labels("refused").inc(max(1, len(entry.verdicts)))
-                    log.warning("backfill from %s: %s refused: %s", actor_id, entry.id, refusal)
+                    except Refusal as refusal:  # not applied; not a reason to stop reading either
+                        log.warning("backfill from %s: %s refused: %s", actor_id, entry.id, refusal)
                 taken += 1
             next_url = page.get("next")
             if not page["orderedItems"] or not isinstance(next_url, str):

@@ -305,3 +305,22 @@ def test_a_peer_whose_key_differs_from_its_pin_is_refused(tmp_path):
             assert status == 401 and "pinned" in answer["error"]
             assert node_a.store.counts()["peer_verdicts"] == 0
     run(body())
+
+
+def test_backfill_keeps_what_verifies_and_skips_a_forged_entry(tmp_path):
+    a = _config(tmp_path, "a")
+    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
+    _write_peers(a, [{"actor": b.actor_id, "trust": "observe"}])
+
+    async def body():
+        async with running_node(a) as (node_a, _):
+            issued = await _issue(node_a, 3)
+            forged, doc = synthetic_verdict(a.actor_id, node_a.ed25519_key, 99, csam=0.0)
+            node_a.add_verdict(forged, {**doc, "scores": {**doc["scores"], "csam": 0.9}}, own=True)  # proof broken
+            issued += await _issue(node_a, 2, start=10)
+            async with running_node(b) as (node_b, _):
+                await _until(lambda: all(node_b.store.get_verdict(i) for i in issued), what="B backfilled")
+                assert node_b.store.get_verdict(forged.id) is None
+                assert node_b.store.counts()["peer_verdicts"] == 5
+                assert node_b.federation.received_counter.labels("refused")._value.get() == 1
+    run(body())
