@@ -438,6 +438,9 @@ class WorkerHub:
         self.queue = WorkQueue(max_jobs=settings.max_queue, lease_timeout=settings.lease_timeout_s,
                                job_ttl=settings.job_ttl_s, max_grants=settings.max_attempts, clock=clock)
         self.presence: dict[str, _Presence] = {}
+        # The model input geometry the workers report (one model, so one geometry): frames are reduced to it
+        # when queued. None until a worker has said, or when the model's preprocessing is not resize+crop.
+        self.geometry: Geometry | None = None
         # A poll must come back well before the worker would be called silent or lose its leases.
         self.poll_wait = max(0.2, min(20.0, settings.lease_timeout_s / 3, settings.stale_after_s / 2))
         self.registry.reset_leases()
@@ -607,6 +610,7 @@ class WorkerHub:
         if not same_model(model, self.model):
             return self._refuse_model(name, model)
         self._touch(name, model)
+        self.geometry = geometry
         if max_frames == 0:
             return web.Response(status=204)
         # Granting is re-checked at the last moment: a worker revoked during its long poll gets nothing, nor
@@ -697,13 +701,19 @@ class WorkerBackend:
             if self.local is not None:
                 return await self._classify_locally(frames)
             raise WorkersUnavailable(f"no worker seen for {hub.settings.stale_after_s:g} s and no local classifier")
+        loop = asyncio.get_running_loop()
+        if hub.geometry is not None and hub.queue.outstanding < hub.queue.max_jobs:
+            # Shrink the frames to the model input now, off the event loop: a queued image then holds
+            # ~150 KB per frame instead of its decoded size, and leases only encode. Exact: reduce_frame
+            # leaves a frame already at the model's input size unchanged, and so do the model's transforms.
+            geometry = hub.geometry
+            frames = await loop.run_in_executor(None, lambda: [reduce_frame(f, geometry) for f in frames])
         try:
             job = hub.queue.submit(frames)
         except QueueFull:
             if self.local is None:
                 raise
             return await self._classify_locally(frames)
-        loop = asyncio.get_running_loop()
         submitted = loop.time()
         while True:
             # asyncio.wait never cancels the job's future: a caller that gives up leaves the job queued,

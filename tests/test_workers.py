@@ -319,6 +319,9 @@ def test_protocol_tokens_model_check_malformed_results_and_late_results(workdir,
                 upload = asyncio.create_task(pictrs_post(validate_url(config, base), photo_bytes("coffee")))
                 lease = await _lease_until_granted(s, url, token, lease_request)
                 assert len(lease.jobs) == 1 and lease.jobs[0].frames[0].size == (64, 64)
+                # Queued frames were already shrunk to the model input (memory), not only when shipped.
+                held_jobs = hub.queue.leases[lease.lease_id].jobs.values()
+                assert [f.size for job in held_jobs for f in job.frames] == [(64, 64)]
                 upload_status, answer = await upload
                 assert answer["source"] == "unavailable" and upload_status == 406   # budget over: on_unavailable
                 results = classify_lease(classifier, lease)
