@@ -241,17 +241,21 @@ class DeliveryQueue:
 
     def retry_now(self, inbox: str) -> None:
         """The peer showed signs of life (it sent us a signed request): retry its backlog at once."""
-        self.store.conn.execute("UPDATE deliveries SET next_attempt_at = ? WHERE inbox = ? AND delivered_at IS NULL "
-                                "AND next_attempt_at > ?", (time.time(), inbox, time.time()))
-        self.wake(inbox)
+        now = time.time()
+        cur = self.store.conn.execute("UPDATE deliveries SET next_attempt_at = ? WHERE inbox = ? AND next_attempt_at > ?",
+                                      (now, inbox, now))
+        if cur.rowcount:
+            self.wake(inbox)
 
     # internals ------------------------------------------------------------------------------------
 
     async def _supervise(self) -> None:
         while True:
             try:
+                # Per peer an index seek, however long a dead peer's backlog has grown.
                 inboxes = [row[0] for row in self.store.conn.execute(
-                    "SELECT DISTINCT inbox FROM deliveries WHERE delivered_at IS NULL")]
+                    "SELECT DISTINCT inbox FROM peers p WHERE inbox IS NOT NULL AND EXISTS "
+                    "(SELECT 1 FROM deliveries d WHERE d.inbox = p.inbox)")]
             except Exception:  # a locked or busy database must not kill the loop
                 log.exception("delivery supervisor: cannot read the queue")
                 inboxes = []

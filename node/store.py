@@ -219,6 +219,10 @@ CREATE INDEX sweep_overrides_pixel ON sweep_overrides(pixel_sha256);
     Migration("verdicts retracted_at index", """
 CREATE INDEX verdicts_retracted_at ON verdicts(retracted_at);
 """),
+    # Federation: find a peer's deliveries that are backing off without scanning its whole backlog.
+    Migration("deliveries retry index", """
+CREATE INDEX deliveries_retry ON deliveries(inbox, next_attempt_at);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
