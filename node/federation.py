@@ -304,6 +304,12 @@ class Federation:
         self._mark_seen(activity.id)
         return _json_response({"status": "accepted", **(result or {})}, 202)
 
+    def forget_old_activity_ids(self) -> int:
+        """Activity ids are remembered (for idempotency) well past the longest a sender retries; after
+        that a replay would also fail the signature's Date window, and verdicts are idempotent anyway."""
+        horizon = time.time() - max(30 * 86400.0, 2 * self.settings.give_up_after_hours * 3600.0)
+        return self.store.conn.execute("DELETE FROM seen_activities WHERE received_at < ?", (horizon,)).rowcount
+
     def _seen(self, activity_id: str) -> bool:
         return self.store.conn.execute("SELECT 1 FROM seen_activities WHERE activity_id = ?",
                                        (activity_id,)).fetchone() is not None
@@ -826,6 +832,7 @@ class Federation:
                     for entry in self.peers.values():
                         if self._states(entry.actor)[1] == "accepted":
                             self.start_backfill(entry.actor)
+                    self.forget_old_activity_ids()
                 await asyncio.sleep(min(10.0, self.settings.backfill_interval_seconds))
         finally:
             for task in [*self._tasks, *self._backfilling.values()]:
