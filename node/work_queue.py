@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from PIL import Image
 from node.store import Store
 from node.work_wire import (API_PREFIX, ENCODINGS, LEASE_MEDIA_TYPE, Geometry, JobResult, describe_model,
                             encode_frame, model_from_json, model_to_json, pack_lease, parse_results,
-                            reduce_frame, same_model)
+                            parse_scores, reduce_frame, same_model, unpack_lease)
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 from scanners.batching import QueueFull
@@ -441,6 +442,10 @@ class WorkerHub:
         # The model input geometry the workers report (one model, so one geometry): frames are reduced to it
         # when queued. None until a worker has said, or when the model's preprocessing is not resize+crop.
         self.geometry: Geometry | None = None
+        # Set by install(): the backend the pict-rs endpoint uses, and the secret that lets other processes
+        # on this host with the same data directory (`verdict-node scan`) queue work here (see submit).
+        self.backend: "WorkerBackend | None" = None
+        self.submit_token: str | None = None
         # A poll must come back well before the worker would be called silent or lose its leases.
         self.poll_wait = max(0.2, min(20.0, settings.lease_timeout_s / 3, settings.stale_after_s / 2))
         self.registry.reset_leases()
@@ -514,6 +519,8 @@ class WorkerHub:
         app.router.add_get(f"{API_PREFIX}/hello", self.handle_hello)
         app.router.add_post(f"{API_PREFIX}/lease", self.handle_lease)
         app.router.add_post(f"{API_PREFIX}/leases/{{lease_id}}", self.handle_results)
+        app.router.add_get(f"{API_PREFIX}/submit", self.handle_submit_info)
+        app.router.add_post(f"{API_PREFIX}/submit", self.handle_submit)
 
         async def on_shutdown(app: Any) -> None:
             # Before the node drains its inferences: fail what waits for workers (their HTTP requests can no
@@ -667,6 +674,42 @@ class WorkerHub:
         return _json_response({"accepted": len(done), "requeued": requeued})
 
 
+    # -- submit: other processes of this node (sweeps) queue work here ---------------------------
+
+    def _authenticate_submitter(self, request: Any) -> None:
+        from aiohttp import web
+
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not self.submit_token or not hmac.compare_digest(token.encode(), self.submit_token.encode()):
+            raise web.HTTPUnauthorized(text=json.dumps({"error": "submit token refused"}),
+                                       content_type="application/json", headers={"WWW-Authenticate": "Bearer"})
+
+    async def handle_submit_info(self, request: Any) -> Any:
+        self._authenticate_submitter(request)
+        return _json_response({"model": model_to_json(self.model),
+                               "geometry": self.geometry.to_json() if self.geometry else None})
+
+    async def handle_submit(self, request: Any) -> Any:
+        """One image's frames (a lease-format body with one job) -> its merged scores, through the same
+        backend as the pict-rs endpoint (workers first, the local model if any). 503 when it refuses."""
+        self._authenticate_submitter(request)
+        body = await request.read()
+        try:
+            message = await asyncio.to_thread(unpack_lease, body)
+            if len(message.jobs) != 1:
+                raise ProtocolError("submit one job", "jobs")
+        except ProtocolError as exc:
+            return _json_response({"error": str(exc)}, 400)
+        assert self.backend is not None
+        try:
+            result = await self.backend.classify_frames(message.jobs[0].frames)
+        except (QueueFull, JobDropped) as exc:
+            return _json_response({"error": str(exc), "unavailable": True}, 503)
+        return _json_response({"scores": result.scores, "matched": list(result.matched),
+                               "geometry": self.geometry.to_json() if self.geometry else None})
+
+
 # --------------------------------------------------------------------------------------------------
 # The inference backend: workers and/or the local classifier, behind the pipeline's interface
 # --------------------------------------------------------------------------------------------------
@@ -788,10 +831,125 @@ def install(node: Any) -> None:
                               f"{describe_model(local.model)}; verdicts of one node come from one model")
     hub = WorkerHub(node.store, settings, model, spec=spec)
     hub.add_metrics(node.metrics.registry)
+    hub.submit_token = ensure_submit_token(submit_token_path(node.config))
+    backend = WorkerBackend(hub, local, local_after_s=settings.local_after_ms / 1000.0)
+    hub.backend = backend
     node.workers = hub
-    node.set_backend(WorkerBackend(hub, local, local_after_s=settings.local_after_ms / 1000.0))
+    node.set_backend(backend)
     node.app_setups.append(hub.setup)
     node.background.append(hub.maintain)
+
+
+def submit_token_path(config: Any) -> Any:
+    return config.path(config.keys_dir) / "workers-submit.token"
+
+
+def ensure_submit_token(path: Any) -> str:
+    """The secret of POST /workers/v1/submit, in the data directory's keys folder (0600): whoever can read
+    the node's keys may queue work on it."""
+    import os
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+class SubmitBackend:
+    """The inference backend of a command that runs beside `serve` (e.g. `verdict-node scan`): it cannot
+    reach the workers itself (they connect to the serving process), so it queues each image on the serving
+    node, which hands it to its workers (or its local model) and returns the scores. The command still
+    signs and stores the verdict itself, with the same keys and database. ``fallback`` (this process's own
+    classifier, same model) is used when the node is unreachable or refuses."""
+
+    def __init__(self, base_url: str, token: str, model: ModelInfo, geometry: Geometry | None,
+                 fallback: Any = None, timeout_s: float = 600.0) -> None:
+        self.url = f"{base_url.rstrip('/')}{API_PREFIX}/submit"
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": LEASE_MEDIA_TYPE}
+        self.model = model
+        self.geometry = geometry
+        self.fallback = fallback
+        self.timeout_s = timeout_s
+        self._session: Any = None
+
+    def _body(self, frames: Sequence[Image.Image]) -> bytes:
+        # Shrunk to the model input when the node knows it (raw RGB then: loopback, tiny); otherwise whole
+        # frames as PNG so a large photo stays within the request size limit.
+        encoding = "rgb" if self.geometry else "png"
+        encoded = [encode_frame(reduce_frame(frame, self.geometry), encoding) for frame in frames]
+        return pack_lease("submit", 0.0, [("submit", encoded)])
+
+    async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        body = await asyncio.get_running_loop().run_in_executor(None, self._body, frames)
+        try:
+            async with self._session.post(self.url, data=body, headers=self.headers) as response:
+                answer = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            if self.fallback is not None:
+                return await self.fallback.classify_frames(frames)
+            raise QueueFull(f"the serving node at {self.url} is unreachable: {exc}") from None
+        if status == 200:
+            if self.geometry is None and isinstance(answer.get("geometry"), dict):
+                try:
+                    self.geometry = Geometry.from_json(answer["geometry"])  # a worker has connected since
+                except ProtocolError:
+                    pass
+            return Classification(scores=parse_scores(answer.get("scores")), matched=list(answer.get("matched", [])))
+        if self.fallback is not None:
+            return await self.fallback.classify_frames(frames)
+        message = answer.get("error") if isinstance(answer, dict) else None
+        raise QueueFull(f"the serving node refused: {message or status}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.fallback is not None:
+            await self.fallback.close()
+
+
+def install_submitter(node: Any) -> None:
+    """Extension for commands that run beside `serve` on the same data directory (`verdict-node scan`):
+    with ``workers.enabled`` and the serving node up, inference goes through its queue, so sweeps share the
+    workers with the pict-rs endpoint. If the node is not running, the command keeps its own classifier."""
+    import urllib.error
+    import urllib.request
+
+    settings = getattr(node.config, "workers", None)
+    if settings is None or not settings.enabled:
+        return
+    path = submit_token_path(node.config)
+    if not path.exists():
+        log.warning("workers.enabled, but %s does not exist yet (start `verdict-node serve` once); "
+                    "classifying in this process", path)
+        return
+    token = path.read_text().strip()
+    host = node.config.listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{node.config.listen.port}"
+    request = urllib.request.Request(f"{base}{API_PREFIX}/submit", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            info = json.loads(response.read())
+        model = model_from_json(info.get("model"))
+        geometry = Geometry.from_json(info.get("geometry"))
+    except (OSError, ValueError, ProtocolError) as exc:
+        log.warning("workers.enabled, but the serving node at %s does not answer (%s); classifying in this "
+                    "process", base, exc)
+        return
+    local = node.backend
+    if local is not None and not same_model(local.model, model):
+        local = None
+    node.set_backend(SubmitBackend(base, token, model, geometry, fallback=local, timeout_s=settings.job_ttl_s))
+    log.info("inference goes through the serving node's worker queue at %s", base)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -306,6 +306,12 @@ def test_protocol_tokens_model_check_malformed_results_and_late_results(workdir,
                 for bad in ("", "vnw_nope", token + "x"):
                     status, _ = await _post_json(s, f"{url}/lease", bad, lease_request)
                     assert status == 401
+                # A worker's token cannot queue work (submit is for the node's own commands, e.g. scan).
+                for bad in ("", token):
+                    async with s.get(f"{url}/submit", headers={"Authorization": f"Bearer {bad}"}) as r:
+                        assert r.status == 401
+                    status, _ = await _post_json(s, f"{url}/submit", bad, {})
+                    assert status == 401
                 # A wrong model: 409 naming both models, and noted for `workers list`.
                 wrong = {**lease_request, "model": {"name": "ViT-B-32", "version": "random-seed0",
                                                     "rules": classifier.model.rules}}

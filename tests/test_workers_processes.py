@@ -12,6 +12,7 @@ on loopback, managed with the real `verdict-node workers ...` CLI.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -227,3 +228,44 @@ def test_cli_revocation_stops_a_running_worker_and_another_model_is_refused(work
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_two_workers_share_a_sweep_run_by_the_scan_command(workdir, spec):
+    """`verdict-node scan` is a separate process: it queues its images on the serving node (submit), whose
+    two workers classify them; every file is decided once, by inference, with one verdict per image."""
+    config = make_data_dir(workdir / "sweep", model="none", thresholds={"csam": 0.5},
+                           workers={"enabled": True, "model": spec, "lease_timeout_s": 5, "stale_after_s": 5})
+    node_yaml = str(config.data_dir / "node.yaml")
+    tokens = {name: WorkerRegistry_add(config, name) for name in ("s1", "s2")}
+    storage = workdir / "storage"
+    storage.mkdir()
+    count = 30
+    for seed in range(count):
+        (storage / f"img{seed:03d}.png").write_bytes(synthetic_image_bytes(1000 + seed, "png", (120, 90)))
+
+    async def go():
+        async with running_node(config) as (node, base):
+            hub = node.workers
+            procs = [start_worker(base, token, spec, workdir / f"{name}.log", "--batch-size", "4")
+                     for name, token in tokens.items()]
+            try:
+                await wait_for(lambda: {"s1", "s2"} <= {n for n, p in hub.presence.items() if p.model}, 90,
+                               "both workers to connect", 0.1)
+                scan = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "node.cli", "scan", str(storage), "--all", "--dry-run",
+                                     "--json", "--workers", "8", "--config", node_yaml],
+                    env=_env(), capture_output=True, text=True, timeout=240)
+                assert scan.returncode == 0, scan.stderr
+                summary = json.loads(scan.stdout.strip().splitlines()[-1])
+                assert summary["decided"] == count and summary["inferred"] == count and summary["unknown"] == 0
+                by_sha = own_verdicts_by_sha(node)
+                assert len(by_sha) == count and set(by_sha.values()) == {1}
+                records = {r.name: r for r in WorkerRegistry(node.store).records()}
+                assert records["s1"].jobs_done + records["s2"].jobs_done == count
+                assert records["s1"].jobs_done > 0 and records["s2"].jobs_done > 0
+            finally:
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
+
+    run(go())
