@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke test, not a measurement")
     parser.add_argument("--heavy-images", type=int, default=64)
     parser.add_argument("--tiny-images", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--encodings", default="png,rgb",
                         help="frame encodings to compare in the overhead section (comma-separated)")
     args = parser.parse_args()

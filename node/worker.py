@@ -143,7 +143,10 @@ class Worker:
     async def _lease(self, session: aiohttp.ClientSession, max_frames: int) -> LeaseMessage | None:
         request = {"model": model_to_json(self.model), "geometry": self.geometry.to_json() if self.geometry else None,
                    "encoding": self.encoding, "max_frames": max_frames, "wait_s": self.poll_wait}
-        async with session.post(f"{self.base}/lease", json=request, headers=self.headers) as response:
+        # A long poll that outlives its wait by far means the node or the path to it is gone silently.
+        timeout = aiohttp.ClientTimeout(total=self.poll_wait + 30)
+        async with session.post(f"{self.base}/lease", json=request, headers=self.headers,
+                                timeout=timeout) as response:
             refusal = await self._refusal(response)
             if refusal:
                 raise refusal
@@ -160,8 +163,8 @@ class Worker:
         delay = 0.5
         while True:
             try:
-                async with session.post(f"{self.base}/leases/{lease.lease_id}", json=body,
-                                        headers=self.headers) as response:
+                async with session.post(f"{self.base}/leases/{lease.lease_id}", json=body, headers=self.headers,
+                                        timeout=aiohttp.ClientTimeout(total=60)) as response:
                     refusal = await self._refusal(response)
                     if refusal:
                         raise refusal
@@ -228,6 +231,8 @@ class Worker:
                 self._failure = refusal
                 self.stop.set()
                 return
+            except Exception:  # noqa: BLE001 - one bad lease must not stop the worker; the node requeues it
+                log.exception("lease %s failed", lease.lease_id[:12])
             finally:
                 slots.release()
                 ready.task_done()
@@ -239,6 +244,16 @@ class Worker:
             elapsed = max(1e-9, time.monotonic() - s.started)
             log.info("%d images (%d frames) in %.0f s: %.2f frames/s, model busy %.0f%%", s.jobs, s.frames,
                      elapsed, s.frames / elapsed, 100 * s.busy_s / elapsed)
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """A task that dies of a bug must stop the worker (exit 1), not leave it polling with nobody working."""
+        if task.cancelled() or self.stop.is_set():
+            return
+        exc = task.exception()
+        if exc is not None and self._failure is None:
+            log.error("worker task %s failed: %r", task.get_name(), exc)
+            self._failure = Refused(f"internal error in {task.get_name()}: {exc!r}", EXIT_ERROR)
+        self.stop.set()
 
     async def run(self) -> int:
         """Work until ``stop`` is set or the node refuses us; returns the exit code."""
@@ -269,6 +284,8 @@ class Worker:
             tasks = [asyncio.create_task(self._poller(session, ready, slots), name="poller"),
                      asyncio.create_task(self._processor(session, ready, slots), name="processor"),
                      asyncio.create_task(self._report(), name="report")]
+            for task in tasks:
+                task.add_done_callback(self._task_ended)
             await self.stop.wait()
             tasks[0].cancel()
             # Finish what we already hold (its results are still welcome), unless the node refused us.
