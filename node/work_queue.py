@@ -616,6 +616,13 @@ class WorkerHub:
             return _json_response({"error": str(exc)}, 400)
         if not same_model(model, self.model):
             return self._refuse_model(name, model)
+        if self.geometry is not None and geometry != self.geometry:
+            # Queued frames are already shrunk to the first geometry; another one would not give the scores
+            # local inference gives. Workers of one model agree, so this is a broken or foreign client.
+            message = (f"frame geometry mismatch: this node ships {self.geometry.to_json()}, worker {name} asks for "
+                       f"{geometry.to_json() if geometry else 'full frames'} with the same model")
+            self.registry.update(name, last_refusal=message)
+            return _json_response({"error": message}, 409)
         self._touch(name, model)
         self.geometry = geometry
         if max_frames == 0:

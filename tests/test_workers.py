@@ -320,6 +320,12 @@ def test_protocol_tokens_model_check_malformed_results_and_late_results(workdir,
                 assert status == 409 and "ViT-B-32" in message and classifier.model.name in message
                 assert "model mismatch" in registry.records()[0].last_refusal
 
+                # The first worker fixes the frame geometry; a client asking for another one is refused too.
+                await _post_json(s, f"{url}/lease", token, {**lease_request, "max_frames": 0})
+                status, body = await _post_json(s, f"{url}/lease", other_token,
+                                                {**lease_request, "max_frames": 0, "geometry": {"size": 32}})
+                assert status == 409 and "geometry" in json.loads(body)["error"]
+
                 # The worker is now "seen": a pict-rs upload is queued for it; the requester gives up at 1 s.
                 await _post_json(s, f"{url}/lease", token, {**lease_request, "max_frames": 0})
                 upload = asyncio.create_task(pictrs_post(validate_url(config, base), photo_bytes("coffee")))
