@@ -21,6 +21,10 @@ caller's cancellation, so when a worker returns it the pipeline's task still sig
 
 The worker never sees originals: the node sends the frames it has already decoded, after the classifier's own
 resize and centre crop (node/work_wire.py), and signs the verdicts itself: private keys never leave the node.
+
+Workers connect to the serving process. Commands that run beside it on the same data directory
+(`verdict-node scan`) reach them through `/workers/v1/submit` (SubmitBackend, install_submitter), so sweeps
+and the pict-rs endpoint share one queue and one set of workers.
 """
 from __future__ import annotations
 
