@@ -33,7 +33,7 @@ log = logging.getLogger("verdict_node.delivery")
 ACTIVITY_JSON = "application/activity+json"
 LD_JSON = 'application/ld+json; profile="https://www.w3.org/ns/activitystreams"'
 MAX_RESPONSE_BYTES = 1_000_000
-USER_AGENT = "verdict-node/0.1 (+https://github.com/verdict-node)"
+USER_AGENT = "verdict-node"
 
 
 class PeerRequestError(Exception):
@@ -215,8 +215,8 @@ class DeliveryQueue:
         self._wake: dict[str, asyncio.Event] = {}
         self._supervisor_wake = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self.delivered = 0
-        self.failed_attempts = 0
+        # (result, entries): "delivered", "retry" or "dropped"; federation counts them in /metrics.
+        self.on_result: Callable[[str, int], None] = lambda result, entries: None
 
     # public ---------------------------------------------------------------------------------------
 
@@ -374,9 +374,8 @@ class DeliveryQueue:
         now = time.time()
         if error is None:
             self._write("DELETE FROM deliveries WHERE id = ?", ids)
-            self.delivered += len(batch)
+            self.on_result("delivered", len(batch))
             return
-        self.failed_attempts += 1
         attempts = batch[0].attempts + 1
         permanent = status is not None and is_permanent_refusal(status)
         expired = now - batch[0].created_at > self.give_up_after
@@ -384,9 +383,11 @@ class DeliveryQueue:
             # Dropped for good; a follower that missed it still gets it by backfilling the outbox.
             log.warning("delivery to %s dropped (%s): %s", inbox, "refused" if permanent else "gave up", error)
             self._write("DELETE FROM deliveries WHERE id = ?", ids)
+            self.on_result("dropped", len(batch))
             return
         delay = backoff_seconds(attempts, self.retry_base, self.retry_cap)
         log.info("delivery to %s failed (attempt %d, retry in %.0f s): %s", inbox, attempts, delay, error)
+        self.on_result("retry", len(batch))
         self._write("UPDATE deliveries SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
                     [(attempts, now + delay, error[:500], i) for (i,) in ids])
 

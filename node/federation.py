@@ -148,7 +148,11 @@ class Federation:
         self.retractions_counter = Counter("verdictnode_federation_retractions_received_total",
                                            "Retractions received from peers' issuers and applied.", registry=r)
         self.outbox_counter = Counter("verdictnode_federation_outbox_entries_total",
-                                         "Entries appended to the outbox log, by type.", ["type"], registry=r)
+                                      "Entries appended to the outbox log, by type.", ["type"], registry=r)
+        deliveries = Counter("verdictnode_federation_deliveries_total",
+                             "Outbox entries sent to peers' inboxes, by result (delivered, retry, dropped).",
+                             ["result"], registry=r)
+        self.delivery.on_result = lambda result, entries: deliveries.labels(result).inc(entries)
 
     # ------------------------------------------------------------------------------------------------
     # identity documents

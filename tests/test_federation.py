@@ -187,6 +187,9 @@ def test_a_slow_or_dead_follower_never_delays_the_others_and_its_queue_survives_
                 await _until(lambda: node.store.conn.execute(
                     "SELECT MAX(attempts) FROM deliveries WHERE inbox = ?", (dead.url,)).fetchone()[0] >= 2,
                     what="dead follower retried")
+                sample = node.metrics.registry.get_sample_value
+                assert sample("verdictnode_federation_deliveries_total", {"result": "delivered"}) == 150
+                assert sample("verdictnode_federation_deliveries_total", {"result": "retry"}) >= 200
             # Server stopped; the dead follower comes up; a restarted server delivers the backlog in order.
             await dead.start()
             async with running_node(a) as (node, _):
