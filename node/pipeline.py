@@ -194,6 +194,13 @@ class Pipeline:
             if decision.outcome != "unknown":
                 return self._from_decision(work, decision)
 
+        # 4b. bytes the admin released as a false positive (`verdict-node release`): not classified (and
+        #     published) again; sweeps check the same overrides.
+        from node.sweep_records import released
+
+        if released(node.store, work.sha256, work.fingerprint.pixel_sha256):
+            return self._result(work, "accept", "allow", "released as a false positive by the admin", "cache")
+
         # 5. our own scores: an earlier own verdict of the current model, or inference now.
         own_hit = self._own_current_verdict(work)
         if own_hit is not None:

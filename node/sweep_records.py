@@ -228,3 +228,11 @@ class SweepRecords:
             if pixel:
                 out.add(pixel)
         return out
+
+
+def released(store: Store, sha256: str, pixel_sha256: str | None) -> bool:
+    """True when the admin released these bytes (or these pixels) as a false positive: the pict-rs hook
+    asks this before inference, so a released image is not classified and published again."""
+    return store.conn.execute(
+        "SELECT 1 FROM sweep_overrides WHERE sha256 IN (?1, ?2) OR pixel_sha256 IN (?1, ?2) LIMIT 1",
+        (sha256, pixel_sha256 or sha256)).fetchone() is not None

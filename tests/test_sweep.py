@@ -181,6 +181,11 @@ def test_release_restores_overrides_and_retracts_own_verdict(tmp_path, tiny_clip
         assert again.quarantined == 0 and again.overridden == 1 and inferred(node) == before
         assert (root / "x/hubble").exists() and (root / "y/copy").exists()
         assert rows(node)["y/copy"]["origin"] == "override"
+        # The pict-rs hook agrees: the released image is accepted, not classified and published again.
+        published = len(own_verdicts(node))
+        hook = await node.pipeline.check(bad, source="pictrs")
+        assert (hook.decision, hook.outcome, hook.inferred) == ("accept", "allow", False)
+        assert inferred(node) == before and len(own_verdicts(node)) == published
     run(with_node(config, body))
 
 
