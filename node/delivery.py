@@ -393,14 +393,8 @@ class DeliveryQueue:
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
         """One transaction for a whole batch (autocommit would commit once per row)."""
-        conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.store.transaction() as conn:
             conn.executemany(sql, rows)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
 
 def _is_verdict_create(item: _Pending) -> bool:

@@ -23,14 +23,12 @@ follows or retract verdicts work whether or not the server runs: the server poll
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-import sqlite3
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from aiohttp import web
@@ -335,7 +333,7 @@ class Federation:
             state = follower  # an admin already decided; a repeated Follow changes nothing
         else:
             state = "pending"
-        with self._transaction() as conn:
+        with self.store.transaction() as conn:
             conn.execute("UPDATE peers SET follower_state = ?, their_follow_id = ?, updated_at = ? WHERE actor = ?",
                          (state, activity.id, time.time(), actor.id))
             if state in ("accepted", "rejected"):
@@ -371,7 +369,7 @@ class Federation:
             bool(row and activity.object_id == row[0])
         if not is_follow:
             raise Refusal(422, "only Undo of a Follow is handled")
-        with self._transaction() as conn:
+        with self.store.transaction() as conn:
             conn.execute("UPDATE peers SET follower_state = 'none', their_follow_id = NULL, updated_at = ? "
                          "WHERE actor = ?", (time.time(), actor.id))
             # What was queued for it was meant for a follower; it is not one any more.
@@ -461,7 +459,7 @@ class Federation:
 
     def _store_verdicts(self, pairs: Sequence[tuple[Verdict, dict[str, Any]]]) -> Received:
         stored = duplicates = 0
-        with self._transaction() as conn:
+        with self.store.transaction() as conn:
             for verdict, doc in pairs:
                 if verdict.issuer == self.actor_id:
                     duplicates += 1  # our own verdicts come only from our store
@@ -510,16 +508,6 @@ class Federation:
             "VALUES (?,?,?,?,?)", (verdict_id, issuer, reason, time.time(), activity_id))
         return self.node.retract_verdict(verdict_id, reason)
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.store.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     # ------------------------------------------------------------------------------------------------
     # outbox: the change log
@@ -547,7 +535,7 @@ class Federation:
         and queue them for every approved follower, in one transaction. Returns how many."""
         # Plain SQL, no JSON work: the signed documents are copied as stored (this runs per verdict).
         now = time.time()
-        with self._transaction() as conn:
+        with self.store.transaction() as conn:
             cursor = int(self._state("collected_rowid", "0"))
             last = conn.execute("SELECT MAX(id) FROM (SELECT id FROM verdicts WHERE own = 1 AND id > ? "
                                 "ORDER BY id LIMIT ?)", (cursor, limit)).fetchone()[0]
@@ -802,7 +790,7 @@ class Federation:
 
     def follow(self, actor: PeerActor) -> None:
         activity = activities.follow(self.actor_id, actor.id)
-        with self._transaction() as conn:
+        with self.store.transaction() as conn:
             enqueue(conn, activity, [actor.inbox], audience=[actor.id])
             conn.execute("UPDATE peers SET following_state = 'pending', our_follow_id = ?, updated_at = ? "
                          "WHERE actor = ?", (activity["id"], time.time(), actor.id))
@@ -904,9 +892,7 @@ def retract(store: Any, config: Any, ed25519_key: Any, verdict_id: str, reason: 
     if held is None:
         raise LookupError(f"no verdict {verdict_id} here")
     actor_id = config.actor_id
-    conn = store.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.transaction() as conn:
         if held.own:
             delete = activities.delete(actor_id, verdict_id, reason, [f"{config.node.url}/followers"])
             signed = proofs.sign(delete, ed25519_key, activities.ed25519_key_id(actor_id))
@@ -916,10 +902,6 @@ def retract(store: Any, config: Any, ed25519_key: Any, verdict_id: str, reason: 
         conn.execute("INSERT OR IGNORE INTO retractions (verdict_id, issuer, reason, retracted_at, activity_id) "
                      "VALUES (?,?,?,?,?)", (verdict_id, held.verdict.issuer, reason, time.time(), None))
         store.retract_verdict(verdict_id, reason)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     if held.own:
         return f"retracted {verdict_id}; a Delete is queued for every approved follower"
     return f"retracted {verdict_id} here (it is {held.verdict.issuer}'s verdict: only its issuer can retract it everywhere)"

@@ -39,18 +39,6 @@ def _row(store: Store, actor: str) -> dict[str, Any]:
     return rows[0]
 
 
-def _transaction(store: Store) -> Any:
-    class _Tx:
-        def __enter__(self) -> Any:
-            store.conn.execute("BEGIN IMMEDIATE")
-            return store.conn
-
-        def __exit__(self, kind: Any, *rest: Any) -> None:
-            store.conn.execute("ROLLBACK" if kind else "COMMIT")
-
-    return _Tx()
-
-
 def approve(store: Store, our_actor: str, actor: str) -> str:
     """Accept a pending (or earlier rejected) follow request: the peer starts receiving our verdicts."""
     row = _row(store, actor)
@@ -58,7 +46,7 @@ def approve(store: Store, our_actor: str, actor: str) -> str:
         raise PeerCommandError(f"{actor} has not asked to follow this node")
     if row["follower_state"] == "accepted":
         return f"{actor} already follows this node"
-    with _transaction(store) as conn:
+    with store.transaction() as conn:
         conn.execute("UPDATE peers SET follower_state = 'accepted', updated_at = ? WHERE actor = ?",
                      (time.time(), actor))
         enqueue(conn, activities.accept(our_actor, _follow_of(row, our_actor)), [row["inbox"]], audience=[actor])
@@ -70,7 +58,7 @@ def reject(store: Store, our_actor: str, actor: str) -> str:
     row = _row(store, actor)
     if not row.get("their_follow_id") or not row.get("inbox"):
         raise PeerCommandError(f"{actor} has not asked to follow this node")
-    with _transaction(store) as conn:
+    with store.transaction() as conn:
         conn.execute("UPDATE peers SET follower_state = 'rejected', updated_at = ? WHERE actor = ?",
                      (time.time(), actor))
         _drop_log_deliveries(conn, row["inbox"])
@@ -82,7 +70,7 @@ def remove(store: Store, our_actor: str, actor: str) -> str:
     """End both directions: Reject its follow (Mastodon's way to remove a follower) and Undo ours."""
     row = _row(store, actor)
     done = []
-    with _transaction(store) as conn:
+    with store.transaction() as conn:
         if row.get("follower_state") not in (None, "none") and row.get("their_follow_id") and row.get("inbox"):
             _drop_log_deliveries(conn, row["inbox"])
             enqueue(conn, activities.reject(our_actor, _follow_of(row, our_actor)), [row["inbox"]], audience=[actor])

@@ -13,6 +13,7 @@ from your module before the Store is opened, or add it to the list here.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -295,6 +296,19 @@ class Store:
         if db is None:
             db = self._local.db = sqlite_utils.Database(self.conn)
         return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside one write transaction (BEGIN IMMEDIATE: writers queue at the
+        start instead of failing half-way), committed at the end or rolled back on any exception."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def close(self) -> None:
         self.flush()
