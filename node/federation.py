@@ -508,13 +508,8 @@ class Federation:
             "VALUES (?,?,?,?,?)", (verdict_id, issuer, reason, time.time(), activity_id))
         return self.node.retract_verdict(verdict_id, reason)
 
-
     # ------------------------------------------------------------------------------------------------
     # outbox: the change log
-
-    def approved_follower_inboxes(self) -> list[str]:
-        return [row[0] for row in self.store.conn.execute(
-            "SELECT inbox FROM peers WHERE follower_state = 'accepted' AND inbox IS NOT NULL")]
 
     def create_text(self, verdict_texts: Sequence[str], first_seq: int, last_seq: int) -> str:
         """The Create carrying the verdicts of consecutive log entries, as JSON text: what the delivery
@@ -857,6 +852,11 @@ def _may_be_a_stale_key(exc: ProtocolError) -> bool:
     return "does not verify" in str(exc) or exc.field == "keyId"
 
 
+def approved_follower_inboxes(conn: Any) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT inbox FROM peers WHERE follower_state = 'accepted' AND inbox IS NOT NULL")]
+
+
 def _since_of(url: str, outbox: str) -> int | None:
     parts = urlsplit(url)
     if f"{parts.scheme}://{parts.netloc}{parts.path}" != outbox:
@@ -896,9 +896,7 @@ def retract(store: Any, config: Any, ed25519_key: Any, verdict_id: str, reason: 
         if held.own:
             delete = activities.delete(actor_id, verdict_id, reason, [f"{config.node.url}/followers"])
             signed = proofs.sign(delete, ed25519_key, activities.ed25519_key_id(actor_id))
-            inboxes = [r[0] for r in conn.execute(
-                "SELECT inbox FROM peers WHERE follower_state = 'accepted' AND inbox IS NOT NULL")]
-            enqueue(conn, signed, inboxes)
+            enqueue(conn, signed, approved_follower_inboxes(conn))
         conn.execute("INSERT OR IGNORE INTO retractions (verdict_id, issuer, reason, retracted_at, activity_id) "
                      "VALUES (?,?,?,?,?)", (verdict_id, held.verdict.issuer, reason, time.time(), None))
         store.retract_verdict(verdict_id, reason)
