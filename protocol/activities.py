@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from protocol import keys
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, require_object, short_repr
 from protocol.verdict import VERDICT_CONTEXT, Verdict, new_object_id, origin_of
 
 AS_CONTEXT = "https://www.w3.org/ns/activitystreams"
@@ -123,7 +123,7 @@ def parse_actor(doc: Any, min_rsa_bits: int = 2048) -> RemoteActor:
     """Strictly read a remote actor document. Keys must belong to the actor (``owner``/``controller`` equal
     to its id, key ids on its document); Multikeys that are not Ed25519 (Fedify also lists its RSA key as a
     Multikey) are skipped."""
-    obj = _object(doc, "actor")
+    obj = require_object(doc, "actor")
     actor_id = _url(obj.get("id"), "id")
     inbox = _url(obj.get("inbox"), "inbox")
     if origin_of(inbox) != origin_of(actor_id):
@@ -174,7 +174,7 @@ def parse_key_document(doc: Any, key_id: str, min_rsa_bits: int = 2048) -> tuple
     """(owner, key) from what a keyId dereferences to: an actor with ``publicKey`` or a standalone key
     document (GoToSocial style ``{id, owner, publicKeyPem}``). The caller must still check that the owner's
     actor document lists this key."""
-    obj = _object(doc, "key")
+    obj = require_object(doc, "key")
     if "publicKeyPem" in obj:
         if obj.get("id") != key_id:
             raise ProtocolError("key document id differs from keyId", "id")
@@ -331,10 +331,10 @@ def _check_depth(doc: Any) -> None:
 
 
 def _parse(doc: Any, nested: bool) -> Activity:
-    obj = _object(doc, "activity")
+    obj = require_object(doc, "activity")
     kind = obj.get("type")
     if kind not in ACTIVITY_TYPES:
-        raise ProtocolError(f"unsupported activity type {_short(kind)}", "type")
+        raise ProtocolError(f"unsupported activity type {short_repr(kind)}", "type")
     context = obj.get("@context")
     if context is None and not nested:
         raise ProtocolError("is missing", "@context")
@@ -371,7 +371,7 @@ def _parse(doc: Any, nested: bool) -> Activity:
         if isinstance(target, str):
             object_id, reason = _url(target, "object"), None
         else:
-            tomb = _object(target, "object")
+            tomb = require_object(target, "object")
             if tomb.get("type") not in ("Tombstone", "Verdict"):
                 raise ProtocolError("must be a Tombstone", "object.type")
             object_id = _url(tomb.get("id"), "object.id")
@@ -408,17 +408,6 @@ def _parse(doc: Any, nested: bool) -> Activity:
 
 # -- small readers -----------------------------------------------------------------------------------------
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError(f"must be a JSON object, got {type(value).__name__}", where)
-    return value
-
-
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -443,7 +432,7 @@ def _url(value: Any, where: str) -> str:
         raise ProtocolError("is missing", where)
     text = _string(value, where, MAX_URL_LEN)
     if origin_of(text) is None or any(c.isspace() or ord(c) < 32 for c in text):
-        raise ProtocolError(f"must be an http(s) URL, got {_short(text)}", where)
+        raise ProtocolError(f"must be an http(s) URL, got {short_repr(text)}", where)
     return text
 
 

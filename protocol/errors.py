@@ -1,4 +1,8 @@
-"""The one error type of the wire layer, so callers can refuse bad input with a single except clause."""
+"""The one error type of the wire layer, so callers can refuse bad input with a single except clause,
+and the two small helpers every strict parser uses to say which field was wrong and what it held."""
+from __future__ import annotations
+
+from typing import Any
 
 
 class ProtocolError(ValueError):
@@ -16,3 +20,16 @@ class ProofError(ProtocolError):
 
 class SignatureError(ProtocolError):
     """An HTTP signature is missing, malformed, outside its time window or does not verify."""
+
+
+def short_repr(value: Any) -> str:
+    """A value as it may appear in an error message: bounded, so hostile input cannot bloat logs."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def require_object(value: Any, where: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else a ProtocolError naming ``where``."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"must be a JSON object, got {type(value).__name__}", where)
+    return value

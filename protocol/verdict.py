@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from protocol import proofs
-from protocol.errors import ProofError, ProtocolError
+from protocol.errors import ProofError, ProtocolError, require_object, short_repr
 
 CATEGORIES: tuple[str, ...] = ("csam", "nsfw", "underage")
 LABELS: tuple[str, ...] = ("safe", "nsfw", "csam")
@@ -55,7 +55,7 @@ class Fingerprint:
     @classmethod
     def from_as2(cls, doc: Any, where: str = "fingerprint") -> "Fingerprint":
         """Strict parse of the AS2 form; raises ProtocolError naming the field."""
-        obj = _object(doc, where)
+        obj = require_object(doc, where)
         _expect_type(obj, "Fingerprint", where, required=False)
         pdq = obj.get("pdq256")
         return cls(
@@ -122,7 +122,7 @@ class Verdict:
         Unknown extra properties are ignored (JSON-LD extensibility), but every known one must be exactly
         well-formed, and the verdict id must be on the issuer's origin so nobody mints ids in another
         node's namespace."""
-        obj = _object(doc, "verdict")
+        obj = require_object(doc, "verdict")
         _expect_type(obj, "Verdict", "", required=True)
         context = obj.get("@context")
         if context is not None and not isinstance(context, (str, list, dict)):
@@ -140,7 +140,7 @@ class Verdict:
                 raise ProtocolError("a verdict cannot supersede itself", "supersedes")
         label = obj.get("label")
         if label not in LABELS:
-            raise ProtocolError(f"must be one of {', '.join(LABELS)}, got {_short(label)}", "label")
+            raise ProtocolError(f"must be one of {', '.join(LABELS)}, got {short_repr(label)}", "label")
         proof = obj.get("proof")
         if proof is not None and not isinstance(proof, (dict, list)):
             raise ProtocolError("must be an object", "proof")
@@ -251,32 +251,27 @@ def _path(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ProtocolError(f"must be a JSON object, got {type(value).__name__}", where)
-    return value
-
-
 def _expect_type(obj: dict[str, Any], expected: str, where: str, required: bool) -> None:
     value = obj.get("type")
     if value is None and not required:
         return
     if value != expected:
-        raise ProtocolError(f"must be {expected!r}, got {_short(value)}", _path(where, "type"))
+        raise ProtocolError(f"must be {expected!r}, got {short_repr(value)}", _path(where, "type"))
 
 
-def _text(obj: dict[str, Any], name: str, where: str, max_len: int) -> str:
+def _present_string(obj: dict[str, Any], name: str, where: str) -> tuple[str, str]:
+    """The field's value, which must be present and a string, and its dotted name for errors."""
     value = obj.get(name)
     field_name = _path(where, name)
     if value is None:
         raise ProtocolError("is missing", field_name)
     if not isinstance(value, str):
         raise ProtocolError(f"must be a string, got {type(value).__name__}", field_name)
+    return value, field_name
+
+
+def _text(obj: dict[str, Any], name: str, where: str, max_len: int) -> str:
+    value, field_name = _present_string(obj, name, where)
     if not value or len(value) > max_len:
         raise ProtocolError(f"must be 1 to {max_len} characters, got {len(value)}", field_name)
     if not value.isprintable():
@@ -285,12 +280,7 @@ def _text(obj: dict[str, Any], name: str, where: str, max_len: int) -> str:
 
 
 def _hex(obj: dict[str, Any], name: str, digits: int, where: str) -> str:
-    value = obj.get(name)
-    field_name = _path(where, name)
-    if value is None:
-        raise ProtocolError("is missing", field_name)
-    if not isinstance(value, str):
-        raise ProtocolError(f"must be a string, got {type(value).__name__}", field_name)
+    value, field_name = _present_string(obj, name, where)
     if len(value) != digits or not _HEX_LOWER.match(value):
         raise ProtocolError(f"must be {digits} lowercase hex digits", field_name)
     return value
@@ -322,13 +312,13 @@ def _timestamp(obj: dict[str, Any], name: str, where: str) -> str:
 
 
 def _scores(value: Any) -> dict[str, float]:
-    obj = _object(value, "scores")
+    obj = require_object(value, "scores")
     if not obj:
         raise ProtocolError("must score at least one category", "scores")
     scores: dict[str, float] = {}
     for key, score in obj.items():
         if key not in CATEGORIES:
-            raise ProtocolError(f"unknown category {_short(key)} (known: {', '.join(CATEGORIES)})", "scores")
+            raise ProtocolError(f"unknown category {short_repr(key)} (known: {', '.join(CATEGORIES)})", "scores")
         name = f"scores.{key}"
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise ProtocolError(f"must be a number, got {type(score).__name__}", name)
@@ -340,7 +330,7 @@ def _scores(value: Any) -> dict[str, float]:
 
 
 def _model(value: Any) -> ModelInfo:
-    obj = _object(value, "model")
+    obj = require_object(value, "model")
     _expect_type(obj, "ClassifierModel", "model", required=False)
     return ModelInfo(
         name=_text(obj, "name", "model", 256),
