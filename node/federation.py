@@ -22,10 +22,12 @@ follows or retract verdicts work whether or not the server runs: the server poll
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -35,15 +37,18 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from node.actors import ActorDirectory, ActorError, PeerActor, actor_of_key_id
+from node.config import ConfigError, resolve_config
+from node.store import Store
 from node.delivery import (ACTIVITY_JSON, VERDICT_ENTRY, DeliveryQueue, PeerRequestError, SignedClient, enqueue,
                            read_limited)
 from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
+from protocol.keys import load_private_key
 from protocol.errors import ProtocolError
 from protocol.verdict import Fingerprint, Verdict, verify_verdict
 
 if TYPE_CHECKING:
-    from node.config import PeerEntry
+    from node.config import NodeConfig, PeerEntry
     from node.runtime import Node
 
 log = logging.getLogger("verdict_node.federation")
@@ -885,7 +890,7 @@ def install(node: "Node") -> None:
 # ----------------------------------------------------------------------------------------------------
 # `verdict-node verdicts ...`: act on the data directory; a running server sends what is queued.
 
-def retract(store: Any, config: Any, ed25519_key: Any, verdict_id: str, reason: str) -> str:
+def retract(store: Store, config: "NodeConfig", ed25519_key: Any, verdict_id: str, reason: str) -> str:
     """Retract a verdict. Our own: stop using it here and publish a signed Delete to every approved
     follower (and to the outbox log, for those that backfill later). A peer's: stop using it here only."""
     held = store.get_verdict(verdict_id)
@@ -905,7 +910,8 @@ def retract(store: Any, config: Any, ed25519_key: Any, verdict_id: str, reason: 
     return f"retracted {verdict_id} here (it is {held.verdict.issuer}'s verdict: only its issuer can retract it everywhere)"
 
 
-def list_verdicts(store: Any, *, issuer: str | None, own: bool | None, retracted: bool, limit: int) -> list[dict]:
+def list_verdicts(store: Store, *, issuer: str | None, own: bool | None, retracted: bool,
+                  limit: int) -> list[dict]:
     where, params = [], []
     if own is not None:
         where.append("own = ?")
@@ -920,13 +926,7 @@ def list_verdicts(store: Any, *, issuer: str | None, own: bool | None, retracted
     return [{**r, "own": bool(r["own"]), "scores": json.loads(r["scores"])} for r in rows]
 
 
-def cmd_verdicts(args: Any) -> int:
-    import sys
-
-    from node.config import ConfigError, resolve_config
-    from node.store import Store
-    from protocol.keys import load_private_key
-
+def cmd_verdicts(args: argparse.Namespace) -> int:
     try:
         config = resolve_config(args.config)
     except ConfigError as exc:
