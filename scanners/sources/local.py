@@ -165,37 +165,14 @@ class LocalSource(Source):
         return out
 
     async def _list(self, since: float | None, after: str | None) -> AsyncIterator[Item]:
-        after_parts = _key_parts(after) if after else None
-        # Explicit stack of (relative dir, its sorted entries, next index): depth-first, bounded memory.
-        stack: list[tuple[tuple[str, ...], list, int]] = []
-        try:
-            stack.append(((), await asyncio.to_thread(self._scan_dir, ()), 0))
-        except OSError as exc:
-            raise SourceError(f"{self.root}: cannot list ({exc})") from exc
-        while stack:
-            rel, entries, index = stack[-1]
-            if index >= len(entries):
-                stack.pop()
-                continue
-            stack[-1] = (rel, entries, index + 1)
-            name, is_dir, st = entries[index]
-            parts = rel + (name,)
-            if after_parts is not None:
-                on_path = is_dir and after_parts[: len(parts)] == parts
-                if not on_path and parts <= after_parts:
-                    continue
-            if is_dir:
-                try:
-                    stack.append((parts, await asyncio.to_thread(self._scan_dir, parts), 0))
-                except OSError as exc:
-                    self._listing_error("/".join(parts), exc)
-                continue
-            assert st is not None
-            yield Item(key="/".join(parts), size=st.st_size, mtime=st.st_mtime, etag=None)
+        # One walk serves both: an item at a time is a batch of one.
+        async for batch in self._list_batches(since, after, 1):
+            yield batch[0]
 
     async def _list_batches(self, since: float | None, after: str | None, size: int) -> AsyncIterator[list[Item]]:
-        """The same walk as ``_list``, a directory's run of files at a time (up to ``size``): a second sweep
-        of a known tree is then a scandir + stat per file and little else."""
+        """Depth-first walk in name order with bounded memory (an explicit stack of sorted directories),
+        a directory's run of files at a time (up to ``size``): a second sweep of a known tree is then a
+        scandir + stat per file and little else."""
         after_parts = _key_parts(after) if after else None
         try:
             stack: list[tuple[tuple[str, ...], list, int]] = [((), await asyncio.to_thread(self._scan_dir, ()), 0)]
