@@ -140,26 +140,9 @@ class Source(abc.ABC):
         Items without an mtime are always listed. A listing that runs to its end moves the cursor to the
         next incremental bound; an abandoned one leaves ``after`` at the last item handed out.
         """
-        start = self._cursor
-        lower = since if since is not None else start.since
-        high, elapsed = start.high, start.elapsed
-        began = time.monotonic()
-        async for item in self._list(lower, start.after):
-            if lower is not None and item.mtime is not None and item.mtime < lower:
-                continue
-            if item.mtime is not None:
-                high = item.mtime if high is None else max(high, item.mtime)
-            self._cursor = Cursor(since=start.since, after=self._position(item), high=high,
-                                  elapsed=elapsed + time.monotonic() - began)
-            yield item
-        total = elapsed + time.monotonic() - began
-        if high is None:
-            next_since = lower
-        else:
-            next_since = high - (total + self.overlap_slack)
-            if lower is not None:
-                next_since = max(next_since, lower)
-        self._cursor = Cursor(since=next_since)
+        # One cursor discipline for both ways of listing: an item at a time is a batch of one.
+        async for batch in self.list_batches(since, size=1):
+            yield batch[0]
 
     async def list_batches(self, since: float | None = None, size: int = 256) -> AsyncIterator[list[Item]]:
         """Like :meth:`list`, in lists of items: the same items, order and cursor rules, but the cursor moves
