@@ -27,7 +27,7 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in bench/*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
