@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from node.work_queue import WorkerRegistry  # noqa: E402
 from node.work_wire import ENCODINGS, Geometry, decode_frame, encode_frame, reduce_frame  # noqa: E402
+from node.worker_registry import WorkerRegistry  # noqa: E402
 from tests.images import photo_image, photo_names  # noqa: E402
 from tests.node_helpers import make_data_dir, running_node, tiny_clip_spec  # noqa: E402
 

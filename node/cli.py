@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(handler=_lazy("node.check", "cmd_check"))
 
-    # -- remote GPU workers (node/worker.py, node/work_queue.py) --
+    # -- remote GPU workers (node/worker.py, node/worker_hub.py, node/worker_registry.py) --
     p = sub.add_parser("worker", help="classify for a node from a GPU machine: lease frames, return scores")
     p.add_argument("--node", required=True, help="the node's base URL, e.g. https://node.example")
     p.add_argument("--token", default=None,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = workers_sub.add_parser("remove", help="revoke a worker: its next request gets 401")
     q.add_argument("name")
     _add_config_option(q)
-    p.set_defaults(handler=_lazy("node.work_queue", "cmd_workers"))
+    p.set_defaults(handler=_lazy("node.worker_registry", "cmd_workers"))
 
     # -- federation (node/peers.py, node/federation.py); they act on the database, a running server
     #    picks the changes up within federation.poll_seconds --

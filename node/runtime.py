@@ -34,7 +34,7 @@ from protocol.verdict import Fingerprint, ModelInfo, Verdict
 log = logging.getLogger("verdict_node")
 
 # Optional modules whose `install(node)` adds features (routes, hooks, background tasks).
-EXTENSIONS: list[str] = ["node.federation:install", "node.work_queue:install"]
+EXTENSIONS: list[str] = ["node.federation:install", "node.worker_hub:install"]
 
 PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]

@@ -128,7 +128,7 @@ CREATE TABLE seen_activities (
     received_at REAL NOT NULL
 );
 """),
-    # Remote GPU workers (node/work_queue.py): one row per worker; only the token's sha256 is kept.
+    # Remote GPU workers (node/worker_registry.py): one row per worker; only the token's sha256 is kept.
     Migration("remote workers", """
 CREATE TABLE workers (
     name TEXT PRIMARY KEY,

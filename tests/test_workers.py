@@ -17,10 +17,12 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from node.work_queue import JobDropped, LeaseGone, WorkerRegistry, WorkQueue, WorkersUnavailable
+from node.work_queue import JobDropped, LeaseGone, WorkQueue
 from node.work_wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, decode_frame, encode_frame, model_to_json,
                             pack_lease, parse_results, reduce_frame, unpack_lease)
 from node.worker import Worker, classify_lease, geometry_of
+from node.worker_backends import WorkersUnavailable
+from node.worker_registry import WorkerRegistry
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 from scanners.batching import QueueFull

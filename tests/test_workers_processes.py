@@ -23,8 +23,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.work_queue import WorkerRegistry, expected_model
 from node.work_wire import describe_model
+from node.worker_backends import expected_model
+from node.worker_registry import WorkerRegistry
 from tests.images import synthetic_image_bytes
 from tests.node_helpers import ROOT, make_data_dir, metric_value, pictrs_post, run, running_node, tiny_clip_spec, validate_url
 from tests.test_workers import make_other_model

@@ -1,0 +1,240 @@
+"""Remote GPU workers, the inference backends: what node.pipeline calls instead of the local classifier.
+
+WorkerBackend (in `serve`) sends each image to the workers through the hub's queue, with the local classifier,
+if any, as the fallback and the overflow; with no worker and no local classifier the caller hears so at once
+(WorkersUnavailable, a QueueFull the pipeline answers per `on_unavailable`) instead of waiting out pict-rs's
+budget. Workers connect to the serving process, so commands that run beside it on the same data directory
+(`verdict-node scan`) reach them through `/workers/v1/submit` (SubmitBackend, install_submitter): sweeps and
+the pict-rs endpoint share one queue and one set of workers.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any, Sequence
+
+from PIL import Image
+
+from node.work_wire import (API_PREFIX, LEASE_MEDIA_TYPE, Geometry, encode_frame, model_from_json, pack_lease,
+                            parse_scores, reduce_frame, same_model)
+from protocol.errors import ProtocolError
+from protocol.verdict import ModelInfo
+from scanners.batching import QueueFull
+from scanners.classifier import Classification
+
+if TYPE_CHECKING:  # only for annotations: node.worker_hub imports this module
+    from node.worker_hub import WorkerHub
+
+log = logging.getLogger("verdict_node.workers")
+
+
+class WorkersUnavailable(QueueFull):
+    """No worker has been heard from for `stale_after_s` and there is no local classifier: nothing can classify
+    this image within the budget. A QueueFull, so the pipeline answers it per `on_unavailable`."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The inference backend: workers and/or the local classifier, behind the pipeline's interface
+# --------------------------------------------------------------------------------------------------
+
+class WorkerBackend:
+    """``model`` + ``async classify_frames(frames)`` + ``close()``: what node.pipeline needs, served by remote
+    workers, with the local classifier (if any) as the fallback when no worker is connected and as the
+    overflow when workers leave an image waiting longer than ``local_after_s``. Exactly one of them
+    classifies each image: the local path only takes a job it could withdraw from the queue unleased."""
+
+    def __init__(self, hub: WorkerHub, local: Any = None, *, local_after_s: float = 0.25,
+                 check_interval: float = 0.1) -> None:
+        self.hub = hub
+        self.local = local
+        self.local_after_s = local_after_s
+        self.check_interval = check_interval
+        self.remote_images = 0
+        self.local_images = 0
+
+    @property
+    def model(self) -> ModelInfo:
+        return self.hub.model
+
+    async def _classify_locally(self, frames: Sequence[Image.Image]) -> Classification:
+        result = await self.local.classify_frames(frames)
+        self.local_images += 1
+        return result
+
+    async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
+        hub = self.hub
+        if not hub.remote_active():
+            if self.local is not None:
+                return await self._classify_locally(frames)
+            raise WorkersUnavailable(f"no worker seen for {hub.settings.stale_after_s:g} s and no local classifier")
+        loop = asyncio.get_running_loop()
+        if hub.geometry is not None and hub.queue.outstanding < hub.queue.max_jobs:
+            # Shrink the frames to the model input now, off the event loop: a queued image then holds
+            # ~150 KB per frame instead of its decoded size, and leases only encode. Exact: reduce_frame
+            # leaves a frame already at the model's input size unchanged, and so do the model's transforms.
+            geometry = hub.geometry
+            frames = await loop.run_in_executor(None, lambda: [reduce_frame(f, geometry) for f in frames])
+        try:
+            job = hub.queue.submit(frames)
+        except QueueFull:
+            if self.local is None:
+                raise
+            return await self._classify_locally(frames)
+        submitted = loop.time()
+        while True:
+            # asyncio.wait never cancels the job's future: a caller that gives up leaves the job queued,
+            # and the pipeline's inference task (which outlives the caller) still gets its result.
+            await asyncio.wait({job.future}, timeout=self.check_interval)
+            if job.future.done():
+                result = job.future.result()
+                self.remote_images += 1
+                return result
+            if job.lease is not None:
+                continue  # a worker has it; its lease decides
+            if self.local is not None:
+                if (loop.time() - submitted >= self.local_after_s or not hub.remote_active()) \
+                        and hub.queue.withdraw(job):
+                    return await self._classify_locally(frames)
+            elif not hub.remote_active() and hub.queue.withdraw(job):
+                raise WorkersUnavailable(
+                    f"no worker seen for {hub.settings.stale_after_s:g} s and no local classifier")
+
+    async def close(self) -> None:
+        self.hub.close()
+        if self.local is not None:
+            await self.local.close()
+
+
+def expected_model(spec: str) -> ModelInfo:
+    """The ModelInfo a worker running ``spec`` reports, found without loading weights (a GPU-less node may
+    not have them): the same resolution the worker's load_classifier does, and for a hub tag whose weights
+    are not on this machine, (name, tag) as the CLIP backend names it."""
+    from scanners.classifier import OPEN_NSFW_SPEC, ModelUnavailable, load_classifier
+
+    if spec == OPEN_NSFW_SPEC:
+        return load_classifier(spec).model
+    from scanners import rules
+    from scanners.clip import LOCAL_DIR_PREFIX, resolve_source
+
+    try:
+        source = resolve_source(spec)
+    except ModelUnavailable:
+        name, _, tag = spec.partition("/")
+        if spec.startswith(LOCAL_DIR_PREFIX) or not name or not tag or tag.startswith("/"):
+            raise
+        return rules.clip_model_info(name, tag)
+    return rules.clip_model_info(source.name, source.version)
+
+
+def submit_token_path(config: Any) -> Any:
+    return config.path(config.keys_dir) / "workers-submit.token"
+
+
+def ensure_submit_token(path: Any) -> str:
+    """The secret of POST /workers/v1/submit, in the data directory's keys folder (0600): whoever can read
+    the node's keys may queue work on it."""
+    import os
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        os.replace(tmp, path)
+    return path.read_text().strip()
+
+
+class SubmitBackend:
+    """The inference backend of a command that runs beside `serve` (e.g. `verdict-node scan`): it cannot
+    reach the workers itself (they connect to the serving process), so it queues each image on the serving
+    node, which hands it to its workers (or its local model) and returns the scores. The command still
+    signs and stores the verdict itself, with the same keys and database. ``fallback`` (this process's own
+    classifier, same model) is used when the node is unreachable or refuses."""
+
+    def __init__(self, base_url: str, token: str, model: ModelInfo, geometry: Geometry | None,
+                 fallback: Any = None, timeout_s: float = 600.0) -> None:
+        self.url = f"{base_url.rstrip('/')}{API_PREFIX}/submit"
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": LEASE_MEDIA_TYPE}
+        self.model = model
+        self.geometry = geometry
+        self.fallback = fallback
+        self.timeout_s = timeout_s
+        self._session: Any = None
+
+    def _body(self, frames: Sequence[Image.Image]) -> bytes:
+        # Shrunk to the model input when the node knows it (raw RGB then: loopback, tiny); otherwise whole
+        # frames as PNG so a large photo stays within the request size limit.
+        encoding = "rgb" if self.geometry else "png"
+        encoded = [encode_frame(reduce_frame(frame, self.geometry), encoding) for frame in frames]
+        return pack_lease("submit", 0.0, [("submit", encoded)])
+
+    async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        body = await asyncio.get_running_loop().run_in_executor(None, self._body, frames)
+        try:
+            async with self._session.post(self.url, data=body, headers=self.headers) as response:
+                answer = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            if self.fallback is not None:
+                return await self.fallback.classify_frames(frames)
+            raise QueueFull(f"the serving node at {self.url} is unreachable: {exc}") from None
+        if status == 200:
+            if self.geometry is None and isinstance(answer.get("geometry"), dict):
+                try:
+                    self.geometry = Geometry.from_json(answer["geometry"])  # a worker has connected since
+                except ProtocolError:
+                    pass
+            return Classification(scores=parse_scores(answer.get("scores")), matched=list(answer.get("matched", [])))
+        if self.fallback is not None:
+            return await self.fallback.classify_frames(frames)
+        message = answer.get("error") if isinstance(answer, dict) else None
+        raise QueueFull(f"the serving node refused: {message or status}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.fallback is not None:
+            await self.fallback.close()
+
+
+def install_submitter(node: Any) -> None:
+    """Extension for commands that run beside `serve` on the same data directory (`verdict-node scan`):
+    with ``workers.enabled`` and the serving node up, inference goes through its queue, so sweeps share the
+    workers with the pict-rs endpoint. If the node is not running, the command keeps its own classifier."""
+    import urllib.error
+    import urllib.request
+
+    settings = getattr(node.config, "workers", None)
+    if settings is None or not settings.enabled:
+        return
+    path = submit_token_path(node.config)
+    if not path.exists():
+        log.warning("workers.enabled, but %s does not exist yet (start `verdict-node serve` once); "
+                    "classifying in this process", path)
+        return
+    token = path.read_text().strip()
+    host = node.config.listen.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{node.config.listen.port}"
+    request = urllib.request.Request(f"{base}{API_PREFIX}/submit", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            info = json.loads(response.read())
+        model = model_from_json(info.get("model"))
+        geometry = Geometry.from_json(info.get("geometry"))
+    except (OSError, ValueError, ProtocolError) as exc:
+        log.warning("workers.enabled, but the serving node at %s does not answer (%s); classifying in this "
+                    "process", base, exc)
+        return
+    local = node.backend
+    if local is not None and not same_model(local.model, model):
+        local = None
+    node.set_backend(SubmitBackend(base, token, model, geometry, fallback=local, timeout_s=settings.job_ttl_s))
+    log.info("inference goes through the serving node's worker queue at %s", base)
