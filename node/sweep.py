@@ -566,7 +566,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return asyncio.run(guarded())
 
 
-def _source_for(records: SweepRecords, run: dict[str, Any] | None, url: str | None, options: dict[str, str]) -> Any:
+def _source_for(run: dict[str, Any] | None, url: str | None, options: dict[str, str]) -> Any:
     from scanners.sources import open_source
 
     target = url or (run["url"] if run else None)
@@ -575,17 +575,23 @@ def _source_for(records: SweepRecords, run: dict[str, Any] | None, url: str | No
     return open_source(target, **options)
 
 
+def _open_for_action(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
+    """`apply` and `release` act on what a sweep recorded: the node without a model, and the source options
+    (--option NAME=VALUE, --quarantine-dir). Raises ValueError / ConfigError for the caller to report."""
+    options = parse_options(args.option)
+    if args.quarantine_dir:
+        options["quarantine_dir"] = args.quarantine_dir
+    return open_node(args.config, load_model=False), options
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from node.actions import apply_run
     from node.config import ConfigError
 
     try:
-        options = parse_options(args.option)
-        node = open_node(args.config, load_model=False)
+        node, options = _open_for_action(args)
     except (ValueError, ConfigError) as exc:
         return _error(str(exc))
-    if args.quarantine_dir:
-        options["quarantine_dir"] = args.quarantine_dir
 
     async def main() -> int:
         records = SweepRecords(node.store)
@@ -596,7 +602,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             if run["action"] != "dry-run":
                 print(f"note: run {args.run} was not a dry run ({run['action']}); acting on any positives it "
                       f"left unacted", file=sys.stderr)
-            source = _source_for(records, run, args.source, options)
+            source = _source_for(run, args.source, options)
             try:
                 counts = await apply_run(records, args.run, source, action=args.action, actor_id=node.actor_id)
             finally:
@@ -616,12 +622,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     from node.config import ConfigError
 
     try:
-        options = parse_options(args.option)
-        node = open_node(args.config, load_model=False)
+        node, options = _open_for_action(args)
     except (ValueError, ConfigError) as exc:
         return _error(str(exc))
-    if args.quarantine_dir:
-        options["quarantine_dir"] = args.quarantine_dir
 
     def retract(verdict_id: str, reason: str) -> str:
         from node.federation import retract as federation_retract
@@ -641,7 +644,7 @@ def cmd_release(args: argparse.Namespace) -> int:
             local_dir = _quarantine_dir_of(record.location)
             if "quarantine_dir" not in options and local_dir is not None:
                 options["quarantine_dir"] = local_dir
-            source = _source_for(records, run, args.source, options)
+            source = _source_for(run, args.source, options)
             try:
                 outcome = await release(records, args.item, source, reason=args.reason, retract=retract)
             finally:
