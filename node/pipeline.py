@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
@@ -25,6 +24,7 @@ from node.policy import Candidate, Decision, decide, label_for
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
+from scanners.classifier import Classification
 from scanners.media import decode
 
 if TYPE_CHECKING:
@@ -204,9 +204,7 @@ class Pipeline:
         # 5. our own scores: an earlier own verdict of the current model, or inference now.
         own_hit = self._own_current_verdict(work)
         if own_hit is not None:
-            decision = decide(node.policy, list(work.candidates.values()),
-                              own=_Scores(dict(own_hit.verdict.scores)), own_model=node.model)
-            return self._from_decision(work, decision, forced_source="cache", own_verdict=own_hit.verdict)
+            return self._from_own_verdict(work, own_hit.verdict)
         return await self._infer_and_decide(work, media.frames)
 
     def _decide(self, work: _Work) -> Decision:
@@ -273,6 +271,12 @@ class Pipeline:
                 return StoredVerdict(rowid, c.verdict, True, c.match)
         return None
 
+    def _from_own_verdict(self, work: _Work, verdict: Verdict) -> Result:
+        """Decide with a stored own verdict's scores standing in for inference (same model, same answer)."""
+        decision = decide(self.node.policy, list(work.candidates.values()),
+                          own=Classification(scores=dict(verdict.scores)), own_model=self.node.model)
+        return self._from_decision(work, decision, forced_source="cache", own_verdict=verdict)
+
     async def _infer_and_decide(self, work: _Work, frames: Sequence[Any]) -> Result:
         node = self.node
         loop = asyncio.get_running_loop()
@@ -287,9 +291,7 @@ class Pipeline:
                 work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)  # exact beats perceptual
             own_hit = self._own_current_verdict(work)
             if own_hit is not None:
-                decision = decide(node.policy, list(work.candidates.values()),
-                                  own=_Scores(dict(own_hit.verdict.scores)), own_model=node.model)
-                return self._from_decision(work, decision, forced_source="cache", own_verdict=own_hit.verdict)
+                return self._from_own_verdict(work, own_hit.verdict)
             task = loop.create_task(self._infer(work.fingerprint, list(frames)), name=f"infer-{work.sha256[:12]}")
             self._inflight[work.sha256] = task
             task.add_done_callback(lambda t, key=work.sha256: self._forget(key, t))
@@ -322,8 +324,8 @@ class Pipeline:
     def _forget(self, key: str, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:
             del self._inflight[key]
-        if not task.cancelled() and task.exception() is not None:
-            pass  # retrieved here so asyncio does not log "exception never retrieved"; callers saw it
+        if not task.cancelled():
+            task.exception()  # marks it retrieved, so asyncio does not log "never retrieved"; callers saw it
 
     async def _infer(self, fp: Fingerprint | None, frames: list[Any]) -> _Inference:
         """Classify, sign, store, index, publish: runs to the end even if every caller stopped waiting."""
@@ -406,11 +408,6 @@ class Pipeline:
 
 class _QueueFullError(Exception):
     """QueueFull, re-raised under our name so the waiting callers can tell it from a model error."""
-
-
-@dataclass(frozen=True)
-class _Scores:
-    scores: dict[str, float]
 
 
 def _sha256_hex(data: bytes) -> str:
