@@ -303,7 +303,7 @@ class Pipeline:
             return self._unavailable(work, f"classification did not finish within the "
                                            f"{node.config.pictrs.budget_seconds:g} s budget")
         except _QueueFullError as e:
-            return self._unavailable(work, f"classifier queue full ({e})")
+            return self._unavailable(work, str(e))
         except Exception as e:  # noqa: BLE001 - a model error is an unavailable classifier, not a crash
             return self._unavailable(work, f"classification failed: {type(e).__name__}: {e}")
         decision = decide(node.policy, list(work.candidates.values()), own=inference.classification,
@@ -338,7 +338,7 @@ class Pipeline:
             classification = await backend.classify_frames(frames)
         except QueueFull as e:
             node.metrics.inference_failures.labels("queue_full").inc()
-            raise _QueueFullError(str(e)) from None
+            raise _QueueFullError(f"{e.summary} ({e})") from None
         except Exception:
             node.metrics.inference_failures.labels("error").inc()
             raise

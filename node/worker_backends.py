@@ -34,6 +34,8 @@ class WorkersUnavailable(QueueFull):
     """No worker has been heard from for `stale_after_s` and there is no local classifier: nothing can classify
     this image within the budget. A QueueFull, so the pipeline answers it per `on_unavailable`."""
 
+    summary = "classifier unavailable"
+
 
 # --------------------------------------------------------------------------------------------------
 # The inference backend: workers and/or the local classifier, behind the pipeline's interface

@@ -21,7 +21,10 @@ from scanners.classifier import Classification, Classifier, merge_frames
 
 
 class QueueFull(Exception):
-    """Too many frames are already waiting for the classifier; retry later or apply on_unavailable."""
+    """Too many frames are already waiting for the classifier; retry later or apply on_unavailable.
+    ``summary`` heads the reason the caller records (a subclass that means something else says so)."""
+
+    summary = "classifier queue full"
 
 
 class BatcherClosed(Exception):

@@ -389,6 +389,7 @@ def test_no_worker_and_no_local_classifier_answers_at_once_per_on_unavailable(wo
             started = loop.time()
             status, answer = await pictrs_post(validate_url(config, base), photo_bytes("chelsea"))
             assert status == 200 and answer["source"] == "unavailable"
+            assert answer["reason"].startswith("classifier unavailable (no worker seen")  # not "queue full"
             assert loop.time() - started < 1.0                  # not the 5 s budget
             with pytest.raises(WorkersUnavailable):
                 await node.backend.classify_frames([FRAME])
