@@ -65,6 +65,31 @@ async def collect(source, since=None, limit=None):
     return out
 
 
+async def read_all(source) -> tuple[int, list]:
+    """Read every listed item: (how many read, the ItemErrors). A per-item error must not stop the listing."""
+    from scanners.sources import ItemError
+
+    ok, errors = 0, []
+    async for item in source.list():
+        try:
+            await source.read(item)
+            ok += 1
+        except ItemError as exc:
+            errors.append(exc)
+    return ok, errors
+
+
+async def assert_deleted(source, victim) -> None:
+    """After a delete the item reads as gone, and deleting it again says it is gone."""
+    from scanners.sources import ItemGone
+
+    await source.delete(victim)
+    with pytest.raises(ItemGone):
+        await source.read(victim)
+    with pytest.raises(ItemGone):
+        await source.delete(victim)
+
+
 def make_tree(root: Path) -> dict[str, bytes]:
     """Nested dirs of extension-less files like pict-rs 0.5's files/ layout, plus things to skip."""
     files = {}
