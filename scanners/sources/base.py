@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,55 @@ def build_sidecar(item: Item, data: bytes, extra: dict[str, Any], source: str) -
         "sha256": sha256_hex(data),
         "quarantined_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+#: One directory entry as a tree-shaped source scans it: (name, is_dir, the kind's stat for files).
+TreeEntry = tuple[str, bool, Any]
+
+
+async def walk_tree(root_entries: list[TreeEntry], scan: Callable[[tuple[str, ...]], Awaitable[list[TreeEntry]]],
+                    after: str | None, size: int, errors: tuple[type[BaseException], ...],
+                    on_error: Callable[[str, BaseException], None]) -> AsyncIterator[tuple[tuple[str, ...], list]]:
+    """Depth-first walk of a directory tree in name order (the local and SSH kinds): yields one directory's
+    run of files at a time, at most ``size``, as (directory parts, [(name, stat), ...]).
+
+    Keys compare as tuples of path components, so ``after`` (the last key handed out) resumes the walk:
+    directories wholly before it are not scanned, only those on its path. An explicit stack of sorted
+    directories keeps one directory's names per level in memory. ``scan(parts)`` returns a directory's
+    entries sorted by name; a directory whose scan raises one of ``errors`` is reported to ``on_error``
+    and skipped, so one unreadable directory does not end the walk."""
+    after_parts = tuple(after.split("/")) if after else None
+    stack: list[tuple[tuple[str, ...], list[TreeEntry], int]] = [((), root_entries, 0)]
+    while stack:
+        rel, entries, index = stack[-1]
+        if index >= len(entries):
+            stack.pop()
+            continue
+        name, is_dir, _ = entries[index]
+        if is_dir:
+            stack[-1] = (rel, entries, index + 1)
+            parts = rel + (name,)
+            if after_parts is not None and after_parts[: len(parts)] != parts and parts <= after_parts:
+                continue
+            try:
+                stack.append((parts, await scan(parts), 0))
+            except errors as exc:
+                on_error("/".join(parts), exc)
+            continue
+        files: list[tuple[str, Any]] = []
+        while index < len(entries) and len(files) < size:
+            name, is_dir, st = entries[index]
+            if is_dir:
+                break
+            index += 1
+            if after_parts is not None:
+                if rel + (name,) <= after_parts:
+                    continue
+                after_parts = None  # sorted depth-first order: everything from here on comes later
+            files.append((name, st))
+        stack[-1] = (rel, entries, index)
+        if files:
+            yield rel, files
 
 
 class Source(abc.ABC):

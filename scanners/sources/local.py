@@ -19,16 +19,12 @@ import stat
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
-from .base import Item, ItemError, ItemGone, Source, SourceError, build_sidecar, sha256_hex
+from .base import Item, ItemError, ItemGone, Source, SourceError, TreeEntry, build_sidecar, sha256_hex, walk_tree
 
 #: Reading more than this into memory is refused per item (a sweep reads whole images).
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-
-
-def _key_parts(key: str) -> tuple[str, ...]:
-    return tuple(key.split("/"))
 
 
 def check_key(key: str) -> str:
@@ -170,46 +166,21 @@ class LocalSource(Source):
             yield batch[0]
 
     async def _list_batches(self, since: float | None, after: str | None, size: int) -> AsyncIterator[list[Item]]:
-        """Depth-first walk in name order with bounded memory (an explicit stack of sorted directories),
-        a directory's run of files at a time (up to ``size``): a second sweep of a known tree is then a
+        """A directory's run of files at a time (up to ``size``): a second sweep of a known tree is then a
         scandir + stat per file and little else."""
-        after_parts = _key_parts(after) if after else None
         try:
-            stack: list[tuple[tuple[str, ...], list, int]] = [((), await asyncio.to_thread(self._scan_dir, ()), 0)]
+            root_entries = await asyncio.to_thread(self._scan_dir, ())
         except OSError as exc:
             raise SourceError(f"{self.root}: cannot list ({exc})") from exc
-        while stack:
-            rel, entries, index = stack[-1]
-            if index >= len(entries):
-                stack.pop()
-                continue
-            name, is_dir, st = entries[index]
-            if is_dir:
-                stack[-1] = (rel, entries, index + 1)
-                parts = rel + (name,)
-                if after_parts is not None and after_parts[: len(parts)] != parts and parts <= after_parts:
-                    continue
-                try:
-                    stack.append((parts, await asyncio.to_thread(self._scan_dir, parts), 0))
-                except OSError as exc:
-                    self._listing_error("/".join(parts), exc)
-                continue
+
+        def scan(parts: tuple[str, ...]) -> Awaitable[list[TreeEntry]]:
+            return asyncio.to_thread(self._scan_dir, parts)
+
+        async for rel, files in walk_tree(root_entries, scan, after, size, (OSError,), self._listing_error):
             prefix = "/".join(rel) + "/" if rel else ""
-            batch: list[Item] = []
-            while index < len(entries) and len(batch) < size:
-                name, is_dir, st = entries[index]
-                if is_dir:
-                    break
-                index += 1
-                if after_parts is not None:
-                    if rel + (name,) <= after_parts:
-                        continue
-                    after_parts = None  # sorted depth-first order: everything from here on comes later
-                batch.append(Item(prefix + name, st.st_size, st.st_mtime, None))
-            stack[-1] = (rel, entries, index)
-            if batch:
-                self._batch_position = batch[-1].key
-                yield batch
+            batch = [Item(prefix + name, st.st_size, st.st_mtime, None) for name, st in files]
+            self._batch_position = batch[-1].key
+            yield batch
 
     # -- item operations -------------------------------------------------------------------------
     def _path(self, key: str) -> Path:

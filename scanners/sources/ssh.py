@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
 
-from .base import Item, ItemError, ItemGone, Source, SourceError, build_sidecar
+from .base import Item, ItemError, ItemGone, Source, SourceError, TreeEntry, build_sidecar, walk_tree
 from .local import DEFAULT_MAX_BYTES, check_key
 
 log = logging.getLogger(__name__)
@@ -213,32 +213,19 @@ class SSHSource(Source):
         return out
 
     async def _list(self, since: float | None, after: str | None) -> AsyncIterator[Item]:
-        after_parts = tuple(after.split("/")) if after else None
         try:
             real_root = await self._real_root()
-            stack: list[tuple[tuple[str, ...], list, int]] = [((), await self._scan_dir(real_root, ()), 0)]
+            root_entries = await self._scan_dir(real_root, ())
         except asyncssh.SFTPError as exc:
             raise SourceError(f"ssh {self.host}:{self.port}: cannot list {self.root}: {exc.reason}") from None
-        while stack:
-            rel, entries, index = stack[-1]
-            if index >= len(entries):
-                stack.pop()
-                continue
-            stack[-1] = (rel, entries, index + 1)
-            name, is_dir, attrs = entries[index]
-            parts = rel + (name,)
-            if after_parts is not None:
-                on_path = is_dir and after_parts[: len(parts)] == parts
-                if not on_path and parts <= after_parts:
-                    continue
-            if is_dir:
-                try:
-                    stack.append((parts, await self._scan_dir(real_root, parts), 0))
-                except asyncssh.SFTPError as exc:
-                    self._listing_error("/".join(parts), exc)
-                continue
-            yield Item(key="/".join(parts), size=attrs.size,
-                       mtime=float(attrs.mtime) if attrs.mtime is not None else None, etag=None)
+
+        def scan(parts: tuple[str, ...]) -> Awaitable[list[TreeEntry]]:
+            return self._scan_dir(real_root, parts)
+
+        async for rel, files in walk_tree(root_entries, scan, after, 256, (asyncssh.SFTPError,), self._listing_error):
+            for name, attrs in files:
+                yield Item(key="/".join(rel + (name,)), size=attrs.size,
+                           mtime=float(attrs.mtime) if attrs.mtime is not None else None, etag=None)
 
     # -- item operations -------------------------------------------------------------------------
     def _path(self, key: str) -> str:
