@@ -45,7 +45,7 @@ from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
 from protocol.keys import load_private_key
 from protocol.errors import ProtocolError
-from protocol.verdict import Fingerprint, Verdict, verify_verdict
+from protocol.verdict import Fingerprint, Verdict, verify_parsed_verdict, verify_verdict
 
 if TYPE_CHECKING:
     from node.config import NodeConfig, PeerEntry
@@ -385,16 +385,12 @@ class Federation:
     # -- verdicts -------------------------------------------------------------------------------------
 
     async def _on_create(self, actor: PeerActor, activity: Activity) -> dict[str, Any]:
-        # protocol.activities already refused a Create/Update carrying another issuer's verdict.
-        received = await self.take_verdicts(list(activity.verdicts))
+        """protocol.activities already refused a Create/Update carrying another issuer's verdict; an
+        Announce relays other issuers' verdicts, each trusted only as its issuer is (take_verdicts)."""
+        received = await self.take_verdicts(activity.verdicts, parsed=activity.parsed_verdicts)
         return {"stored": received.stored, "duplicates": received.duplicates}
 
-    _on_update = _on_create
-
-    async def _on_announce(self, actor: PeerActor, activity: Activity) -> dict[str, Any]:
-        """Verdicts relayed from other issuers: each is trusted only as its issuer is."""
-        received = await self.take_verdicts(list(activity.verdicts))
-        return {"stored": received.stored, "duplicates": received.duplicates}
+    _on_update = _on_announce = _on_create
 
     async def _on_delete(self, actor: PeerActor, activity: Activity) -> dict[str, Any]:
         return {"retracted": await self.take_retraction(activity, signed_by=actor.id)}
@@ -420,43 +416,52 @@ class Federation:
 
         return resolve
 
-    async def verify_verdicts(self, docs: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+    async def verify_verdicts(self, docs: Sequence[Mapping[str, Any]],
+                              parsed: Sequence[Verdict] | None = None) -> list[Verdict]:
         """Verify every document's proof against its issuer's key (the issuer must be a configured peer).
-        All or nothing: one bad verdict refuses the batch, so a forged one cannot ride along."""
+        All or nothing: one bad verdict refuses the batch, so a forged one cannot ride along. ``parsed``:
+        the documents as protocol.activities already parsed them (same order), so they are not parsed twice."""
         issuers = [d.get("attributedTo") for d in docs]
         if any(not isinstance(i, str) for i in issuers):
             raise Refusal(400, "verdict without attributedTo")
         actors = await self._issuers(issuers)
         try:
-            return await self._verify_off_loop(docs, actors)
+            return await self._verify_off_loop(docs, parsed, actors)
         except ProtocolError as first:
             try:  # the issuer may have rotated its key: fetch it again, once
                 actors = await self._issuers(issuers, refresh=True)
-                return await self._verify_off_loop(docs, actors)
+                return await self._verify_off_loop(docs, parsed, actors)
             except ProtocolError:
                 raise Refusal(401, f"verdict: {first}") from None
 
-    async def _verify_off_loop(self, docs: Sequence[Mapping[str, Any]],
+    async def _verify_off_loop(self, docs: Sequence[Mapping[str, Any]], parsed: Sequence[Verdict] | None,
                                actors: Mapping[str, PeerActor]) -> list[Verdict]:
         """A batch of 100 proofs is tens of milliseconds of CPU: a worker thread does it, so the event
         loop keeps answering pict-rs meanwhile (the interpreter switches threads every few ms)."""
         resolve = self._proof_key_resolver(actors)
-        work = lambda: [verify_verdict(dict(doc), resolve) for doc in docs]  # noqa: E731
+        if parsed is None:
+            work = lambda: [verify_verdict(dict(doc), resolve) for doc in docs]  # noqa: E731
+        else:
+            work = lambda: [verify_parsed_verdict(verdict, dict(doc), resolve)  # noqa: E731
+                            for verdict, doc in zip(parsed, docs, strict=True)]
         return await asyncio.to_thread(work) if len(docs) > 8 else work()
 
-    async def take_verdicts(self, docs: Sequence[Mapping[str, Any]], *, each: bool = False) -> Received:
+    async def take_verdicts(self, docs: Sequence[Mapping[str, Any]], *, each: bool = False,
+                            parsed: Sequence[Verdict] | None = None) -> Received:
         """Verify, then store and index verdicts received from peers. From the inbox a batch is all or
         nothing (the sender learns at once that something was forged); ``each`` (backfill) keeps the
-        verdicts that verify and counts the others, so one bad entry cannot hide a hundred good ones."""
+        verdicts that verify and counts the others, so one bad entry cannot hide a hundred good ones.
+        ``parsed``: see verify_verdicts."""
         if not docs:
             return Received()
         if not each:
-            verdicts = await self.verify_verdicts(docs)
+            verdicts = await self.verify_verdicts(docs, parsed)
             return self._store_verdicts([(v, dict(d)) for v, d in zip(verdicts, docs)])
         good: list[tuple[Verdict, dict[str, Any]]] = []
-        for doc in docs:
+        for index, doc in enumerate(docs):
             try:
-                good.append(((await self.verify_verdicts([doc]))[0], dict(doc)))
+                one = None if parsed is None else parsed[index:index + 1]
+                good.append(((await self.verify_verdicts([doc], one))[0], dict(doc)))
             except Refusal as refusal:
                 self.received_counter.labels("refused").inc()
                 log.warning("verdict %s refused: %s", str(doc.get("id"))[:200], refusal)
@@ -656,7 +661,7 @@ class Federation:
                 if entry.actor != actor_id:
                     raise ActorError(f"{actor.outbox}: an item of another actor")
                 if entry.type in ("Create", "Update", "Announce"):
-                    await self.take_verdicts(list(entry.verdicts), each=True)
+                    await self.take_verdicts(entry.verdicts, each=True, parsed=entry.parsed_verdicts)
                 elif entry.type == "Delete":
                     try:  # read from the issuer's own outbox over a signed fetch: as good as its signature
                         await self.take_retraction(entry, signed_by=actor_id)

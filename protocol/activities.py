@@ -260,8 +260,10 @@ def announce(actor_id: str, signed_verdicts: Sequence[Mapping[str, Any]], to: Se
 @dataclass(frozen=True)
 class Activity:
     """A structurally valid incoming activity. ``verdicts`` holds the verdict documents of Create, Update
-    and Announce, parsed but with proofs NOT yet verified; ``inner`` the embedded activity of Accept, Reject
-    and Undo; ``object_id`` the id of the object (followed actor, inner activity, deleted verdict)."""
+    and Announce, parsed but with proofs NOT yet verified, and ``parsed_verdicts`` what they parsed to (same
+    order), so the receiver verifies them without parsing them again; ``inner`` the embedded activity of
+    Accept, Reject and Undo; ``object_id`` the id of the object (followed actor, inner activity, deleted
+    verdict)."""
 
     id: str
     type: str
@@ -269,6 +271,7 @@ class Activity:
     object_id: str | None
     inner: "Activity | None" = None
     verdicts: tuple[Mapping[str, Any], ...] = ()
+    parsed_verdicts: tuple[Verdict, ...] = field(default=(), repr=False, compare=False)
     reason: str | None = None
     to: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -390,7 +393,7 @@ def _parse(doc: Any, nested: bool) -> Activity:
         raise ProtocolError(f"carries more than {MAX_VERDICTS} verdicts", "object")
     if kind == "Update" and len(docs) != 1:
         raise ProtocolError("Update carries exactly one verdict", "object")
-    verdicts = []
+    verdicts, parsed = [], []
     for index, item in enumerate(docs):
         where = "object" if not isinstance(target, list) else f"object[{index}]"
         try:
@@ -402,8 +405,9 @@ def _parse(doc: Any, nested: bool) -> Activity:
         if kind == "Update" and verdict.supersedes is None:
             raise ProtocolError("an Update must carry a verdict that supersedes another", f"{where}.supersedes")
         verdicts.append(item)
+        parsed.append(verdict)
     object_id = verdicts[0]["id"] if len(verdicts) == 1 else None
-    return Activity(object_id=object_id, verdicts=tuple(verdicts), **common)
+    return Activity(object_id=object_id, verdicts=tuple(verdicts), parsed_verdicts=tuple(parsed), **common)
 
 
 # -- small readers -----------------------------------------------------------------------------------------

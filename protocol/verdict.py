@@ -231,7 +231,14 @@ def verify_verdict(doc: Any, resolve_key: Callable[[str], ed25519.Ed25519PublicK
 
     The ownership check runs before ``resolve_key`` so a forged verdict costs no key fetch. Raises
     ProtocolError (ProofError for proof failures); returns the Verdict with its ``proof``."""
-    verdict = Verdict.from_as2(doc)
+    return verify_parsed_verdict(Verdict.from_as2(doc), doc, resolve_key)
+
+
+def verify_parsed_verdict(verdict: Verdict, doc: Any,
+                          resolve_key: Callable[[str], ed25519.Ed25519PublicKey]) -> Verdict:
+    """verify_verdict for a ``verdict`` already parsed strictly from ``doc`` (protocol.activities parses
+    every verdict of an inbox activity once; parsing it again here would double that cost per verdict).
+    ``doc`` must be the very document ``verdict`` was parsed from: the proof is checked over ``doc``."""
     proof = verdict.proof
     if isinstance(proof, list) and len(proof) == 1:
         proof = proof[0]
