@@ -11,8 +11,8 @@ Hook points (all plain attributes, set by an extension's `install(node)` or by t
   - `node.background`: `async (node) -> None` coroutines started with the node and cancelled at close
     (delivery loops, sweep daemons).
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
-    BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull) and
-    `async close()` fits.
+    BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull),
+    `unavailable()` and `async close()` fits.
 Extensions listed in `EXTENSIONS` ("module:function") are installed by `Node.open` when the module exists.
 """
 from __future__ import annotations
@@ -48,6 +48,8 @@ class InferenceBackend(Protocol):
     model: ModelInfo
 
     async def classify_frames(self, frames: Sequence[Any]) -> Any: ...  # -> Classification; raises QueueFull
+
+    def unavailable(self) -> str | None: ...  # why it would refuse every image now (for /healthz), or None
 
     async def close(self) -> None: ...
 
@@ -288,13 +290,15 @@ class Node:
 
     def health(self) -> dict[str, Any]:
         model = self.model
+        # A backend can be installed and still classify nothing (workers only, none connected).
+        problem = self.backend.unavailable() if self.backend is not None else self.backend_problem
         return {
             "ok": True,
             "actor": self.actor_id,
             "classifier": {
-                "available": self.backend is not None,
+                "available": problem is None,
                 "model": {"name": model.name, "version": model.version, "rules": model.rules} if model else None,
-                "problem": self.backend_problem,
+                "problem": problem,
             },
             "counts": {**self.store.counts(), "phash_index": len(self.phash_index), "pdq_index": len(self.pdq_index)},
         }

@@ -60,6 +60,12 @@ class WorkerBackend:
     def model(self) -> ModelInfo:
         return self.hub.model
 
+    def unavailable(self) -> str | None:
+        """Why nothing can classify an image now (no local classifier and no worker heard from), or None."""
+        if self.local is not None or self.hub.remote_active():
+            return None
+        return f"no worker seen for {self.hub.settings.stale_after_s:g} s and no local classifier"
+
     async def _classify_locally(self, frames: Sequence[Image.Image]) -> Classification:
         result = await self.local.classify_frames(frames)
         self.local_images += 1
@@ -70,7 +76,7 @@ class WorkerBackend:
         if not hub.remote_active():
             if self.local is not None:
                 return await self._classify_locally(frames)
-            raise WorkersUnavailable(f"no worker seen for {hub.settings.stale_after_s:g} s and no local classifier")
+            raise WorkersUnavailable(self.unavailable())
         loop = asyncio.get_running_loop()
         if hub.geometry is not None and hub.queue.outstanding < hub.queue.max_jobs:
             # Shrink the frames to the model input now, off the event loop: a queued image then holds
@@ -100,8 +106,7 @@ class WorkerBackend:
                         and hub.queue.withdraw(job):
                     return await self._classify_locally(frames)
             elif not hub.remote_active() and hub.queue.withdraw(job):
-                raise WorkersUnavailable(
-                    f"no worker seen for {hub.settings.stale_after_s:g} s and no local classifier")
+                raise WorkersUnavailable(self.unavailable())
 
     async def close(self) -> None:
         self.hub.close()
@@ -172,6 +177,10 @@ class SubmitBackend:
         encoding = "rgb" if self.geometry else "png"
         encoded = [encode_frame(reduce_frame(frame, self.geometry), encoding) for frame in frames]
         return pack_lease("submit", 0.0, [("submit", encoded)])
+
+    def unavailable(self) -> None:
+        """Never known in advance: the serving node (or the fallback) answers per image."""
+        return None
 
     async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
         import aiohttp

@@ -67,6 +67,10 @@ class BatchingClassifier:
         """Frames waiting for a forward pass (not counting the batch that is running)."""
         return len(self._pending)
 
+    def unavailable(self) -> str | None:
+        """Why every image would be refused now, or None (a full queue is momentary, so it is not a reason)."""
+        return "classifier batcher is closed" if self._closed else None
+
     async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
         """Classify the frames of one image together; raises QueueFull without waiting when the queue
         cannot take them, BatcherClosed after close(), or whatever the model raised for this batch."""

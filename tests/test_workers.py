@@ -391,6 +391,8 @@ def test_no_worker_and_no_local_classifier_answers_at_once_per_on_unavailable(wo
             assert status == 200 and answer["source"] == "unavailable"
             assert answer["reason"].startswith("classifier unavailable (no worker seen")  # not "queue full"
             assert loop.time() - started < 1.0                  # not the 5 s budget
+            health = node.health()["classifier"]
+            assert health["available"] is False and "no worker seen" in health["problem"]
             with pytest.raises(WorkersUnavailable):
                 await node.backend.classify_frames([FRAME])
 
