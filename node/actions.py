@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from typing import Any
@@ -134,7 +133,3 @@ def quarantined_record(records: SweepRecords, ref: str) -> ItemRecord:
         raise LookupError(f"{ref!r} matches {len(found)} quarantined items; give the quarantine location: "
                           + ", ".join(str(r.location) for r in found))
     return found[0]
-
-
-def summary_json(data: dict[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True)
