@@ -41,10 +41,6 @@ class LeaseGone(Exception):
     """A result for a lease that has expired, was never granted, or belongs to another worker (HTTP 409)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# The queue: jobs, leases, expiry (pure asyncio; no I/O)
-# --------------------------------------------------------------------------------------------------
-
 def _consume_exception(future: asyncio.Future) -> None:
     # A job whose requester gave up may fail with nobody awaiting it: that is expected, not an error to log.
     if not future.cancelled():

@@ -37,10 +37,6 @@ class WorkersUnavailable(QueueFull):
     summary = "classifier unavailable"
 
 
-# --------------------------------------------------------------------------------------------------
-# The inference backend: workers and/or the local classifier, behind the pipeline's interface
-# --------------------------------------------------------------------------------------------------
-
 class WorkerBackend:
     """``model`` + ``async classify_frames(frames)`` + ``close()``: what node.pipeline needs, served by remote
     workers, with the local classifier (if any) as the fallback when no worker is connected and as the

@@ -37,10 +37,6 @@ log = logging.getLogger("verdict_node.workers")
 THROUGHPUT_WINDOW_S = 60.0
 
 
-# --------------------------------------------------------------------------------------------------
-# The hub: registry + queue + what the node knows of each connected worker, and the HTTP routes
-# --------------------------------------------------------------------------------------------------
-
 @dataclass
 class _Presence:
     """A worker as this node process has seen it (in memory; the registry row is the persisted view)."""

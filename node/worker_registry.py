@@ -24,11 +24,6 @@ TOKEN_PREFIX = "vnw_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-# --------------------------------------------------------------------------------------------------
-# Registry: who may connect (store-backed, so `verdict-node workers ...` works on a running node's data)
-# --------------------------------------------------------------------------------------------------
-
-
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -108,9 +103,7 @@ class WorkerRegistry:
         self.store.conn.execute("UPDATE workers SET leased_jobs = 0 WHERE leased_jobs != 0")
 
 
-# --------------------------------------------------------------------------------------------------
 # `verdict-node workers add|list|remove`
-# --------------------------------------------------------------------------------------------------
 
 def _ago(seconds: float | None) -> str:
     if seconds is None:
