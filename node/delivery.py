@@ -164,6 +164,13 @@ def enqueue(conn: Any, activity: Mapping[str, Any], inboxes: Iterable[str], *,
     return seq
 
 
+def drop_log_deliveries(conn: Any, inbox: str) -> None:
+    """Unqueue the change-log entries (audience None) meant for ``inbox``: it no longer follows us, so
+    they are not for it any more; answers addressed to it alone (an Accept, a Reject) stay queued."""
+    conn.execute("DELETE FROM deliveries WHERE inbox = ? AND outbox_seq IN "
+                 "(SELECT seq FROM outbox WHERE audience IS NULL)", (inbox,))
+
+
 def _object_id(activity: Mapping[str, Any]) -> str | None:
     obj = activity.get("object")
     if isinstance(obj, str):

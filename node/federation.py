@@ -39,8 +39,8 @@ from prometheus_client import Counter
 from node.actors import ActorDirectory, ActorError, PeerActor, actor_of_key_id
 from node.config import ConfigError, resolve_config
 from node.store import Store
-from node.delivery import (ACTIVITY_JSON, VERDICT_ENTRY, DeliveryQueue, PeerRequestError, SignedClient, enqueue,
-                           read_limited)
+from node.delivery import (ACTIVITY_JSON, VERDICT_ENTRY, DeliveryQueue, PeerRequestError, SignedClient,
+                           drop_log_deliveries, enqueue, read_limited)
 from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
 from protocol.keys import load_private_key
@@ -377,9 +377,7 @@ class Federation:
         with self.store.transaction() as conn:
             conn.execute("UPDATE peers SET follower_state = 'none', their_follow_id = NULL, updated_at = ? "
                          "WHERE actor = ?", (time.time(), actor.id))
-            # What was queued for it was meant for a follower; it is not one any more.
-            conn.execute("DELETE FROM deliveries WHERE inbox = ? AND outbox_seq IN "
-                         "(SELECT seq FROM outbox WHERE audience IS NULL)", (actor.inbox,))
+            drop_log_deliveries(conn, actor.inbox)
         return {"follow": "none"}
 
     # -- verdicts -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from node.config import ConfigError, NodeConfig, load_peers, resolve_config
-from node.delivery import enqueue
+from node.delivery import drop_log_deliveries, enqueue
 from node.store import Store
 from protocol import activities, keys
 
@@ -61,7 +61,7 @@ def reject(store: Store, our_actor: str, actor: str) -> str:
     with store.transaction() as conn:
         conn.execute("UPDATE peers SET follower_state = 'rejected', updated_at = ? WHERE actor = ?",
                      (time.time(), actor))
-        _drop_log_deliveries(conn, row["inbox"])
+        drop_log_deliveries(conn, row["inbox"])
         enqueue(conn, activities.reject(our_actor, _follow_of(row, our_actor)), [row["inbox"]], audience=[actor])
     return f"rejected {actor}"
 
@@ -72,7 +72,7 @@ def remove(store: Store, our_actor: str, actor: str) -> str:
     done = []
     with store.transaction() as conn:
         if row.get("follower_state") not in (None, "none") and row.get("their_follow_id") and row.get("inbox"):
-            _drop_log_deliveries(conn, row["inbox"])
+            drop_log_deliveries(conn, row["inbox"])
             enqueue(conn, activities.reject(our_actor, _follow_of(row, our_actor)), [row["inbox"]], audience=[actor])
             done.append("removed as follower")
         if row.get("following_state") not in (None, "none") and row.get("our_follow_id") and row.get("inbox"):
@@ -83,11 +83,6 @@ def remove(store: Store, our_actor: str, actor: str) -> str:
                      "our_follow_id = NULL, backfill_cursor = NULL, updated_at = ? WHERE actor = ?",
                      (time.time(), actor))
     return f"{actor}: {', '.join(done) or 'no follow in either direction'}"
-
-
-def _drop_log_deliveries(conn: Any, inbox: str) -> None:
-    conn.execute("DELETE FROM deliveries WHERE inbox = ? AND outbox_seq IN (SELECT seq FROM outbox WHERE audience IS NULL)",
-                 (inbox,))
 
 
 def listing(store: Store, config: NodeConfig) -> list[dict[str, Any]]:
