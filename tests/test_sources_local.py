@@ -171,6 +171,18 @@ def test_open_source_errors(tmp_path):
     with pytest.raises(SourceError, match="unknown source kind"):
         open_source("gopher://x/")
     assert isinstance(open_source(f"file://{tmp_path}"), LocalSource)
+    # --option NAME=VALUE hands strings: a misspelt name or a value that is no number is a SourceError
+    with pytest.raises(SourceError, match="unknown option max_byte "):
+        open_source(str(tmp_path), max_byte="5")
+    with pytest.raises(SourceError, match="unknown option bogus"):
+        open_source("s3://bucket/?bogus=1&endpoint=http://127.0.0.1:9")
+    with pytest.raises(SourceError, match="bad option value"):
+        open_source(str(tmp_path), max_bytes="lots")
+    (tmp_path / "big").write_bytes(b"x" * 10)
+    limited = open_source(str(tmp_path), max_bytes="5")
+    big = next(i for i in run(collect(limited)) if i.key == "big")
+    with pytest.raises(ItemError, match="too large"):
+        run(limited.read(big))
 
 
 def test_open_source_urls():

@@ -5,6 +5,7 @@ imported only when used (asyncssh and boto3 stay unloaded for a local sweep).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,13 +34,13 @@ def open_source(url: str, **options: Any) -> Source:
     merged = {**query, **options}
     if scheme in ("", "file"):
         from .local import LocalSource
-        return LocalSource(parts.path if scheme == "file" else url, **options)
+        return _construct(LocalSource, url, parts.path if scheme == "file" else url, **options)
     if scheme in ("ssh", "sftp"):
         from .ssh import SSHSource
         if not parts.hostname:
             raise SourceError(f"{url}: ssh URL needs a host (ssh://user@host:port/path)")
-        return SSHSource(host=parts.hostname, port=parts.port or 22, username=parts.username,
-                         root=parts.path or ".", **merged)
+        return _construct(SSHSource, url, host=parts.hostname, port=parts.port or 22, username=parts.username,
+                          root=parts.path or ".", **merged)
     if scheme == "s3":
         from .s3 import S3Source
         if not parts.netloc:
@@ -49,11 +50,27 @@ def open_source(url: str, **options: Any) -> Source:
             prefixes = [prefixes]
         path_prefix = parts.path.lstrip("/")
         prefixes = list(prefixes or []) or [path_prefix]
-        return S3Source(bucket=parts.netloc, prefixes=prefixes, **merged)
+        return _construct(S3Source, url, bucket=parts.netloc, prefixes=prefixes, **merged)
     if scheme in ("pictrs", "pictrs+http", "pictrs+https"):
         from .pictrs import PictrsSource
         http = "https" if scheme == "pictrs+https" else "http"
         if not parts.netloc:
             raise SourceError(f"{url}: pictrs URL needs host:port")
-        return PictrsSource(base_url=f"{http}://{parts.netloc}{parts.path.rstrip('/')}", **merged)
+        return _construct(PictrsSource, url, base_url=f"{http}://{parts.netloc}{parts.path.rstrip('/')}", **merged)
     raise SourceError(f"{url}: unknown source kind {scheme!r} (use a path, ssh://, s3:// or pictrs://)")
+
+
+def _construct(kind: type[Source], url: str, *args: Any, **options: Any) -> Source:
+    """Open one kind with options that come from the command line or the URL's query: an unknown name or a
+    value of the wrong shape (``max_bytes=lots``) is the user's mistake and gets a SourceError naming it,
+    not a TypeError traceback from the constructor."""
+    accepted = inspect.signature(kind).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        known = sorted(n for n, p in accepted.items() if p.kind == p.KEYWORD_ONLY)
+        raise SourceError(f"{url}: unknown option {', '.join(unknown)} for a {kind.scheme} source "
+                          f"(options: {', '.join(known)})")
+    try:
+        return kind(*args, **options)
+    except ValueError as exc:
+        raise SourceError(f"{url}: bad option value ({exc})") from None

@@ -124,7 +124,7 @@ class LocalSource(Source):
         if not self.root.is_dir():
             raise SourceError(f"{root}: not a directory")
         self.quarantine_dir = QuarantineDir(quarantine_dir or self.root.parent / "verdict-quarantine")
-        self.max_bytes = max_bytes
+        self.max_bytes = int(max_bytes)  # an option from the command line is a string
 
     def __repr__(self) -> str:
         return f"LocalSource({str(self.root)!r})"
