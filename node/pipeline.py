@@ -441,13 +441,13 @@ def _match_kind(ours: Fingerprint, theirs: Fingerprint) -> tuple[str, int] | Non
         return "pixel_sha256", 0
     if theirs.preprocessing != ours.preprocessing:
         return None
-    options = []
+    options = []  # (distance as a fraction of the hash's bits, kind, distance)
     if theirs.phash64 and ours.phash64:
-        options.append((fingerprinting.hamming(theirs.phash64, ours.phash64) / 64, "phash64",
-                        fingerprinting.hamming(theirs.phash64, ours.phash64)))
+        distance = fingerprinting.hamming(theirs.phash64, ours.phash64)
+        options.append((distance / 64, "phash64", distance))
     if theirs.pdq256 and ours.pdq256:
-        options.append((fingerprinting.hamming(theirs.pdq256, ours.pdq256) / 256, "pdq256",
-                        fingerprinting.hamming(theirs.pdq256, ours.pdq256)))
+        distance = fingerprinting.hamming(theirs.pdq256, ours.pdq256)
+        options.append((distance / 256, "pdq256", distance))
     if not options:
         return None
     _, kind, distance = min(options)

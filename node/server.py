@@ -74,10 +74,14 @@ NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard", Guard)
 
 
+def _too_large(max_bytes: int) -> web.Response:
+    return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+
+
 async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
     """The image bytes: a raw body (pict-rs) or the multipart field `file` (pictrs-safety's form)."""
     if request.content_length is not None and request.content_length > max_bytes:
-        return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+        return _too_large(max_bytes)
     content_type = request.content_type
     try:
         if content_type == "multipart/form-data":
@@ -91,14 +95,14 @@ async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str 
                     while chunk := await part.read_chunk(1 << 16):
                         data += chunk
                         if len(data) > max_bytes:
-                            return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+                            return _too_large(max_bytes)
                     return bytes(data), part.headers.get("Content-Type")
         data = await request.read()
         if len(data) > max_bytes:  # chunked bodies have no Content-Length to refuse early
-            return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+            return _too_large(max_bytes)
         return data, (content_type if request.headers.get("Content-Type") else None)
     except web.HTTPRequestEntityTooLarge:
-        return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+        return _too_large(max_bytes)
     except (ValueError, AssertionError) as e:  # malformed multipart
         return _json({"message": f"malformed body: {e}"}, 400)
 
