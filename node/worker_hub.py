@@ -321,7 +321,6 @@ class WorkerHub:
         self._persist_leases()
         return _json_response({"accepted": len(done), "requeued": requeued})
 
-
     # -- submit: other processes of this node (sweeps) queue work here ---------------------------
 
     def _authenticate_submitter(self, request: Any) -> None:
@@ -356,6 +355,7 @@ class WorkerHub:
             return _json_response({"error": str(exc), "unavailable": True}, 503)
         return _json_response({"scores": result.scores, "matched": list(result.matched),
                                "geometry": self.geometry.to_json() if self.geometry else None})
+
 
 def install(node: Any) -> None:
     """Node extension (runtime.EXTENSIONS): with ``workers.enabled``, the node's inference backend becomes a
