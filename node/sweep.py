@@ -376,14 +376,13 @@ class Sweep:
     def _fingerprint_from_verdicts(self, result: Any) -> Any:
         """An exact-key hit is answered without decoding, so it has no perceptual hashes of its own; a positive
         is reported with them, taken from the verdict on the same bytes (or the same pixels)."""
-        for verdict_id in result.verdict_ids:
-            held = self.node.store.get_verdict(verdict_id)
-            if held is not None and held.verdict.fingerprint.sha256 == result.sha256:
-                return held.verdict.fingerprint
-        for verdict_id in result.verdict_ids:  # no decode happened, so the hit was on the pixel key: same pixels
-            held = self.node.store.get_verdict(verdict_id)
-            if held is not None:
-                return dataclasses.replace(held.verdict.fingerprint, sha256=result.sha256)
+        fingerprints = [held.verdict.fingerprint for held in map(self.node.store.get_verdict, result.verdict_ids)
+                        if held is not None]
+        for fingerprint in fingerprints:
+            if fingerprint.sha256 == result.sha256:
+                return fingerprint
+        if fingerprints:  # no decode happened, so the hit was on the pixel key: same pixels
+            return dataclasses.replace(fingerprints[0], sha256=result.sha256)
         return None
 
     async def _check(self, data: bytes, key: str) -> Any:
