@@ -66,7 +66,7 @@ def test_scan_all_killed_midway_resumes_without_classifying_twice(tmp_path, tiny
         rows = {k: (o, a, loc) for k, o, a, loc in conn.execute("SELECT key, outcome, action, location FROM sweep_items")}
         own = conn.execute("SELECT sha256, COUNT(*) FROM verdicts WHERE own = 1 GROUP BY sha256").fetchall()
         inferred_rows = conn.execute("SELECT COUNT(*) FROM decisions WHERE source = 'sweep' AND inferred = 1").fetchone()[0]
-        undecided = conn.execute("SELECT COUNT(*) FROM (SELECT DISTINCT source_key FROM decisions WHERE source = 'sweep')"
+        keys_with_decision = conn.execute("SELECT COUNT(*) FROM (SELECT DISTINCT source_key FROM decisions WHERE source = 'sweep')"
                                  ).fetchone()[0]
     # Every item decided, exactly one record each, with a final outcome.
     assert set(rows) == set(items)
@@ -77,7 +77,7 @@ def test_scan_all_killed_midway_resumes_without_classifying_twice(tmp_path, tiny
     assert all(n == 1 for _, n in own) and len(own) <= len(distinct_images)
     # (a few synthetic images may be perceptual neighbours of a blocked one: decided by it, no inference)
     assert len(own) >= len(distinct_images) - 10 and 0 < inferred_rows <= len(own)
-    assert undecided == len(items)  # every key has its decision row (flushed with the checkpoints)
+    assert keys_with_decision == len(items)  # every key has its decision row (flushed with the checkpoints)
     # Nothing lost: every positive is in the quarantine with its record.
     positives = {k for k, (o, _, _) in rows.items() if o == "block"}
     assert {"photos/hubble", "photos/coffee"} <= positives
