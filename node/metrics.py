@@ -35,7 +35,7 @@ class Metrics:
         self.own_verdicts = Counter("verdictnode_own_verdicts_total", "Verdicts signed by this node.", registry=r)
         self.peer_verdicts_stored = Counter("verdictnode_peer_lookup_verdicts_total",
                                             "Verified peer verdicts stored from peer lookups.", registry=r)
-        self.classifier_available = Gauge("verdictnode_classifier_available", "1 when a classifier is loaded.",
+        self.classifier_available = Gauge("verdictnode_classifier_available", "1 when images can be classified now.",
                                           registry=r)
         self.index_size = Gauge("verdictnode_index_entries", "Entries in the perceptual indexes.", ["hash"], registry=r)
 

@@ -86,6 +86,7 @@ class Node:
         self.ed25519_key = ed25519_key
         self.rsa_key = rsa_key
         self.metrics = Metrics()
+        self.metrics.classifier_available.set_function(lambda: 0.0 if self.classifier_problem() else 1.0)
         self.phash_index = HammingIndex(64)
         self.pdq_index = HammingIndex(256)
         self.backend: InferenceBackend | None = None
@@ -210,7 +211,6 @@ class Node:
         self.backend_problem = None if backend is not None else (problem or self.backend_problem or "no classifier")
         self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
                                        own_models=self.store.own_models())
-        self.metrics.classifier_available.set(1 if backend is not None else 0)
 
     def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:
         """Store a verdict and index its perceptual hashes (idempotent). Returns (rowid, inserted_now)."""
@@ -288,10 +288,14 @@ class Node:
         self.store.close()
         self._started = False
 
+    def classifier_problem(self) -> str | None:
+        """Why no image can be classified now, or None. A backend can be installed and still classify
+        nothing (workers only, none connected)."""
+        return self.backend.unavailable() if self.backend is not None else self.backend_problem
+
     def health(self) -> dict[str, Any]:
         model = self.model
-        # A backend can be installed and still classify nothing (workers only, none connected).
-        problem = self.backend.unavailable() if self.backend is not None else self.backend_problem
+        problem = self.classifier_problem()
         return {
             "ok": True,
             "actor": self.actor_id,

@@ -59,6 +59,7 @@ def test_serve_subprocess_decides_caches_and_keeps_everything_across_restart(tmp
                 health = await r.json()
         assert health["counts"]["own_verdicts"] == 2 and health["counts"]["decisions"] == 4
         assert health["classifier"]["available"] is True
+        assert await metric_value(base, "verdictnode_classifier_available") == 1
 
     with serve_process(config) as (proc, base):
         run(second_run(base))

@@ -393,6 +393,7 @@ def test_no_worker_and_no_local_classifier_answers_at_once_per_on_unavailable(wo
             assert loop.time() - started < 1.0                  # not the 5 s budget
             health = node.health()["classifier"]
             assert health["available"] is False and "no worker seen" in health["problem"]
+            assert b"verdictnode_classifier_available 0.0" in node.metrics.render()
             with pytest.raises(WorkersUnavailable):
                 await node.backend.classify_frames([FRAME])
 
