@@ -25,16 +25,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from tests.node_helpers import free_port, run  # noqa: F401 - re-exported to the source tests
 from tests.pictrs_emulator import PictrsState, build_app
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PASSPHRASE = "correct horse battery staple"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -50,11 +45,6 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # helpers shared by the source and sweep tests
-def run(coro):
-    """Run a coroutine to completion (the project's tests do not use pytest-asyncio)."""
-    return asyncio.run(coro)
-
-
 async def collect(source, since=None, limit=None):
     """List a source into a list, optionally stopping early (an interrupted sweep)."""
     out = []
@@ -109,7 +99,6 @@ def make_tree(root: Path) -> dict[str, bytes]:
     (root / "inside-link").symlink_to(root / "top-level-file")
     files["inside-link"] = b"top"
     return files
-
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,8 +184,9 @@ MaxStartups 100
 LogLevel ERROR
 """)
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=open(workdir / "sshd.log", "wb"))
+    with open(workdir / "sshd.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(workdir / "sshd_config")],
+                                stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_for_port(port)
     except RuntimeError:
