@@ -253,6 +253,11 @@ class StoredVerdict:
     match: str = "sha256"
 
 
+def _stored_verdict(row: Sequence[Any], match: str = "sha256") -> StoredVerdict:
+    """A row of `_VERDICT_COLUMNS` followed by `own`."""
+    return StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1]), match)
+
+
 class Store:
     """One SQLite file; a connection per thread; decision rows written in batches.
 
@@ -377,11 +382,7 @@ class Store:
         rows = self.conn.execute(
             f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND "
             f"(sha256 = ? OR pixel_sha256 = ?)", (sha256, pixel_sha256 or "")).fetchall()
-        out = []
-        for row in rows:
-            match = "sha256" if row[3] == sha256 else "pixel_sha256"
-            out.append(StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1]), match))
-        return out
+        return [_stored_verdict(row, "sha256" if row[3] == sha256 else "pixel_sha256") for row in rows]
 
     def find_by_bytes(self, sha256: str) -> tuple[list[StoredVerdict], bool]:
         """The fast path for bytes seen before, without computing their pixel key: verdicts on this sha256,
@@ -396,9 +397,8 @@ class Store:
         complete = False
         for row in rows:
             exact = row[3] == sha256
-            own = bool(row[-1])
-            complete = complete or (exact and own)
-            out.append(StoredVerdict(row[0], verdict_from_row(row[:-1]), own, "sha256" if exact else "pixel_sha256"))
+            complete = complete or (exact and bool(row[-1]))
+            out.append(_stored_verdict(row, "sha256" if exact else "pixel_sha256"))
         return out, complete
 
     def verdicts_by_rowid(self, rowids: Iterable[int]) -> dict[int, StoredVerdict]:
@@ -410,12 +410,12 @@ class Store:
         rows = self.conn.execute(
             f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND id IN ({marks})",
             ids).fetchall()
-        return {row[0]: StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1])) for row in rows}
+        return {row[0]: _stored_verdict(row) for row in rows}
 
     def get_verdict(self, verdict_id: str) -> StoredVerdict | None:
         row = self.conn.execute(f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE verdict_id = ?",
                                 (verdict_id,)).fetchone()
-        return StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1])) if row else None
+        return _stored_verdict(row) if row else None
 
     def verdict_document(self, verdict_id: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT document FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
