@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from scanners.sources.pictrs import parse_rfc3339  # tested on its own in test_sources_pictrs.py
+
 CONTENT_TYPES = {b"\xff\xd8\xff": ("image/jpeg", "jpg"), b"\x89PNG": ("image/png", "png"),
                  b"GIF8": ("image/gif", "gif"), b"RIFF": ("image/webp", "webp")}
 
@@ -31,12 +33,6 @@ def rfc3339(ts: float) -> str:
     whole = int(ts)
     nanos = int(round((ts - whole) * 1e9))
     return datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    main, _, frac = text.rstrip("Z").partition(".")
-    whole = datetime.fromisoformat(main).replace(tzinfo=timezone.utc).timestamp()
-    return whole + (float("0." + frac) if frac else 0.0)
 
 
 @dataclass
