@@ -147,7 +147,7 @@ def _write_key(key: asyncssh.SSHKey, path: Path, passphrase: str | None = None) 
     os.chmod(path, 0o600)
 
 
-def start_sshd(workdir: Path) -> SSHServer:
+def start_sshd(workdir: Path, *, sftp: bool = True) -> SSHServer:
     if not os.path.exists(SSHD):
         raise RuntimeError("sshd not installed: run `make system-deps` (apt-get install openssh-server)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 UsePAM no
 StrictModes no
-Subsystem sftp internal-sftp
+{"Subsystem sftp internal-sftp" if sftp else ""}
 MaxSessions 64
 MaxStartups 100
 LogLevel ERROR

@@ -199,3 +199,27 @@ def test_key_from_ssh_agent(sshd_server, tree, tmp_path, monkeypatch):
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+def test_host_without_sftp_fails_clearly_and_leaves_no_connection(tmp_path, tree):
+    """A connection that cannot start SFTP is closed before the next attempt: retries must not pile up
+    open SSH sessions on the server."""
+    from tests.storage_servers import start_sshd
+
+    root, _ = tree
+    server = start_sshd(tmp_path / "sshd-no-sftp", sftp=False)
+    try:
+        src = ssh_source(server, root, retries=2, backoff=0.01)
+
+        async def go():
+            with pytest.raises(SourceError, match="failed after 2 reconnects"):
+                await collect(src)
+            for _ in range(100):  # sshd's per-connection process exits once the client has closed
+                if not server.connection_pids():
+                    return []
+                await asyncio.sleep(0.05)
+            return server.connection_pids()
+        assert run(go()) == []
+    finally:
+        server.proc.terminate()
+        server.proc.wait(5)

@@ -120,8 +120,13 @@ class SSHSource(Source):
         async with self._lock:
             if self._sftp is None:
                 try:
-                    self._conn = await asyncssh.connect(self.host, **self._connect_options)
-                    self._sftp = await self._conn.start_sftp_client()
+                    conn = await asyncssh.connect(self.host, **self._connect_options)
+                    try:
+                        sftp = await conn.start_sftp_client()
+                    except BaseException:  # no SFTP on a live connection: close it, or each retry leaks one
+                        conn.abort()
+                        raise
+                    self._conn, self._sftp = conn, sftp
                 except asyncssh.PermissionDenied as exc:
                     raise SourceError(f"ssh {self.host}:{self.port}: authentication failed ({exc.reason})") from None
                 except asyncssh.HostKeyNotVerifiable as exc:
