@@ -182,7 +182,7 @@ def unpack_lease(body: bytes) -> LeaseMessage:
         raise ProtocolError("lease header length out of range")
     try:
         header = json.loads(body[4:4 + header_len])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
         raise ProtocolError(f"lease header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise ProtocolError("lease header must be an object")
@@ -205,6 +205,7 @@ def unpack_lease(body: bytes) -> LeaseMessage:
             if not isinstance(meta, dict):
                 raise ProtocolError("must be an object", "job.frames[]")
             w, h = _field(meta, "w", int, "frame"), _field(meta, "h", int, "frame")
+            _field(meta, "enc", str, "frame")  # decode_frame reads it: a missing one is bad input, not a KeyError
             off, length = _field(meta, "off", int, "frame"), _field(meta, "len", int, "frame")
             if not (0 < w <= MAX_FRAME_SIDE and 0 < h <= MAX_FRAME_SIDE):
                 raise ProtocolError("frame size out of range", "frame")

@@ -208,7 +208,7 @@ class WorkerHub:
             chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
             raise web.HTTPBadRequest(text=json.dumps({"error": f"body is not JSON: {exc}"}),
                                      content_type="application/json") from None
 

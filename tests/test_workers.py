@@ -145,6 +145,9 @@ def _header(obj: dict, payload: bytes = b"") -> bytes:
         {"w": 2, "h": 2, "enc": "gif", "off": 0, "len": 0}]}]}),
     _header({"lease": "x", "expires_in": 1, "jobs": [{"job": "j", "frames": [
         {"w": -1, "h": 2, "enc": "rgb", "off": 0, "len": 0}]}]}),
+    _header({"lease": "x", "expires_in": 1, "jobs": [{"job": "j", "frames": [
+        {"w": 2, "h": 2, "off": 0, "len": 12}]}]}, b"\x00" * 12),             # no enc
+    struct.pack(">I", 100_000) + b"[" * 100_000,                          # nested past the parser's stack
 ])
 def test_malformed_lease_bodies_raise_protocol_error(body):
     with pytest.raises(ProtocolError):
@@ -343,6 +346,9 @@ def test_protocol_tokens_model_check_malformed_results_and_late_results(workdir,
                 status, _ = await _post_json(s, f"{url}/leases/{lease.lease_id}", token,
                                              {"results": [{"job": results[0].job_id, "scores": {"csam": 7}}]})
                 assert status == 400
+                async with s.post(f"{url}/leases/{lease.lease_id}", data=b"[" * 100_000,
+                                  headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 400                          # nested too deep: bad input, not a 500
                 status, _ = await _post_json(s, f"{url}/leases/{lease.lease_id}", other_token,
                                              {"results": [r.to_json() for r in results]})
                 assert status == 409
