@@ -463,16 +463,6 @@ async def close_node(node: Any) -> None:
     await node.close()
 
 
-def _expected_items(records: SweepRecords, source_id: str) -> int | None:
-    row = records.store.conn.execute(
-        "SELECT stats FROM sweep_runs WHERE source = ? AND finished_at IS NOT NULL AND mode = 'all' "
-        "ORDER BY id DESC LIMIT 1", (source_id,)).fetchone()
-    if row and row[0]:
-        return int(json.loads(row[0]).get("listed") or 0) or None
-    count = records.store.conn.execute("SELECT COUNT(*) FROM sweep_items WHERE source = ?", (source_id,)).fetchone()[0]
-    return int(count) or None
-
-
 def _count_in_background(source: Source, progress: Progress) -> None:
     """A first sweep of a local tree has no earlier run to estimate from: count the files in a thread (a walk
     costs seconds where classifying costs hours) and give the bar its ETA when done. Remote kinds are not
@@ -527,7 +517,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         source = open_source(args.source, **source_options)
         sweep = Sweep(node, source, args.source, options)
         sweep.progress = Progress(interval=args.log_interval,
-                                  expected=_expected_items(sweep.records, sweep.source_id))
+                                  expected=sweep.records.expected_items(sweep.source_id))
         if sweep.progress.expected is None and mode == "all":
             _count_in_background(source, sweep.progress)
         task = asyncio.current_task()

@@ -129,6 +129,17 @@ class SweepRecords:
         rows = list(self.store.db.query("SELECT * FROM sweep_runs WHERE id = ?", [run_id]))
         return rows[0] if rows else None
 
+    def expected_items(self, source: str) -> int | None:
+        """How many items a full sweep of this source will list (the progress bar's ETA): the last finished
+        `--all` run's count, else the items recorded so far; None when nothing is known yet."""
+        row = self.store.conn.execute(
+            "SELECT stats FROM sweep_runs WHERE source = ? AND finished_at IS NOT NULL AND mode = 'all' "
+            "ORDER BY id DESC LIMIT 1", (source,)).fetchone()
+        if row and row[0]:
+            return int(json.loads(row[0]).get("listed") or 0) or None
+        count = self.store.conn.execute("SELECT COUNT(*) FROM sweep_items WHERE source = ?", (source,)).fetchone()[0]
+        return int(count) or None
+
     def finish_run(self, run_id: int, cursor: str | None, stats: dict[str, Any]) -> None:
         now = time.time()
         self.store.conn.execute("UPDATE sweep_runs SET finished_at = ?, updated_at = ?, cursor = ?, stats = ? WHERE id = ?",

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from node.actions import apply_run, release
 from node.cli import main as cli_main
 from node.report import report_rows
+from node.sweep_records import source_identity
 from scanners.sources import open_source
 from tests.images import photo_bytes
 from tests.node_helpers import make_data_dir, run
@@ -141,7 +142,9 @@ def test_apply_skips_items_changed_since_the_dry_run(tmp_path, tiny_clip_spec):
 
     async def body(node):
         src = open_source(str(root), quarantine_dir=str(tmp_path / "q"))
+        assert records(node).expected_items(source_identity(str(root))) is None  # nothing known: no ETA yet
         _, run_id = await sweep(node, src, str(root), action="dry-run")
+        assert records(node).expected_items(source_identity(str(root))) == 1  # the finished run listed one
         (root / "a").write_bytes(photo_bytes("astronaut", size=256))
         counts = await apply_run(records(node), run_id, src, actor_id=node.actor_id)
         assert counts == {"positives": 1, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 1, "failed": 0}
