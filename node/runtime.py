@@ -144,6 +144,7 @@ class Node:
     def _load_indexes(self) -> None:
         self._synced_rowid = self.store.max_verdict_rowid()
         self._synced_retractions_at = time.time()
+        self._synced_retractions: set[int] = set()
         phash_refs, phashes, pdq_refs, pdqs = [], [], [], []
         for rowid, phash, pdq in self.store.active_perceptual():
             if phash:
@@ -173,10 +174,14 @@ class Node:
                 self.pdq_index.add(rowid, pdq)
             changed += 1
         now = time.time()
-        for rowid in self.store.retracted_since(self._synced_retractions_at - overlap):
+        retracted = set(self.store.retracted_since(self._synced_retractions_at - overlap))
+        for rowid in retracted:
             removed_phash = self.phash_index.remove(rowid)
             removed_pdq = self.pdq_index.remove(rowid)
-            changed += int(bool(removed_phash or removed_pdq))
+            # A verdict in no index (no perceptual hash) still ends the decisions memoised from it; the
+            # previous window's rows are not news again.
+            changed += int(removed_phash or removed_pdq or rowid not in self._synced_retractions)
+        self._synced_retractions = retracted
         self._synced_retractions_at = now
         if changed:
             self.store.generation += 1

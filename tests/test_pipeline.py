@@ -271,3 +271,30 @@ def test_full_classifier_queue_answers_at_once_per_on_unavailable(tmp_path, tiny
         assert all(r.source in ("inference", "unavailable") for r in results)
         assert inferred(node) == len(results) - len(refused)
     run(_with_node(config, body))
+
+
+def test_a_retraction_by_another_process_ends_a_memoised_decision(tmp_path, tiny_clip_spec):
+    """A verdict without perceptual hashes is in no index, so its retraction elsewhere changes no index:
+    the node must still forget the exact-key decision it memoised from it."""
+    from node.store import Store
+    from scanners.fingerprint import fingerprint
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    data = photo_bytes(ALLOWED)
+
+    async def body(node: Node):
+        fp = fingerprint(data)
+        hashless = Verdict(id=new_verdict_id(node.actor_id), issuer=node.actor_id,
+                           fingerprint=type(fp)(sha256=fp.sha256, pixel_sha256=fp.pixel_sha256, phash64="",
+                                                preprocessing=fp.preprocessing, pdq256=None),
+                           scores={"csam": 0.99, "nsfw": 0.99, "underage": 0.99}, label="csam", model=node.model,
+                           published=utc_timestamp())
+        node.add_verdict(hashless, None, own=True)
+        assert (await node.pipeline.check(data)).decision == "reject"
+        assert (await node.pipeline.check(data)).source == "cache"  # memoised
+        with Store(config.database_path) as other:
+            assert other.retract_verdict(hashless.id, "reviewed: false positive") is not None
+        assert node.sync_with_store() >= 1
+        again = await node.pipeline.check(data)
+        assert (again.decision, again.source) == ("accept", "inference")
+    run(_with_node(config, body))
