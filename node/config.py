@@ -409,21 +409,27 @@ def parse_config(raw: Any, data_dir: Path | str, source: str = CONFIG_FILE) -> N
     return config
 
 
-def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate node.yaml; its directory is the data directory."""
-    path = Path(path)
+def _read_yaml(path: Path) -> Any:
+    """One YAML file of the data directory; every way it can be wrong is a one-line ConfigError."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte {e.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path.name}: not valid YAML{where}: {problem}") from None
-    return parse_config(raw, path.parent, path.name)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate node.yaml; its directory is the data directory."""
+    path = Path(path)
+    return parse_config(_read_yaml(path), path.parent, path.name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -494,11 +500,7 @@ def load_peers(path: str | Path) -> list[PeerEntry]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path.name}: not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_peers(raw, path.name)
+    return parse_peers(_read_yaml(path), path.name)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -54,8 +54,19 @@ def test_partial_config_keeps_other_defaults(tmp_path):
 
 def test_invalid_yaml_is_one_line(tmp_path):
     (tmp_path / "node.yaml").write_text("listen: [\n")
-    with pytest.raises(ConfigError, match=r"^node.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"^node.yaml: not valid YAML \(line 2, column 1\)"):
         load_config(tmp_path / "node.yaml")
+
+
+@pytest.mark.parametrize("name", ["node.yaml", "peers.yaml"])
+def test_a_yaml_file_that_is_not_utf8_or_not_yaml_is_one_line(tmp_path, name):
+    load = load_config if name == "node.yaml" else load_peers
+    (tmp_path / name).write_bytes(b"node:\n  url: caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ConfigError, match=rf"^{name}: not UTF-8 text \(byte 16\)$"):
+        load(tmp_path / name)
+    (tmp_path / name).write_text("peers: [\n")
+    with pytest.raises(ConfigError, match=rf"^{name}: not valid YAML \(line 2, column 1\)"):
+        load(tmp_path / name)
 
 
 def test_peers_example_parses_and_maps_onto_policy(tmp_path):
