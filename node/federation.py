@@ -718,7 +718,11 @@ class Federation:
 
     async def lookup_peers(self, fingerprint: Fingerprint, deadline: float) -> list[tuple[Verdict, dict]]:
         """Pipeline hook: ask every ``lookup_peers`` peer about an image at once, within the deadline
-        (``loop.time()`` based); keep only verdicts whose proofs verify against configured issuers."""
+        (``loop.time()`` based); keep only verdicts whose proofs verify against configured issuers.
+
+        The time limit holds per peer, for all of its steps together (its actor document, the lookup,
+        the keys of the issuers it answers with): a slow peer loses only its own answers, not the ones
+        the others already gave, which the caller's deadline would cancel with it."""
         loop = asyncio.get_running_loop()
         peers = [p for p in self.settings.lookup_peers if p != self.actor_id]
         if not peers:
@@ -728,19 +732,19 @@ class Federation:
             return []
         query = urlencode({"sha256": fingerprint.sha256, "pixel_sha256": fingerprint.pixel_sha256,
                            **({"phash": fingerprint.phash64} if fingerprint.phash64 else {})})
-        results = await asyncio.gather(*(self._lookup_one(peer, query, timeout) for peer in peers),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(asyncio.wait_for(self._lookup_one(peer, query, timeout), timeout)
+                                         for peer in peers), return_exceptions=True)
         found: dict[str, tuple[Verdict, dict]] = {}
         for peer, result in zip(peers, results):
             if isinstance(result, BaseException):
-                log.info("lookup at %s failed: %s", peer, result)
+                log.info("lookup at %s failed: %r", peer, result)
                 continue
             for verdict, doc in result:
                 found.setdefault(verdict.id, (verdict, doc))
         return list(found.values())
 
     async def _lookup_one(self, peer: str, query: str, timeout: float) -> list[tuple[Verdict, dict]]:
-        actor = await asyncio.wait_for(self.actors.get(peer), timeout)
+        actor = await self.actors.get(peer)
         url = actor.lookup_url
         answer = await self.client.get_json(f"{url}?{query}", timeout=timeout)
         items = answer.get("orderedItems") if isinstance(answer, dict) else None

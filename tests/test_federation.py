@@ -14,7 +14,7 @@ from node.cli import main as cli_main
 from node.delivery import backoff_seconds, is_permanent_refusal
 from node.federation import TokenBucket
 from protocol import activities, httpsig
-from protocol.keys import key_fingerprint, load_private_key
+from protocol.keys import generate_ed25519, generate_rsa, key_fingerprint, load_private_key
 from tests.multinode import TEST_FEDERATION, TEST_MODEL, synthetic_verdict
 from tests.node_helpers import free_port, make_data_dir, run, running_node
 
@@ -224,6 +224,58 @@ def test_lookup_answers_approved_peers_within_a_rate_limit(tmp_path):
             assert status == 403
             async with aiohttp.ClientSession() as s, s.get(url) as r:  # unsigned
                 assert r.status == 401
+    run(body())
+
+
+async def _slow_peer(port: int, delay: float) -> web.AppRunner:
+    """A lookup peer that answers everything correctly, each answer ``delay`` seconds late."""
+    actor_id = f"http://127.0.0.1:{port}/actor"
+    doc = activities.actor_document(actor_id, generate_rsa(), generate_ed25519(),
+                                    inbox=f"http://127.0.0.1:{port}/inbox")
+
+    async def actor(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.json_response(doc, content_type="application/activity+json")
+
+    async def lookup(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.json_response({"type": "OrderedCollection", "totalItems": 0, "orderedItems": []})
+
+    app = web.Application()
+    app.router.add_get("/actor", actor)
+    app.router.add_get("/lookup", lookup)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def test_a_slow_lookup_peer_costs_only_its_own_answers(tmp_path):
+    """Each lookup peer has lookup_timeout_seconds for all its steps: a peer slow at each of them (actor
+    document, then lookup) is cut off alone, and the fast peer's verdict still arrives within the
+    pipeline's deadline."""
+    slow_port = free_port()
+    slow_actor = f"http://127.0.0.1:{slow_port}/actor"
+    a = _config(tmp_path, "a")
+    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "follow": False},
+                                      {"actor": slow_actor, "trust": "full", "follow": False}],
+                federation={"lookup_peers": [slow_actor, a.actor_id], "lookup_timeout_seconds": 2.0})
+    _write_peers(a, [{"actor": b.actor_id, "trust": "full", "follow": False}])
+
+    async def body():
+        slow = await _slow_peer(slow_port, delay=1.8)  # each step within the limit, both together not
+        try:
+            async with running_node(a) as (node_a, _), running_node(b) as (node_b, _):
+                verdict, doc = synthetic_verdict(node_a.actor_id, node_a.ed25519_key, 3, csam=0.9)
+                node_a.add_verdict(verdict, doc, own=True)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 3.0
+                # as node.pipeline calls it: the whole hook is cancelled at the deadline
+                found = await asyncio.wait_for(node_b.lookup_peers(verdict.fingerprint, deadline),
+                                               deadline - loop.time())
+                assert [v.id for v, _ in found] == [verdict.id]
+        finally:
+            await slow.cleanup()
     run(body())
 
 
