@@ -315,8 +315,7 @@ class Pipeline:
         """Memoise an exact-key decision; valid while the store's verdicts and the policy are unchanged."""
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()  # simple and bounded; re-filled by the next requests
-        by_id = {c.verdict.id: c.match for c in work.candidates.values()}
-        matches = {by_id.get(v) for v in result.verdict_ids}
+        matches = _matches(work, result.verdict_ids)
         match = next((m for m in ("sha256", "pixel_sha256") if m in matches), "sha256")
         self._memo[work.sha256] = (self.node.store.generation, self.node.policy, result.outcome, result.reason,
                                    result.source, result.verdict_ids, result.scores, match, work.pixel_sha256)
@@ -373,8 +372,7 @@ class Pipeline:
         if decision.outcome == "unknown":
             reason = f"{reason}; pictrs.on_unavailable is {node.config.pictrs.on_unavailable}"
         if source in ("cache", "peer") and not inferred:
-            by_id = {c.verdict.id: c.match for c in work.candidates.values()}
-            matches = {by_id.get(v) for v in used} - {None}
+            matches = _matches(work, used)
             best = next((m for m in ("sha256", "pixel_sha256", "phash64", "pdq256") if m in matches), "none")
             node.metrics.child(node.metrics.cache_hits, source, best).inc()
         return self._result(work, self._answer(decision.outcome), decision.outcome, reason, source,
@@ -408,6 +406,12 @@ class Pipeline:
 
 class _QueueFullError(Exception):
     """QueueFull, re-raised under our name so the waiting callers can tell it from a model error."""
+
+
+def _matches(work: _Work, verdict_ids: Sequence[str]) -> set[str]:
+    """The keys (sha256, pixel_sha256, phash64, pdq256) on which these verdicts matched the image."""
+    by_id = {c.verdict.id: c.match for c in work.candidates.values()}
+    return {by_id[v] for v in verdict_ids if v in by_id}
 
 
 def _sha256_hex(data: bytes) -> str:
