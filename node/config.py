@@ -192,7 +192,7 @@ def _check_model_refs(values: list[str]) -> str | None:
     for v in values:
         name, _, rules = v.rpartition("@")
         if not name or not rules:
-            return f"{_describe(v)} must be NAME@RULES, e.g. ViT-L-14/openai@horde-safety-nsfwchecker-1"
+            return f"{_describe(v)} must be NAME@RULES, e.g. ViT-L-14@horde-safety-nsfwchecker-78f8334"
     return None
 
 
@@ -288,7 +288,7 @@ class PolicySection:
     safe_quorum: int = setting(1, "How many independent safe verdicts are needed to reuse 'safe'.", min=1, max=100)
     compare_unknown_models: bool = setting(False, "Compare scores of models not listed in known_models with our thresholds.")
     known_models: list[str] = setting([], "Other models whose scores are comparable with our thresholds, as NAME@RULES\n"
-                                          "(e.g. ViT-L-14/openai@horde-safety-nsfwchecker-1). Our own model always is.",
+                                          "(e.g. ViT-L-14@horde-safety-nsfwchecker-78f8334). Our own model always is.",
                                       check=lambda v: _check_model_refs(v))
 
 
