@@ -23,7 +23,13 @@ system-deps:
 	  else echo "openssh-server is needed for the SSH tests: sudo apt-get install openssh-server"; exit 1; fi; \
 	fi
 
-test: $(STAMP) system-deps
+# Fedify (npm) is the independent ActivityPub peer of tests/test_interop_fedify.py; pinned by package-lock.json.
+INTEROP_MODULES := tests/interop/node_modules
+$(INTEROP_MODULES): tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund
+	touch $@
+
+test: $(STAMP) system-deps $(INTEROP_MODULES)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
