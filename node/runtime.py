@@ -22,6 +22,7 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Protocol, Sequence
@@ -52,6 +53,17 @@ class InferenceBackend(Protocol):
     def unavailable(self) -> str | None: ...  # why it would refuse every image now (for /healthz), or None
 
     async def close(self) -> None: ...
+
+
+def on_stop_signals(callback: Callable[[], Any]) -> None:
+    """Call ``callback`` on SIGTERM and SIGINT, so `serve` and `scan` shut down cleanly (flushing writes,
+    saving cursors) instead of dying mid-write. Silently skipped where the loop cannot take signals."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, callback)
+        except (NotImplementedError, RuntimeError):
+            pass
 
 
 def load_backend(section: ClassifierSection) -> tuple[InferenceBackend | None, str | None]:

@@ -12,7 +12,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import signal
 import sys
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
 from node.metrics import CONTENT_TYPE
-from node.runtime import Node
+from node.runtime import Node, on_stop_signals
 from node.store import SchemaTooNew
 
 log = logging.getLogger("verdict_node.server")
@@ -164,12 +163,7 @@ async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
+    on_stop_signals(stop.set)
     log.info("listening on http://%s:%d (actor %s)", host, port, node.actor_id)
     if ready is not None:
         ready.set()

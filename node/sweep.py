@@ -26,11 +26,10 @@ import hashlib
 import json
 import logging
 import re
-import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Awaitable, Callable, Literal
 
 from node.actions import ACTIONS, MEDIA_ACTIONS, act
 from node.sweep_records import ItemRecord, SweepRecords, public_url, source_identity
@@ -520,13 +519,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
                                   expected=sweep.records.expected_items(sweep.source_id))
         if sweep.progress.expected is None and mode == "all":
             _count_in_background(source, sweep.progress)
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, task.cancel)
-            except (NotImplementedError, RuntimeError):
-                pass
+        from node.runtime import on_stop_signals
+
+        on_stop_signals(asyncio.current_task().cancel)
         try:
             return await sweep.run()
         finally:
@@ -573,6 +568,30 @@ def _open_for_action(args: argparse.Namespace) -> tuple[Any, dict[str, str]]:
     return open_node(args.config, load_model=False), options
 
 
+def _run_action(node: Any, main: Callable[[SweepRecords], Awaitable[int]]) -> int:
+    """Run an admin action on what a sweep recorded: storage and lookup problems become one error line,
+    and the node is closed (pending writes flushed) whatever happens."""
+    async def wrapper() -> int:
+        try:
+            return await main(SweepRecords(node.store))
+        except (LookupError, SourceError) as exc:
+            return _error(str(exc))
+        finally:
+            await close_node(node)
+
+    return asyncio.run(wrapper())
+
+
+async def _on_source(run: Any, source_url: str | None, options: dict[str, str],
+                     act: Callable[[Source], Awaitable[Any]]) -> Any:
+    """Open the storage a run swept (or ``source_url``), act on it, and close it."""
+    source = _source_for(run, source_url, options)
+    try:
+        return await act(source)
+    finally:
+        await source.close()
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     from node.actions import apply_run
     from node.config import ConfigError
@@ -582,28 +601,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     except (ValueError, ConfigError) as exc:
         return _error(str(exc))
 
-    async def main() -> int:
-        records = SweepRecords(node.store)
-        try:
-            run = records.get_run(args.run)
-            if run is None:
-                return _error(f"no sweep run {args.run} (see the run number in `scan`'s summary)")
-            if run["action"] != "dry-run":
-                print(f"note: run {args.run} was not a dry run ({run['action']}); acting on any positives it "
-                      f"left unacted", file=sys.stderr)
-            source = _source_for(run, args.source, options)
-            try:
-                counts = await apply_run(records, args.run, source, action=args.action, actor_id=node.actor_id)
-            finally:
-                await source.close()
-        except (LookupError, SourceError) as exc:
-            return _error(str(exc))
-        finally:
-            await close_node(node)
+    async def main(records: SweepRecords) -> int:
+        run = records.get_run(args.run)
+        if run is None:
+            return _error(f"no sweep run {args.run} (see the run number in `scan`'s summary)")
+        if run["action"] != "dry-run":
+            print(f"note: run {args.run} was not a dry run ({run['action']}); acting on any positives it "
+                  f"left unacted", file=sys.stderr)
+        counts = await _on_source(run, args.source, options, lambda source: apply_run(
+            records, args.run, source, action=args.action, actor_id=node.actor_id))
         print(json.dumps({"run": args.run, **counts}, sort_keys=True))
         return 0 if counts["failed"] == 0 else 1
 
-    return asyncio.run(main())
+    return _run_action(node, main)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -625,27 +635,18 @@ def cmd_release(args: argparse.Namespace) -> int:
             return f"{verdict_id} was already retracted"
         return federation_retract(node.store, node.config, node.ed25519_key, verdict_id, reason)
 
-    async def main() -> int:
-        records = SweepRecords(node.store)
-        try:
-            record = quarantined_record(records, args.item)
-            run = records.get_run(record.run_id) if record.run_id is not None else None
-            local_dir = _quarantine_dir_of(record.location)
-            if "quarantine_dir" not in options and local_dir is not None:
-                options["quarantine_dir"] = local_dir
-            source = _source_for(run, args.source, options)
-            try:
-                outcome = await release(records, args.item, source, reason=args.reason, retract=retract)
-            finally:
-                await source.close()
-        except (LookupError, SourceError) as exc:
-            return _error(str(exc))
-        finally:
-            await close_node(node)
+    async def main(records: SweepRecords) -> int:
+        record = quarantined_record(records, args.item)
+        run = records.get_run(record.run_id) if record.run_id is not None else None
+        local_dir = _quarantine_dir_of(record.location)
+        if "quarantine_dir" not in options and local_dir is not None:
+            options["quarantine_dir"] = local_dir
+        outcome = await _on_source(run, args.source, options, lambda source: release(
+            records, args.item, source, reason=args.reason, retract=retract))
         print(json.dumps(outcome, sort_keys=True))
         return 0
 
-    return asyncio.run(main())
+    return _run_action(node, main)
 
 
 def _quarantine_dir_of(location: str | None) -> str | None:
