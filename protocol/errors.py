@@ -22,6 +22,11 @@ class SignatureError(ProtocolError):
     """An HTTP signature is missing, malformed, outside its time window or does not verify."""
 
 
+class SignatureMismatch(SignatureError):
+    """A well-formed HTTP signature that does not verify with the key it was checked against: the one
+    failure that fetching the signer's key again may cure (it may have rotated it)."""
+
+
 def short_repr(value: Any) -> str:
     """A value as it may appear in an error message: bounded, so hostile input cannot bloat logs."""
     text = repr(value)

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from protocol.errors import SignatureError
+from protocol.errors import SignatureError, SignatureMismatch
 
 __all__ = [
     "SignatureError", "SignatureParams", "sign_request", "sign_request_rfc9421", "parse_signature",
@@ -493,7 +493,7 @@ def _verify_bytes(public_key: PublicKey, algorithm: str | None, signature: bytes
         else:
             raise SignatureError(f"unsupported key type {type(public_key).__name__}", "signature")
     except InvalidSignature:
-        raise SignatureError("signature does not verify", "signature") from None
+        raise SignatureMismatch("signature does not verify", "signature") from None
 
 
 def _check_algorithm(scheme: str, algorithm: str | None, public_key: PublicKey) -> None:

@@ -294,12 +294,16 @@ def _hex(obj: dict[str, Any], name: str, digits: int, where: str) -> str:
 
 
 def origin_of(url: str) -> str | None:
-    """The "scheme://host[:port]" of an http(s) URL, or None: peers may only mint ids on their own origin."""
+    """The "scheme://host[:port]" of an http(s) URL, or None: peers may only mint ids on their own origin.
+
+    A URL with user info (``https://user:pw@host/...``) has no origin here: an id is never a credential, and
+    an HTTP client would turn the user info into an Authorization header on a URL a sender chose."""
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError:
         return None
-    if parts.scheme not in ("https", "http") or not parts.netloc:
+    if parts.scheme not in ("https", "http") or not parts.hostname or "@" in parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc.lower()}"
 

@@ -84,6 +84,10 @@ def test_parse_fedify_style_actor_skips_rsa_multikey_and_foreign_keys():
     (lambda d: d.pop("inbox"), "inbox"),
     (lambda d: d.update(inbox="https://evil.example/inbox"), "inbox"),
     (lambda d: d.update(id="not a url"), "id"),
+    # User info in an id would become an Authorization header on a URL the sender chose.
+    (lambda d: d.update(id="https://user:pw@a.example/actor"), "id"),
+    (lambda d: d.update(inbox="https://user@a.example/inbox"), "inbox"),
+    (lambda d: d.update(id="https://a.example:99999/actor"), "id"),
     (lambda d: d["publicKey"].update(owner="https://evil.example/actor"), "publicKey.owner"),
     (lambda d: d["publicKey"].update(id="https://evil.example/actor#main-key"), "publicKey.owner"),
     (lambda d: d["publicKey"].update(publicKeyPem="garbage"), "publicKeyPem"),
