@@ -84,14 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- federation (node/peers.py, node/federation.py); they act on the database, a running server
     #    picks the changes up within federation.poll_seconds --
-    p = sub.add_parser("peers", help="follow requests and peers: list, approve, reject, remove, show-key")
+    p = sub.add_parser("peers", help="follow requests and peers: list, approve, reject, remove, forget-key, show-key")
     peers_sub = p.add_subparsers(dest="peers_command", required=True, metavar="ACTION")
     q = peers_sub.add_parser("list", help="peers (peers.yaml and follow requests) with follow states and queues")
     q.add_argument("--json", action="store_true", help="JSON instead of text")
     _add_config_option(q)
     for action, text in (("approve", "accept a pending follow request: the peer receives our verdicts"),
                          ("reject", "refuse a follow request (or end an approved one)"),
-                         ("remove", "end following in both directions (Reject + Undo)")):
+                         ("remove", "end following in both directions (Reject + Undo)"),
+                         ("forget-key", "a pinned peer rotated its RSA key on purpose: drop the bound key, so the "
+                                        "next document that carries the pinned Ed25519 key binds its new one")):
         q = peers_sub.add_parser(action, help=text)
         q.add_argument("actor", metavar="ACTOR", help="the peer's actor URL, e.g. https://peer.example/actor")
         _add_config_option(q)

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import secrets
 import sys
 import types
@@ -196,6 +197,15 @@ def _check_model_refs(values: list[str]) -> str | None:
     return None
 
 
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def _check_fingerprint(value: str | None) -> str | None:
+    if value is not None and not _FINGERPRINT.match(value):
+        return "must be sha256: and 64 lowercase hex digits, as `verdict-node peers show-key` prints it"
+    return None
+
+
 def _check_tokens(values: list[str]) -> str | None:
     for v in values:
         if len(v) < 16 or "/" in v or v == "IPADDR":
@@ -342,6 +352,10 @@ class FederationSection:
     backfill_interval_seconds: float = setting(300.0, "How often the outboxes of followed peers are read for anything\n"
                                                       "a push missed.", min=1, max=86400)
     request_timeout_seconds: float = setting(30.0, "Timeout of one request to a peer.", min=1, max=300)
+    open_follow_requests: bool = setting(False, "Let nodes that are not in peers.yaml ask to follow (they wait for\n"
+                                                "`verdict-node peers approve`). Off: a stranger's request is refused before\n"
+                                                "anything is fetched. On: its actor document is fetched from public addresses\n"
+                                                "only (never loopback, private or link-local ranges).")
 
 
 @dataclass
@@ -447,7 +461,13 @@ class PeerThresholds:
 class PeerEntry:
     actor: str = setting("", "The peer's actor URL, e.g. https://peer.example/actor.", check=_check_url)
     key_fingerprint: str | None = setting(None, "Pinned fingerprint of the peer's Ed25519 key (sha256:<hex>), as printed by\n"
-                                                "its `verdict-node peers show-key`. Verdicts signed by another key are refused.")
+                                                "its `verdict-node peers show-key`. Only this key verifies the peer's verdicts and\n"
+                                                "retractions; an actor document without it is refused, extra keys are ignored.\n"
+                                                "The RSA key that signs its requests is bound to the first document that carries\n"
+                                                "the pin (or pinned with rsa_fingerprint); a later change is refused until\n"
+                                                "`verdict-node peers forget-key ACTOR`.", check=_check_fingerprint)
+    rsa_fingerprint: str | None = setting(None, "Optional pin of the peer's RSA key (HTTP signatures), the rsa_fingerprint line\n"
+                                                "of its `peers show-key`. Needs key_fingerprint.", check=_check_fingerprint)
     trust: Literal["full", "block-only", "observe"] = setting(
         "observe", "full: its block and safe verdicts count; block-only: only its blocks count;\n"
                    "observe: stored and compared, never acted on.")
@@ -460,6 +480,8 @@ class PeerEntry:
     def validate(self) -> str | None:
         if not self.actor:
             return "actor: is required"
+        if self.rsa_fingerprint and not self.key_fingerprint:
+            return "rsa_fingerprint: needs key_fingerprint (the Ed25519 pin) too"
         return None
 
 

@@ -79,18 +79,20 @@ class SignedClient:
     less (a pict-rs lookup has a budget)."""
 
     def __init__(self, actor_id: str, rsa_key: Any, *, connect_timeout: float = 5.0, read_timeout: float = 10.0,
-                 total_timeout: float = 30.0) -> None:
+                 total_timeout: float = 30.0, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 connector: Callable[[], aiohttp.BaseConnector] | None = None) -> None:
         self.key_id = f"{actor_id}#main-key"
         self._key = rsa_key
         self._timeout = aiohttp.ClientTimeout(total=total_timeout, connect=connect_timeout,
                                               sock_read=read_timeout)
+        self.max_response_bytes = max_response_bytes
+        self._connector = connector or (lambda: aiohttp.TCPConnector(limit=64, limit_per_host=8))
         self._session: aiohttp.ClientSession | None = None
 
     async def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"User-Agent": USER_AGENT},
-                connector=aiohttp.TCPConnector(limit=64, limit_per_host=8))
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers={"User-Agent": USER_AGENT},
+                                                  connector=self._connector())
         return self._session
 
     async def close(self) -> None:
@@ -100,9 +102,10 @@ class SignedClient:
 
     async def request(self, method: str, url: str, *, body: bytes | None = None,
                       accept: str = f"{ACTIVITY_JSON}, {LD_JSON}", timeout: float | None = None,
-                      max_bytes: int = MAX_RESPONSE_BYTES) -> PeerResponse:
+                      max_bytes: int | None = None) -> PeerResponse:
         """Send one signed request; never follows redirects (a redirect could point our signature at
         another host). Raises PeerRequestError on network failure, timeout or an oversized answer."""
+        max_bytes = self.max_response_bytes if max_bytes is None else max_bytes
         headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = ACTIVITY_JSON

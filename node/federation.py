@@ -36,15 +36,17 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from aiohttp import web
 from prometheus_client import Counter
 
-from node.actors import ActorDirectory, ActorError, PeerActor, actor_of_key_id
+from node.actors import ActorDirectory, ActorError, KeyPin, PeerActor, actor_of_key_id
 from node.config import ConfigError, resolve_config
 from node.store import Store
 from node.delivery import (ACTIVITY_JSON, VERDICT_ENTRY, DeliveryQueue, PeerRequestError, SignedClient,
                            drop_log_deliveries, enqueue, read_limited)
+from node.public_fetch import (FETCH_SECONDS, MAX_DOCUMENT_BYTES, allow_loopback_from_env, check_stranger_url,
+                               stranger_connector)
 from protocol import activities, httpsig, proofs
 from protocol.activities import Activity
 from protocol.keys import load_private_key
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SignatureMismatch
 from protocol.verdict import Fingerprint, Verdict, verify_parsed_verdict, verify_verdict
 
 if TYPE_CHECKING:
@@ -66,12 +68,23 @@ _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
 LOG_TYPES = (VERDICT_ENTRY, "Delete")
 
 
-class Refusal(Exception):
-    """Refuse a request with an HTTP status and a one-line reason (nothing has been stored)."""
+#: The one answer when a signer's key cannot be had: what a remote server answered (or that it could not
+#: be reached) is never told to the sender, who might have chosen that server to probe our network.
+KEY_NOT_VERIFIED = ("the signer's key could not be obtained, or is not the key this node pinned for it "
+                    "(this node's log has the detail)")
 
-    def __init__(self, status: int, message: str) -> None:
+
+class Refusal(Exception):
+    """Refuse a request with an HTTP status and a one-line reason (nothing has been stored). ``detail`` is
+    for our log only: it may hold what a remote server answered."""
+
+    def __init__(self, status: int, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail
+
+    def for_log(self) -> str:
+        return f"{self} ({self.detail})" if self.detail else str(self)
 
 
 def _json_response(data: Any, status: int = 200, content_type: str = "application/json",
@@ -129,8 +142,16 @@ class Federation:
         self.peers: dict[str, "PeerEntry"] = {p.actor: p for p in node.peers}
         self.client = SignedClient(self.actor_id, node.rsa_key,
                                    total_timeout=self.settings.request_timeout_seconds)
-        self.actors = ActorDirectory(self.store, self._fetch_actor_document,
-                                     pins={p.actor: p.key_fingerprint for p in node.peers})
+        # Documents of actors nobody listed: public addresses only, small and quick (see node.public_fetch).
+        self.allow_loopback = allow_loopback_from_env()
+        self.stranger_client = SignedClient(
+            self.actor_id, node.rsa_key, total_timeout=FETCH_SECONDS, connect_timeout=FETCH_SECONDS,
+            read_timeout=FETCH_SECONDS, max_response_bytes=MAX_DOCUMENT_BYTES,
+            connector=lambda: stranger_connector(allow_loopback=self.allow_loopback))
+        self.actors = ActorDirectory(
+            self.store, self._fetch_actor_document,
+            pins={p.actor: KeyPin(p.key_fingerprint, p.rsa_fingerprint) for p in node.peers if p.key_fingerprint},
+            fetch_stranger=self._fetch_stranger_document)
         self.delivery = DeliveryQueue(
             self.store, self.client, self._batch_body,
             batch_max=self.settings.batch_max, batch_wait=self.settings.batch_wait_seconds,
@@ -240,12 +261,21 @@ class Federation:
     async def _fetch_actor_document(self, url: str) -> Any:
         return await self.client.get_json(url, timeout=self.settings.request_timeout_seconds)
 
+    async def _fetch_stranger_document(self, url: str) -> Any:
+        """The actor document of a sender nobody listed (open follow requests): the URL's checks first,
+        then the public-addresses-only client."""
+        check_stranger_url(url, allow_loopback=self.allow_loopback)
+        return await self.stranger_client.get_json(url)
+
     async def authenticate(self, request: web.Request, body: bytes | None, *,
-                           allow_unknown: bool = False) -> PeerActor:
+                           follow_request: bool = False) -> PeerActor:
         """The actor that signed this request, after checking the signature, Date window and digest.
 
-        Unknown senders are refused before any key is fetched unless ``allow_unknown`` (a Follow may
-        come from anyone); a failed verification refetches the actor once, for a rotated key."""
+        A sender that is neither listed in peers.yaml nor already known here is refused before anything
+        is fetched, unless this is a follow request and the admin opened follow requests to strangers.
+        The document of any actor not listed in peers.yaml (a stranger, or a follower the admin approved)
+        comes through the public-addresses-only client. A signature that does not verify refetches the
+        actor once (a rotated key). Whatever a remote server answered stays in our log."""
         try:
             params = httpsig.parse_signature(request.headers)
         except ProtocolError as exc:
@@ -255,26 +285,28 @@ class Federation:
         except ActorError as exc:
             raise Refusal(401, str(exc)) from None
         known = self._known_sender(actor_id)
-        if not allow_unknown and not known:
-            raise Refusal(403, f"{actor_id} is not a peer of this node")
+        if not known and not (follow_request and self.settings.open_follow_requests):
+            raise Refusal(403, f"{actor_id} is not a peer of this node" +
+                          (" (it takes follow requests only from the peers its admin listed)" if follow_request else ""))
+        unlisted = self.configured_peer(actor_id) is None
         try:  # a stranger's document is kept only once its signature verified
-            actor = await self.actors.get(actor_id, remember=known)
+            actor = await self.actors.get(actor_id, remember=known, stranger=unlisted)
         except ActorError as exc:
-            raise Refusal(401, str(exc)) from None
+            raise Refusal(401, KEY_NOT_VERIFIED, detail=str(exc)) from None
         for attempt in (0, 1):
             try:
                 httpsig.verify_request(request.method, request.raw_path, request.headers, body, params,
-                                       actor.remote.http_key(params.key_id), scheme=self.scheme)
+                                       actor.http_key(params.key_id), scheme=self.scheme)
                 if not known:
                     self.actors.remember(actor)
                 return actor
             except ProtocolError as exc:
                 if attempt == 1 or not _may_be_a_stale_key(exc):
-                    raise Refusal(401, f"signature: {exc}") from None
+                    raise Refusal(401, f"HTTP signature refused: {exc}") from None
                 try:
-                    actor = await self.actors.get(actor_id, refresh=True, remember=known)
+                    actor = await self.actors.get(actor_id, refresh=True, remember=known, stranger=unlisted)
                 except ActorError as fetch_error:
-                    raise Refusal(401, f"signature: {exc}; {fetch_error}") from None
+                    raise Refusal(401, f"HTTP signature refused: {exc}", detail=str(fetch_error)) from None
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------------------------------
@@ -285,7 +317,7 @@ class Federation:
             return await self._inbox(request)
         except Refusal as refusal:
             self.refused_counter.labels(str(refusal.status)).inc()
-            log.info("inbox refused (%d): %s", refusal.status, refusal)
+            log.info("inbox refused (%d): %s", refusal.status, refusal.for_log())
             return _refusal_response(refusal)
 
     async def _inbox(self, request: web.Request) -> web.Response:
@@ -298,7 +330,7 @@ class Federation:
             activity = activities.parse_activity(body)
         except ProtocolError as exc:
             raise Refusal(400, f"activity: {exc}") from None
-        actor = await self.authenticate(request, body, allow_unknown=activity.type == "Follow")
+        actor = await self.authenticate(request, body, follow_request=activity.type == "Follow")
         if activity.actor != actor.id:
             raise Refusal(401, "the signing key's owner is not the activity's actor")
         self.delivery.retry_now(actor.inbox)  # it is alive: its backlog need not wait for the backoff
@@ -401,16 +433,18 @@ class Federation:
             try:
                 found[issuer] = await self.actors.get(issuer, refresh=refresh)
             except ActorError as exc:
-                raise Refusal(401, f"cannot get the key of issuer {issuer}: {exc}") from None
+                raise Refusal(401, f"verdict issuer {issuer}: {KEY_NOT_VERIFIED}", detail=str(exc)) from None
         return found
 
     @staticmethod
     def _proof_key_resolver(issuers: Mapping[str, PeerActor]) -> Any:
+        """verificationMethod -> key, only among the keys that sign each issuer's verdicts (for a pinned
+        peer: the pinned key alone, whatever else its document lists)."""
         def resolve(method: str) -> Any:
             actor = issuers.get(method.split("#", 1)[0])
             if actor is None:
                 raise proofs.ProofError(f"{method} is not a key of a known issuer", "verificationMethod")
-            return actor.remote.proof_key(method)
+            return actor.proof_key(method)
 
         return resolve
 
@@ -497,12 +531,15 @@ class Federation:
         assert verdict_id is not None
         if self.configured_peer(issuer) is None:
             raise Refusal(403, f"{issuer} is not a peer in peers.yaml")
-        if signed_by != issuer:
+        # A pinned issuer's retractions need its pinned key as much as its verdicts do: an HTTP signature
+        # (an RSA key bound on first contact) is not enough to take its blocks away.
+        if signed_by != issuer or issuer in self.actors.pins or "proof" in activity.raw:
             actors = await self._issuers([issuer])
             try:
                 proofs.verify(dict(activity.raw), self._proof_key_resolver(actors))
             except ProtocolError as exc:
-                raise Refusal(401, f"relayed retraction: {exc}") from None
+                kind = "relayed retraction" if signed_by != issuer else "retraction"
+                raise Refusal(401, f"{kind}: {exc}") from None
         held = self.store.get_verdict(verdict_id)
         if held is not None and held.verdict.issuer != issuer:
             raise Refusal(403, "only a verdict's issuer may retract it")
@@ -610,6 +647,7 @@ class Federation:
                 raise Refusal(403, f"{actor.id} is not an approved follower")
         except Refusal as refusal:
             self.refused_counter.labels(str(refusal.status)).inc()
+            log.info("outbox read refused (%d): %s", refusal.status, refusal.for_log())
             return _refusal_response(refusal)
         self.delivery.retry_now(actor.inbox)
         since_text = request.query.get("since")
@@ -688,6 +726,8 @@ class Federation:
                 raise Refusal(429, f"rate limited; retry in {wait:.1f} s")
         except Refusal as refusal:
             self.refused_counter.labels(str(refusal.status)).inc()
+            if refusal.status != 429:
+                log.info("lookup refused (%d): %s", refusal.status, refusal.for_log())
             headers = {"Retry-After": "1"} if refusal.status == 429 else None
             return _json_response({"error": str(refusal)}, refusal.status, headers=headers)
         query = request.query
@@ -839,6 +879,7 @@ class Federation:
             await asyncio.gather(*self._tasks, *self._backfilling.values(), return_exceptions=True)
             await self.delivery.stop()
             await self.client.close()
+            await self.stranger_client.close()
 
     async def _collect_loop(self) -> None:
         assert self._collect_wake is not None
@@ -861,7 +902,7 @@ class Federation:
 def _may_be_a_stale_key(exc: ProtocolError) -> bool:
     """Only a signature that does not verify (or names a key we do not have) may be cured by fetching the
     actor again; a stale Date or a wrong digest never is."""
-    return "does not verify" in str(exc) or exc.field == "keyId"
+    return isinstance(exc, SignatureMismatch) or exc.field == "keyId"
 
 
 def approved_follower_inboxes(conn: Any) -> list[str]:

@@ -85,11 +85,25 @@ def remove(store: Store, our_actor: str, actor: str) -> str:
     return f"{actor}: {', '.join(done) or 'no follow in either direction'}"
 
 
+def forget_key(store: Store, our_actor: str, actor: str) -> str:
+    """End the binding of a pinned peer's RSA key (it rotated the key on purpose): the next actor document
+    that carries the pinned Ed25519 key binds its RSA key anew. The Ed25519 pin itself lives in peers.yaml."""
+    row = _row(store, actor)
+    if not row.get("bound_rsa_fingerprint"):
+        return f"{actor}: no RSA key is bound (it binds on the next document that carries the pinned key)"
+    with store.transaction() as conn:
+        conn.execute("UPDATE peers SET bound_rsa_fingerprint = NULL, bound_under_pin = NULL, bound_at = NULL, "
+                     "actor_document = NULL WHERE actor = ?", (actor,))
+    return (f"{actor}: forgot RSA key {row['bound_rsa_fingerprint']}; the next actor document that carries the "
+            f"pinned Ed25519 key binds its RSA key (a running server does so at that peer's next request)")
+
+
 def listing(store: Store, config: NodeConfig) -> list[dict[str, Any]]:
     """One row per peer we know of: peers.yaml entries and anyone who asked to follow."""
     configured = {p.actor: p for p in load_peers(config.peers_path)}
     rows = {r["actor"]: r for r in store.db.query(
         "SELECT p.actor, p.inbox, p.follower_state, p.following_state, p.key_fingerprint, p.backfill_cursor, "
+        "p.bound_rsa_fingerprint, "
         "(SELECT COUNT(*) FROM deliveries d WHERE d.inbox = p.inbox AND d.delivered_at IS NULL) AS queued, "
         "(SELECT last_error FROM deliveries d WHERE d.inbox = p.inbox AND d.last_error IS NOT NULL "
         " ORDER BY d.id DESC LIMIT 1) AS last_error FROM peers p")}
@@ -103,6 +117,8 @@ def listing(store: Store, config: NodeConfig) -> list[dict[str, Any]]:
             "they_follow_us": row.get("follower_state") or "none",
             "we_follow_them": row.get("following_state") or "none",
             "ed25519_fingerprint": row.get("key_fingerprint"),
+            "pinned": bool(entry and entry.key_fingerprint),
+            "bound_rsa_fingerprint": row.get("bound_rsa_fingerprint"),
             "queued_deliveries": row.get("queued") or 0,
             "last_error": row.get("last_error"),
         })
@@ -145,7 +161,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             print(f"key_fingerprint: {keys.key_fingerprint(ed)}   # Ed25519 (verdict proofs): pin this in peers.yaml")
             print(f"rsa_fingerprint: {keys.key_fingerprint(rsa_key)}   # RSA (HTTP signatures)")
             return 0
-        operation = {"approve": approve, "reject": reject, "remove": remove}[action]
+        operation = {"approve": approve, "reject": reject, "remove": remove, "forget-key": forget_key}[action]
         print(operation(store, config.actor_id, args.actor.rstrip("/")))
         return 0
     except PeerCommandError as exc:

@@ -224,6 +224,13 @@ CREATE INDEX verdicts_retracted_at ON verdicts(retracted_at);
     Migration("deliveries retry index", """
 CREATE INDEX deliveries_retry ON deliveries(inbox, next_attempt_at);
 """),
+    # A pinned peer's RSA key (HTTP signatures) is bound to the first actor document that carried the
+    # pinned Ed25519 key; a document with another RSA key is refused until the admin forgets the binding.
+    Migration("peer key bindings", """
+ALTER TABLE peers ADD COLUMN bound_rsa_fingerprint TEXT;  -- the RSA key bound under the pin below
+ALTER TABLE peers ADD COLUMN bound_under_pin TEXT;        -- the Ed25519 pin in force when it was bound
+ALTER TABLE peers ADD COLUMN bound_at REAL;
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "

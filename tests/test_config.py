@@ -87,6 +87,15 @@ def test_peers_example_parses_and_maps_onto_policy(tmp_path):
     ({"peers": [{"actor": "https://a.example/actor"}, {"actor": "https://a.example/actor"}]},
      "peers.yaml: peers[1].actor: listed twice"),
     ({"followers": []}, "peers.yaml: top level must be a mapping with one key, peers"),
+    # A pin that is not a fingerprint would pin nothing: refused with the form it must have.
+    ({"peers": [{"actor": "https://a.example/actor", "key_fingerprint": "abc123"}]},
+     "peers.yaml: peers[0].key_fingerprint: must be sha256: and 64 lowercase hex digits"),
+    ({"peers": [{"actor": "https://a.example/actor", "key_fingerprint": "SHA256:" + "A" * 64}]},
+     "peers.yaml: peers[0].key_fingerprint: must be sha256: and 64 lowercase hex digits"),
+    ({"peers": [{"actor": "https://a.example/actor", "key_fingerprint": "sha256:" + "a" * 63}]},
+     "peers.yaml: peers[0].key_fingerprint: must be sha256: and 64 lowercase hex digits"),
+    ({"peers": [{"actor": "https://a.example/actor", "rsa_fingerprint": "sha256:" + "a" * 64}]},
+     "peers.yaml: peers[0].rsa_fingerprint: needs key_fingerprint"),
 ])
 def test_wrong_peers(raw, message):
     with pytest.raises(ConfigError) as e:

@@ -98,7 +98,7 @@ def test_actor_webfinger_and_nodeinfo_describe_the_node(tmp_path):
 
 
 def test_unlisted_follower_waits_for_approval_then_backfills_and_can_be_removed(tmp_path):
-    a = _config(tmp_path, "a")
+    a = _config(tmp_path, "a", federation={"open_follow_requests": True})
     d = _config(tmp_path, "d", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
     cli = ["--config", str(a.data_dir / "node.yaml")]
 

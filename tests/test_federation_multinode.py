@@ -1,7 +1,7 @@
 """Four real nodes on loopback, each started as an admin starts it (`verdict-node serve` on its own data
 directory and port), sharing verdicts:
 
-  A  tiny CLIP classifier; lists B and C in peers.yaml.
+  A  tiny CLIP classifier; lists B and C in peers.yaml; takes follow requests from strangers.
   B  no classifier, `lookup_peers: [A]`, `on_unavailable: reject`; trusts A (follows it) and C (does not).
   C  tiny CLIP, stricter thresholds than A; follows A.
   D  a rogue node: nobody lists it.
@@ -60,7 +60,8 @@ def metric(peer: Peer, name: str, **labels: str) -> float:
 
 
 def test_four_nodes_share_verdicts(tmp_path, tiny_clip_spec):
-    a = Peer.create(tmp_path / "a", "a", model=tiny_clip_spec)
+    # A takes follow requests from strangers (they wait for its admin): D's request reaches it.
+    a = Peer.create(tmp_path / "a", "a", model=tiny_clip_spec, federation={"open_follow_requests": True})
     b = Peer.create(tmp_path / "b", "b", pictrs={"on_unavailable": "reject"},
                     federation={"lookup_peers": [a.actor]})
     c = Peer.create(tmp_path / "c", "c", model=tiny_clip_spec)
