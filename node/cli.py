@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.worker_registry", "cmd_workers"))
 
-    # -- federation (node/peers.py, node/federation.py); they act on the database, a running server
+    # -- federation (node/federation/commands.py); they act on the database, a running server
     #    picks the changes up within federation.poll_seconds --
     p = sub.add_parser("peers", help="follow requests and peers: list, approve, reject, remove, forget-key, show-key")
     peers_sub = p.add_subparsers(dest="peers_command", required=True, metavar="ACTION")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_option(q)
     q = peers_sub.add_parser("show-key", help="print this node's key fingerprints, for peers to pin")
     _add_config_option(q)
-    p.set_defaults(handler=_lazy("node.peers", "cmd_peers"))
+    p.set_defaults(handler=_lazy("node.federation.commands", "cmd_peers"))
 
     p = sub.add_parser("verdicts", help="verdicts held here: list, retract")
     verdicts_sub = p.add_subparsers(dest="verdicts_command", required=True, metavar="ACTION")
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("verdict_id", metavar="ID", help="the verdict's id (URL)")
     q.add_argument("--reason", required=True, help="why (recorded here and at every peer)")
     _add_config_option(q)
-    p.set_defaults(handler=_lazy("node.federation", "cmd_verdicts"))
+    p.set_defaults(handler=_lazy("node.federation.commands", "cmd_verdicts"))
 
     # -- storage sweeps (node/sweep.py, node/actions.py, node/report.py) --
     def source_options(q: argparse.ArgumentParser) -> None:
@@ -178,9 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A configuration problem (node.yaml, peers.yaml, keys, the data directory) is one
+    line on stderr and exit code 2, whichever command met it."""
+    from node.config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -22,6 +22,7 @@ from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
 from node.metrics import CONTENT_TYPE
 from node.runtime import Node, on_stop_signals
 from node.store import SchemaTooNew
+from node.web import refusal_middleware
 
 log = logging.getLogger("verdict_node.server")
 
@@ -134,7 +135,8 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(node: Node) -> web.Application:
     """The aiohttp application of one node. Starting it starts the node; cleaning up closes it
     (pending decision rows written, running inferences finished)."""
-    app = web.Application(client_max_size=node.config.media.max_bytes + 1024 * 1024)
+    app = web.Application(client_max_size=node.config.media.max_bytes + 1024 * 1024,
+                          middlewares=[refusal_middleware])
     app[NODE_KEY] = node
     app[GUARD_KEY] = Guard(node.config)
     app.router.add_post("/pictrs/validate/{token}", validate)

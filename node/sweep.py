@@ -626,7 +626,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         return _error(str(exc))
 
     def retract(verdict_id: str, reason: str) -> str:
-        from node.federation import retract as federation_retract
+        from node.federation.outbox import retract as federation_retract
 
         row = node.store.conn.execute("SELECT retracted_at FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
         if row is None:

@@ -11,8 +11,8 @@ import yaml
 from aiohttp import web
 
 from node.cli import main as cli_main
-from node.delivery import backoff_seconds, is_permanent_refusal
-from node.federation import TokenBucket
+from node.federation.delivery import backoff_seconds, is_permanent_refusal
+from node.federation.lookup import TokenBucket
 from protocol import activities, httpsig
 from protocol.keys import generate_ed25519, generate_rsa, key_fingerprint, load_private_key
 from tests.multinode import TEST_FEDERATION, TEST_MODEL, synthetic_verdict
@@ -382,5 +382,5 @@ def test_backfill_keeps_what_verifies_and_skips_a_forged_entry(tmp_path):
                 await _until(lambda: all(node_b.store.get_verdict(i) for i in issued), what="B backfilled")
                 assert node_b.store.get_verdict(forged.id) is None
                 assert node_b.store.counts()["peer_verdicts"] == 5
-                assert node_b.federation.received_counter.labels("refused")._value.get() == 1
+                assert node_b.federation.metrics.received.labels("refused")._value.get() == 1
     run(body())

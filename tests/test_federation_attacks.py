@@ -16,8 +16,8 @@ import pytest
 from aiohttp import web
 
 from node.cli import main as cli_main
-from node.federation import KEY_NOT_VERIFIED
-from node.public_fetch import PublicOnlyResolver, check_stranger_url, FetchRefused, is_public_address
+from node.federation.auth import KEY_NOT_VERIFIED
+from node.federation.public_fetch import PublicOnlyResolver, check_stranger_url, FetchRefused, is_public_address
 from protocol import activities, httpsig, proofs
 from protocol.keys import generate_ed25519, generate_rsa, key_fingerprint, ed25519_multikey, rsa_public_pem
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
@@ -369,7 +369,7 @@ def test_the_resolver_refuses_a_name_with_any_private_answer(monkeypatch):
 
 def test_apply_pin_keeps_only_the_pinned_keys():
     """The pure rule behind the tests above: which keys of a document count under a pin."""
-    from node.actors import ActorError, KeyPin, apply_pin, read_document
+    from node.federation.actors import ActorError, KeyPin, apply_pin, read_document
 
     peer = FakePeer()
     parsed = read_document(peer.document_with_added_keys(rsa_key=peer.rsa), peer.actor, 0.0)

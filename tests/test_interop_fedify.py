@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from node.delivery import ACTIVITY_JSON, SignedClient
+from node.federation.delivery import ACTIVITY_JSON, SignedClient
 from protocol import httpsig, keys
 from protocol.errors import SignatureError
 from tests.multinode import synthetic_verdict

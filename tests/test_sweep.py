@@ -80,9 +80,9 @@ def test_local_sweep_quarantines_positives_skips_known_and_reuses_content(tmp_pa
         assert stats.positives == stats.quarantined == len(positives)
         # Our verdicts from the sweep are published like any other: federation's collector (run by `serve`)
         # appends each signed verdict to the outbox log.
-        from node.federation import Federation
+        from node.federation.service import Federation
 
-        assert Federation(node).collect_own_verdicts() == len(own_verdicts(node))
+        assert Federation(node).outbox.collect_own_verdicts() == len(own_verdicts(node))
         logged = {r["activity_id"]: r["document"] for r in node.store.db.query("SELECT activity_id, document FROM outbox")}
         assert set(logged) == {v["verdict_id"] + "/create" for v in own_verdicts(node)}
         assert all('"proof"' in document for document in logged.values())
@@ -153,7 +153,7 @@ def test_apply_skips_items_changed_since_the_dry_run(tmp_path, tiny_clip_spec):
 
 
 def test_release_restores_overrides_and_retracts_own_verdict(tmp_path, tiny_clip_spec):
-    from node.federation import retract
+    from node.federation.outbox import retract
 
     config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=THRESHOLDS)
     root = tmp_path / "files"

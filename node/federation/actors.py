@@ -1,5 +1,5 @@
 """Remote actors and the keys that speak for them: fetched with a signed GET, cached in the ``peers``
-table, and held to the pins of peers.yaml.
+table (through FederationRecords), and held to the pins of peers.yaml.
 
 Two kinds of keys matter per actor: the RSA ``publicKey`` (``#main-key``) that authenticates its HTTP
 requests, and the Ed25519 Multikeys under ``assertionMethod`` that verify the proofs of the verdicts it
@@ -31,6 +31,7 @@ from urllib.parse import urldefrag
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from node.federation.records import FederationRecords
 from protocol import activities, keys
 from protocol.errors import ProtocolError
 from protocol.verdict import origin_of
@@ -178,9 +179,9 @@ class ActorDirectory:
     ``fetch_json`` fetches the actors the admin listed; ``fetch_stranger`` (when given) fetches any other
     actor, through the public-addresses-only client."""
 
-    def __init__(self, store: Any, fetch_json: Fetcher, pins: Mapping[str, KeyPin | None] | None = None,
+    def __init__(self, records: FederationRecords, fetch_json: Fetcher, pins: Mapping[str, KeyPin | None] | None = None,
                  refresh_interval: float = 30.0, fetch_stranger: Fetcher | None = None) -> None:
-        self.store = store
+        self.records = records
         self.fetch_json = fetch_json
         self.fetch_stranger = fetch_stranger
         self.pins: dict[str, KeyPin] = {k: v for k, v in (pins or {}).items() if v}
@@ -192,9 +193,8 @@ class ActorDirectory:
         pin = self.pins.get(actor_id)
         if pin is None:
             return None
-        row = self.store.conn.execute("SELECT bound_rsa_fingerprint, bound_under_pin FROM peers WHERE actor = ?",
-                                      (actor_id,)).fetchone()
-        return row[0] if row and row[0] and row[1] == pin.ed25519 else None
+        bound, under = self.records.bound_rsa(actor_id)
+        return bound if bound and under == pin.ed25519 else None
 
     def _pinned(self, parsed: ActorDocument, *, log_notes: bool) -> PeerActor:
         actor, notes = apply_pin(parsed, self.pins.get(parsed.remote.id), self.bound_rsa(parsed.remote.id))
@@ -206,12 +206,11 @@ class ActorDirectory:
         actor = self._cache.get(actor_id)
         if actor is not None:
             return actor
-        row = self.store.conn.execute("SELECT actor_document, updated_at FROM peers WHERE actor = ?",
-                                      (actor_id,)).fetchone()
+        row = self.records.actor_document(actor_id)
         if not row or not row[0]:
             return None
         try:
-            actor = self._pinned(read_document(json.loads(row[0]), actor_id, row[1] or 0.0), log_notes=False)
+            actor = self._pinned(read_document(json.loads(row[0]), actor_id, row[1]), log_notes=False)
         except (ActorError, ValueError):
             return None
         self._cache[actor_id] = actor
@@ -245,7 +244,7 @@ class ActorDirectory:
         return fresh
 
     def _forgotten(self, actor_id: str) -> bool:
-        row = self.store.conn.execute("SELECT actor_document FROM peers WHERE actor = ?", (actor_id,)).fetchone()
+        row = self.records.actor_document(actor_id)
         return row is not None and row[0] is None
 
     def remember(self, actor: PeerActor) -> None:
@@ -255,22 +254,11 @@ class ActorDirectory:
         first_ed = next(iter(actor.proof_keys.values()), None)
         rsa_pem = next((keys.rsa_public_pem(k) for k in actor.http_keys.values() if isinstance(k, rsa.RSAPublicKey)),
                        None)
-        now = time.time()
-        self.store.conn.execute(
-            "INSERT INTO peers (actor, inbox, shared_inbox, public_key_pem, ed25519_multikey, key_fingerprint, "
-            "actor_document, updated_at, following_state, follower_state) VALUES (?,?,?,?,?,?,?,?, 'none', 'none') "
-            "ON CONFLICT(actor) DO UPDATE SET inbox=excluded.inbox, shared_inbox=excluded.shared_inbox, "
-            "public_key_pem=excluded.public_key_pem, ed25519_multikey=excluded.ed25519_multikey, "
-            "key_fingerprint=excluded.key_fingerprint, actor_document=excluded.actor_document, "
-            "updated_at=excluded.updated_at",
-            (actor.id, remote.inbox, remote.shared_inbox, rsa_pem,
-             keys.ed25519_multikey(first_ed) if first_ed else None,
-             keys.key_fingerprint(first_ed) if first_ed else None,
-             json.dumps(actor.document, separators=(",", ":")), actor.fetched_at))
+        self.records.save_actor(actor.id, remote.inbox, remote.shared_inbox, rsa_pem,
+                                keys.ed25519_multikey(first_ed) if first_ed else None,
+                                keys.key_fingerprint(first_ed) if first_ed else None, actor.document, actor.fetched_at)
         if actor.pin is not None and actor.pin.rsa is None and self.bound_rsa(actor.id) is None \
                 and actor.rsa_fingerprint is not None:
-            self.store.conn.execute(
-                "UPDATE peers SET bound_rsa_fingerprint = ?, bound_under_pin = ?, bound_at = ? WHERE actor = ?",
-                (actor.rsa_fingerprint, actor.pin.ed25519, now, actor.id))
+            self.records.bind_rsa(actor.id, actor.rsa_fingerprint, actor.pin.ed25519)
             log.info("bound RSA key %s of %s (first document that carried its pinned key %s)",
                      actor.rsa_fingerprint, actor.id, actor.pin.ed25519)

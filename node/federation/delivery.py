@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import aiohttp
 
+from node.federation.records import VERDICT_ENTRY
 from protocol import httpsig
 
 log = logging.getLogger("verdict_node.delivery")
@@ -195,7 +196,6 @@ class _Pending:
     next_attempt_at: float
 
 
-VERDICT_ENTRY = "Verdict"
 # (verdict documents as stored JSON texts, first seq, last seq) -> the Create body to send.
 BatchBuilder = Callable[[list[str], int, int], bytes]
 

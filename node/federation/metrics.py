@@ -1,0 +1,20 @@
+"""Federation's Prometheus counters, made once per node registry (several nodes may share a process)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class FederationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.received = Counter("verdictnode_federation_verdicts_received_total",
+                                "Peer verdicts taken in through inbox, backfill or lookup, by result.",
+                                ["result"], registry=registry)
+        self.refused = Counter("verdictnode_federation_refused_total",
+                               "Federation requests refused, by HTTP status.", ["status"], registry=registry)
+        self.retractions = Counter("verdictnode_federation_retractions_received_total",
+                                   "Retractions received from peers' issuers and applied.", registry=registry)
+        self.outbox_entries = Counter("verdictnode_federation_outbox_entries_total",
+                                      "Entries appended to the outbox log, by type.", ["type"], registry=registry)
+        self.deliveries = Counter("verdictnode_federation_deliveries_total",
+                                  "Outbox entries sent to peers' inboxes, by result (delivered, retry, dropped).",
+                                  ["result"], registry=registry)
