@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from node.work_wire import ENCODINGS, Geometry, decode_frame, encode_frame, reduce_frame  # noqa: E402
-from node.worker_registry import WorkerRegistry  # noqa: E402
+from node.workers.wire import ENCODINGS, Geometry, decode_frame, encode_frame, reduce_frame  # noqa: E402
+from node.workers.hub import WorkerHub  # noqa: E402
+from node.workers.registry import WorkerRegistry  # noqa: E402
 from tests.images import photo_image, photo_names  # noqa: E402
 from tests.node_helpers import make_data_dir, running_node, tiny_clip_spec  # noqa: E402
 
@@ -129,7 +130,7 @@ async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: in
     cpu: dict[str, float] = {}
     scores: dict[str, list] = {}
     async with running_node(config) as (node, base):
-        hub = node.workers
+        hub = node.features.get(WorkerHub)
         registry = WorkerRegistry(node.store)
         procs: list[subprocess.Popen] = []
         try:

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how frames travel: png (smallest; internet), rgb (raw; LAN), rgbz (raw + zlib)")
     p.add_argument("--prefetch", type=int, default=1, help="leases fetched ahead while the model runs")
     p.add_argument("--stats-interval", type=float, default=30.0, help="seconds between throughput log lines")
-    p.set_defaults(handler=_lazy("node.worker", "cmd_worker"))
+    p.set_defaults(handler=_lazy("node.workers.commands", "cmd_worker"))
 
     p = sub.add_parser("workers", help="manage this node's remote workers: add, list, remove")
     workers_sub = p.add_subparsers(dest="workers_command", required=True, metavar="ACTION")
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = workers_sub.add_parser("remove", help="revoke a worker: its next request gets 401")
     q.add_argument("name")
     _add_config_option(q)
-    p.set_defaults(handler=_lazy("node.worker_registry", "cmd_workers"))
+    p.set_defaults(handler=_lazy("node.workers.commands", "cmd_workers"))
 
     # -- federation (node/federation/commands.py); they act on the database, a running server
     #    picks the changes up within federation.poll_seconds --

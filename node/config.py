@@ -262,6 +262,14 @@ class MediaSection:
     max_frames: int = setting(8, "Frames sampled from an animated image (scores are the max over them).", min=1, max=256)
 
 
+MODEL_NONE = "none"
+
+
+def is_model_none(spec: str) -> bool:
+    """``classifier.model: none``: this node classifies nothing itself (peers' verdicts, lookups, workers)."""
+    return spec.strip().lower() == MODEL_NONE
+
+
 @dataclass
 class ClassifierSection:
     model: str = setting("ViT-L-14/openai",

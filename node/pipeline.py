@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
+from node.config import is_model_none
 from node.policy import Candidate, Decision, decide, label_for
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
@@ -282,7 +283,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         if node.backend is None:
             model = node.config.classifier.model
-            why = "classifier.model is none" if model.strip().lower() == "none" else f"{model} is not loaded, see /healthz"
+            why = "classifier.model is none" if is_model_none(model) else f"{model} is not loaded, see /healthz"
             return self._unavailable(work, f"no classifier ({why})")
         task = self._inflight.get(work.sha256)
         if task is None:

@@ -10,6 +10,8 @@ Hook points (all plain attributes, set by an extension's `install(node)` or by t
     add routes (/actor, /inbox, ...).
   - `node.background`: `async (node) -> None` coroutines started with the node and cancelled at close
     (delivery loops, sweep daemons).
+  - `node.features`: the objects feature packages add (``node.features.get(Federation)``), and
+    `node.on_close`: coroutines run when the node closes, before the store does.
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
     BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull),
     `unavailable()` and `async close()` fits.
@@ -25,9 +27,10 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
-from node.config import ClassifierSection, NodeConfig, PeerEntry, ensure_keys, load_peers, policy_config_of
+from node.config import (ClassifierSection, NodeConfig, PeerEntry, ensure_keys, is_model_none, load_peers,
+                         policy_config_of)
 from node.metrics import Metrics
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
@@ -35,12 +38,32 @@ from protocol.verdict import Fingerprint, ModelInfo, Verdict
 log = logging.getLogger("verdict_node")
 
 # Optional modules whose `install(node)` adds features (routes, hooks, background tasks).
-EXTENSIONS: list[str] = ["node.federation:install", "node.worker_hub:install"]
+EXTENSIONS: list[str] = ["node.federation:install", "node.workers:install"]
 
 PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
 AppSetup = Callable[[Any, "Node"], None]
 BackgroundTask = Callable[["Node"], Awaitable[None]]
+
+
+FeatureT = TypeVar("FeatureT")
+CloseHook = Callable[[], Awaitable[None]]
+
+
+class Features:
+    """What feature packages add to a node (the federation service, the worker hub), one object per type and
+    looked up by that type, so the core never names a feature and callers get a typed answer:
+    ``node.features.get(Federation)``."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type, object] = {}
+
+    def add(self, feature: object) -> None:
+        self._by_type[type(feature)] = feature
+
+    def get(self, kind: type[FeatureT]) -> FeatureT | None:
+        found = self._by_type.get(kind)
+        return found if isinstance(found, kind) else None
 
 
 class InferenceBackend(Protocol):
@@ -69,7 +92,7 @@ def on_stop_signals(callback: Callable[[], Any]) -> None:
 def load_backend(section: ClassifierSection) -> tuple[InferenceBackend | None, str | None]:
     """(backend, None) or (None, why there is none). A missing model is not fatal: the node still answers
     from known verdicts, and unknown images follow on_unavailable."""
-    if section.model.strip().lower() == "none":
+    if is_model_none(section.model):
         return None, "classifier.model is none"
     from scanners.batching import BatchingClassifier
     from scanners.classifier import ModelUnavailable, load_classifier
@@ -109,6 +132,8 @@ class Node:
         self.on_own_verdict: list[VerdictCallback] = []
         self.app_setups: list[AppSetup] = []
         self.background: list[BackgroundTask] = []
+        self.features = Features()
+        self.on_close: list[CloseHook] = []
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self.set_backend(backend, backend_problem)
@@ -299,6 +324,11 @@ class Node:
                 pass
         self._tasks.clear()
         await self.pipeline.drain()
+        for hook in self.on_close:
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - one feature's failure must not keep the store open
+                log.exception("closing %r failed", hook)
         if self.backend is not None:
             await self.backend.close()
         self.executor.shutdown(wait=True)

@@ -445,7 +445,7 @@ def open_node(config_path: str | None, *, load_model: bool) -> Any:
     config = resolve_config(config_path)
     extensions = ["node.federation:install"] if config.federation.lookup_peers and load_model else []
     if load_model:
-        extensions.append("node.worker_backends:install_submitter")  # workers.enabled: share serve's worker queue
+        extensions.append("node.workers:install_submitter")  # workers.enabled: share serve's worker queue
     node = Node.open(config, load_model=load_model, extensions=extensions)
     node.background.clear()
     return node

@@ -11,6 +11,7 @@ import yaml
 from aiohttp import web
 
 from node.cli import main as cli_main
+from node.federation.service import Federation
 from node.federation.delivery import backoff_seconds, is_permanent_refusal
 from node.federation.lookup import TokenBucket
 from protocol import activities, httpsig
@@ -382,5 +383,5 @@ def test_backfill_keeps_what_verifies_and_skips_a_forged_entry(tmp_path):
                 await _until(lambda: all(node_b.store.get_verdict(i) for i in issued), what="B backfilled")
                 assert node_b.store.get_verdict(forged.id) is None
                 assert node_b.store.counts()["peer_verdicts"] == 5
-                assert node_b.federation.metrics.received.labels("refused")._value.get() == 1
+                assert node_b.features.get(Federation).metrics.received.labels("refused")._value.get() == 1
     run(body())

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from node.cli import main as cli_main
+from node.federation.service import Federation
 from node.federation.auth import KEY_NOT_VERIFIED
 from node.federation.public_fetch import PublicOnlyResolver, check_stranger_url, FetchRefused, is_public_address
 from protocol import activities, httpsig, proofs
@@ -118,7 +119,7 @@ def test_a_document_that_adds_keys_cannot_sign_for_a_pinned_peer(tmp_path, caplo
                 # with them: a block verdict (would refuse a harmless image) and a safe one (would let an
                 # unknown image through).
                 peer.document = peer.document_with_added_keys()
-                node.federation.actors.refresh_interval = 0  # as if the cached document were old: refetch it
+                node.features.get(Federation).actors.refresh_interval = 0  # as if the cached document were old: refetch it
                 for image, csam in ((forged_block, 0.95), (forged_safe, 0.0)):
                     forged = peer.verdict(image, csam, key=peer.evil_ed, key_fragment="second-key")
                     status, answer = await peer.post(inbox, activities.create(peer.actor, [forged], [node.actor_id]),
@@ -170,7 +171,7 @@ def test_an_rsa_key_change_is_refused_until_the_admin_forgets_the_bound_key(tmp_
                 first = peer.verdict(photo_bytes("coffee"), 0.9)
                 assert (await peer.post(inbox, activities.create(peer.actor, [first], [node.actor_id])))[0] == 202
                 # The peer rotates its RSA key (the Ed25519 pin still holds): refused, silently never.
-                node.federation.actors.refresh_interval = 0
+                node.features.get(Federation).actors.refresh_interval = 0
                 new_rsa = generate_rsa()
                 peer.rsa, old_rsa = new_rsa, peer.rsa
                 peer.document = peer.genuine_document()

@@ -17,12 +17,13 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from node.work_queue import JobDropped, LeaseGone, WorkQueue
-from node.work_wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, decode_frame, encode_frame, model_to_json,
+from node.workers.queue import JobDropped, LeaseGone, WorkQueue
+from node.workers.wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, decode_frame, encode_frame, model_to_json,
                             pack_lease, parse_results, reduce_frame, unpack_lease)
-from node.worker import Worker, classify_lease, geometry_of
-from node.worker_backends import WorkersUnavailable
-from node.worker_registry import WorkerRegistry
+from node.workers.client import Worker, classify_lease, geometry_of
+from node.workers.backends import WorkersUnavailable
+from node.workers.hub import WorkerHub
+from node.workers.registry import WorkerRegistry
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 from scanners.batching import QueueFull
@@ -299,7 +300,7 @@ def test_protocol_tokens_model_check_malformed_results_and_late_results(workdir,
 
     async def go():
         async with running_node(config) as (node, base):
-            hub = node.workers
+            hub = node.features.get(WorkerHub)
             registry = WorkerRegistry(node.store)
             token = registry.add("hand")
             other_token = registry.add("other")
@@ -420,7 +421,7 @@ def test_local_classifier_serves_without_workers_and_workers_take_over_when_conn
             worker = Worker(base, token, classifier, encoding="rgb", batch_size=8)
             task = asyncio.create_task(worker.run())
             for _ in range(100):
-                if node.workers.remote_active():
+                if node.features.get(WorkerHub).remote_active():
                     break
                 await asyncio.sleep(0.05)
             answers = await asyncio.gather(*(pictrs_post(validate_url(config, base), photo_bytes(n))

@@ -23,9 +23,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from node.work_wire import describe_model
-from node.worker_backends import expected_model
-from node.worker_registry import WorkerRegistry
+from node.workers.wire import describe_model
+from node.workers.backends import expected_model
+from node.workers.hub import WorkerHub
+from node.workers.registry import WorkerRegistry
 from tests.images import synthetic_image_bytes
 from tests.node_helpers import ROOT, make_data_dir, metric_value, pictrs_post, run, running_node, tiny_clip_spec, validate_url
 from tests.test_workers import make_other_model
@@ -85,7 +86,7 @@ def test_two_workers_share_a_burst_and_a_killed_workers_lease_finishes_on_the_ot
 
     async def go():
         async with running_node(config) as (node, base):
-            hub = node.workers
+            hub = node.features.get(WorkerHub)
             url = validate_url(config, base)
             answers: list[dict] = []
             loop = asyncio.get_running_loop()
@@ -189,7 +190,7 @@ def test_cli_revocation_stops_a_running_worker_and_another_model_is_refused(work
 
     async def before_restart():
         async with running_node(config) as (node, base):
-            hub = node.workers
+            hub = node.features.get(WorkerHub)
             procs.append(start_worker(base, good, None, log_good))   # no --model: the node's spec
             wrong_proc = start_worker(base, wrong, other_spec, log_wrong)
             procs.append(wrong_proc)
@@ -209,7 +210,7 @@ def test_cli_revocation_stops_a_running_worker_and_another_model_is_refused(work
 
     async def after_restart():
         async with running_node(config) as (node, base):
-            hub = node.workers
+            hub = node.features.get(WorkerHub)
             await wait_for(lambda: connected(hub), 30, "the worker to reconnect to the restarted node", 0.1)
             assert procs[0].poll() is None
             # Revocation from the CLI, while the worker is in its long poll: its next request gets 401.
@@ -246,7 +247,7 @@ def test_two_workers_share_a_sweep_run_by_the_scan_command(workdir, spec):
 
     async def go():
         async with running_node(config) as (node, base):
-            hub = node.workers
+            hub = node.features.get(WorkerHub)
             procs = [start_worker(base, token, spec, workdir / f"{name}.log", "--batch-size", "4")
                      for name, token in tokens.items()]
             try:

@@ -30,10 +30,11 @@ from node.runtime import Node
 log = logging.getLogger("verdict_node.federation")
 
 
-def install(node: Node) -> None:
+def install(node: Node) -> Federation:
     """Add federation to a node: routes, the pipeline's hooks, background work."""
     federation = Federation(node)
-    node.federation = federation  # type: ignore[attr-defined]
+    node.features.add(federation)
+    node.on_close.append(federation.close)
     node.app_setups.append(lambda app, _node: add_routes(app, federation))
     node.on_own_verdict.append(federation.outbox.on_own_verdict)
     node.background.append(federation.run)
@@ -43,3 +44,4 @@ def install(node: Node) -> None:
         if actor not in federation.access.peers:
             log.warning("federation.lookup_peers: %s is not in peers.yaml: its answers are used only for "
                         "verdicts of issuers that are", actor)
+    return federation

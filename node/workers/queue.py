@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 from PIL import Image
 
-from node.work_wire import Geometry, JobResult
+from node.workers.wire import Geometry, JobResult
 from protocol.errors import ProtocolError
 from scanners.batching import QueueFull
 from scanners.classifier import Classification

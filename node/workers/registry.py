@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from node.config import NodeConfig
 from node.store import Store
-from node.work_wire import describe_model, model_from_json, model_to_json
+from node.workers.wire import describe_model, model_from_json, model_to_json
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 
@@ -103,64 +106,18 @@ class WorkerRegistry:
         self.store.conn.execute("UPDATE workers SET leased_jobs = 0 WHERE leased_jobs != 0")
 
 
-# `verdict-node workers add|list|remove`
-
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    seconds = max(0.0, time.time() - seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+def submit_token_path(config: NodeConfig) -> Path:
+    return config.path(config.keys_dir) / "workers-submit.token"
 
 
-def cmd_workers(args: Any) -> int:
-    import sys
-
-    from node.config import ConfigError, resolve_config
-
-    try:
-        config = resolve_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    with Store(config.database_path) as store:
-        registry = WorkerRegistry(store)
-        if args.workers_command == "add":
-            try:
-                token = registry.add(args.name)
-            except ValueError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            print(token)
-            print(f"worker {args.name} added. The token is shown only this once; run the worker with\n"
-                  f"  verdict-node worker --node {config.node.url} --token-file FILE   (or --token, or "
-                  f"VERDICT_NODE_WORKER_TOKEN)", file=sys.stderr)
-            if not config.workers.enabled:
-                print("note: workers.enabled is false in node.yaml; set it to true and restart the node",
-                      file=sys.stderr)
-            return 0
-        if args.workers_command == "remove":
-            if not registry.remove(args.name):
-                print(f"error: no worker named {args.name!r}", file=sys.stderr)
-                return 1
-            print(f"worker {args.name} removed: its token is refused from its next request on")
-            return 0
-        records = registry.records()
-        if getattr(args, "json", False):
-            print(json.dumps([{**{k: v for k, v in r.__dict__.items() if k != "model"},
-                               "model": model_to_json(r.model) if r.model else None} for r in records], indent=2))
-            return 0
-        if not records:
-            print("no workers (add one with: verdict-node workers add NAME)")
-            return 0
-        print(f"{'NAME':<20} {'LAST CONTACT':<14} {'LEASED':>6} {'DONE':>8} {'FRAMES/S':>9}  MODEL")
-        for r in records:
-            model = describe_model(r.model) if r.model else "-"
-            fps = f"{r.frames_per_s:.2f}" if r.frames_per_s is not None else "-"
-            print(f"{r.name:<20} {_ago(r.last_seen_at):<14} {r.leased_jobs:>6} {r.jobs_done:>8} {fps:>9}  {model}")
-            if r.last_refusal:
-                print(f"{'':<20} refused: {r.last_refusal}")
-        return 0
+def ensure_submit_token(path: Path) -> str:
+    """The secret of POST /workers/v1/submit, in the data directory's keys folder (0600): whoever can read
+    the node's keys may queue work on it."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        os.replace(tmp, path)
+    return path.read_text().strip()

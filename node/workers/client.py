@@ -12,21 +12,18 @@ a node restarts and a home connection drops.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import aiohttp
 
-from node.work_wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, LeaseMessage, describe_model,
-                            model_from_json, model_to_json, unpack_lease)
+from node.workers.wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, LeaseMessage, describe_model,
+                               model_from_json, model_to_json, unpack_lease)
+from scanners.classifier import merge_frames
 
 log = logging.getLogger("verdict_node.worker")
 
@@ -62,8 +59,6 @@ def geometry_of(classifier: Any) -> Geometry | None:
 def classify_lease(classifier: Any, lease: LeaseMessage) -> list[JobResult]:
     """All frames of a lease through the model in chunks of ``max_batch``, merged per job (max per category).
     A failure is reported per lease so the node requeues the jobs for another worker."""
-    from scanners.classifier import merge_frames
-
     frames = [frame for job in lease.jobs for frame in job.frames]
     try:
         outputs = []
@@ -301,70 +296,3 @@ class Worker:
             log.error("%s", self._failure)
             return self._failure.exit_code
         return EXIT_OK
-
-
-def _read_token(args: argparse.Namespace) -> str | None:
-    if getattr(args, "token_file", None):
-        with open(args.token_file, encoding="utf-8") as handle:
-            return handle.read().strip()
-    return args.token or os.environ.get(TOKEN_ENV)
-
-
-async def _main(args: argparse.Namespace, token: str) -> int:
-    from scanners.classifier import ModelUnavailable, load_classifier
-
-    spec = args.model
-    if spec is None:
-        # No --model: run what the node asks for (works for hub tags; a local-dir path is the node's own).
-        probe = Worker(args.node, token, _NoModel())
-        timeout = aiohttp.ClientTimeout(total=30)
-        try:
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                info = await probe.hello(session)
-        except Refused as refusal:
-            log.error("%s", refusal)
-            return refusal.exit_code
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.error("cannot reach %s: %s (give --model to start without asking the node)", args.node, exc)
-            return EXIT_ERROR
-        spec = info.get("spec")
-        if not spec:
-            log.error("the node names no model spec; give --model")
-            return EXIT_ERROR
-    try:
-        classifier = await asyncio.to_thread(load_classifier, spec, args.device, args.batch_size)
-    except ModelUnavailable as exc:
-        log.error("%s", exc)
-        return EXIT_ERROR
-    worker = Worker(args.node, token, classifier, encoding=args.encoding, batch_size=args.batch_size,
-                    prefetch=args.prefetch, stats_interval=args.stats_interval)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, worker.stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    return await worker.run()
-
-
-class _NoModel:
-    """Stands in for a classifier while the worker only asks the node which model to load."""
-
-    model = None
-    max_batch = 1
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    token = _read_token(args)
-    if not token:
-        print(f"error: give --token, --token-file or {TOKEN_ENV} (from `verdict-node workers add NAME` on the node)",
-              file=sys.stderr)
-        return 2
-    if not args.node.startswith(("http://", "https://")):
-        print("error: --node must be an http(s) URL, e.g. https://node.example", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(_main(args, token))
-    except KeyboardInterrupt:
-        return 130

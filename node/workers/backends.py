@@ -4,28 +4,27 @@ WorkerBackend (in `serve`) sends each image to the workers through the hub's que
 if any, as the fallback and the overflow; with no worker and no local classifier the caller hears so at once
 (WorkersUnavailable, a QueueFull the pipeline answers per `on_unavailable`) instead of waiting out pict-rs's
 budget. Workers connect to the serving process, so commands that run beside it on the same data directory
-(`verdict-node scan`) reach them through `/workers/v1/submit` (SubmitBackend, install_submitter): sweeps and
+(`verdict-node scan`) reach them through `/workers/v1/submit` (SubmitBackend, workers.install_submitter): sweeps and
 the pict-rs endpoint share one queue and one set of workers.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
+import aiohttp
 from PIL import Image
 
-from node.work_wire import (API_PREFIX, LEASE_MEDIA_TYPE, Geometry, encode_frame, model_from_json, pack_lease,
-                            parse_scores, reduce_frame, same_model)
+from node.workers.hub import WorkerHub
+from node.workers.wire import (API_PREFIX, LEASE_MEDIA_TYPE, Geometry, encode_frame, pack_lease, parse_scores,
+                               reduce_frame)
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
+from scanners import rules
 from scanners.batching import QueueFull
-from scanners.classifier import Classification
-
-if TYPE_CHECKING:  # only for annotations: node.worker_hub imports this module
-    from node.worker_hub import WorkerHub
+from scanners.classifier import OPEN_NSFW_SPEC, Classification, ModelUnavailable, load_classifier
+from scanners.clip import LOCAL_DIR_PREFIX, resolve_source
 
 log = logging.getLogger("verdict_node.workers")
 
@@ -114,13 +113,8 @@ def expected_model(spec: str) -> ModelInfo:
     """The ModelInfo a worker running ``spec`` reports, found without loading weights (a GPU-less node may
     not have them): the same resolution the worker's load_classifier does, and for a hub tag whose weights
     are not on this machine, (name, tag) as the CLIP backend names it."""
-    from scanners.classifier import OPEN_NSFW_SPEC, ModelUnavailable, load_classifier
-
     if spec == OPEN_NSFW_SPEC:
         return load_classifier(spec).model
-    from scanners import rules
-    from scanners.clip import LOCAL_DIR_PREFIX, resolve_source
-
     try:
         source = resolve_source(spec)
     except ModelUnavailable:
@@ -129,25 +123,6 @@ def expected_model(spec: str) -> ModelInfo:
             raise
         return rules.clip_model_info(name, tag)
     return rules.clip_model_info(source.name, source.version)
-
-
-def submit_token_path(config: Any) -> Any:
-    return config.path(config.keys_dir) / "workers-submit.token"
-
-
-def ensure_submit_token(path: Any) -> str:
-    """The secret of POST /workers/v1/submit, in the data directory's keys folder (0600): whoever can read
-    the node's keys may queue work on it."""
-    import os
-
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
-        os.replace(tmp, path)
-    return path.read_text().strip()
 
 
 class SubmitBackend:
@@ -165,7 +140,7 @@ class SubmitBackend:
         self.geometry = geometry
         self.fallback = fallback
         self.timeout_s = timeout_s
-        self._session: Any = None
+        self._session: aiohttp.ClientSession | None = None
 
     def _body(self, frames: Sequence[Image.Image]) -> bytes:
         # Shrunk to the model input when the node knows it (raw RGB then: loopback, tiny); otherwise whole
@@ -179,8 +154,6 @@ class SubmitBackend:
         return None
 
     async def classify_frames(self, frames: Sequence[Image.Image]) -> Classification:
-        import aiohttp
-
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         body = await asyncio.get_running_loop().run_in_executor(None, self._body, frames)
@@ -209,39 +182,3 @@ class SubmitBackend:
             await self._session.close()
         if self.fallback is not None:
             await self.fallback.close()
-
-
-def install_submitter(node: Any) -> None:
-    """Extension for commands that run beside `serve` on the same data directory (`verdict-node scan`):
-    with ``workers.enabled`` and the serving node up, inference goes through its queue, so sweeps share the
-    workers with the pict-rs endpoint. If the node is not running, the command keeps its own classifier."""
-    import urllib.error
-    import urllib.request
-
-    settings = getattr(node.config, "workers", None)
-    if settings is None or not settings.enabled:
-        return
-    path = submit_token_path(node.config)
-    if not path.exists():
-        log.warning("workers.enabled, but %s does not exist yet (start `verdict-node serve` once); "
-                    "classifying in this process", path)
-        return
-    token = path.read_text().strip()
-    host = node.config.listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{node.config.listen.port}"
-    request = urllib.request.Request(f"{base}{API_PREFIX}/submit", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            info = json.loads(response.read())
-        model = model_from_json(info.get("model"))
-        geometry = Geometry.from_json(info.get("geometry"))
-    except (OSError, ValueError, ProtocolError) as exc:
-        log.warning("workers.enabled, but the serving node at %s does not answer (%s); classifying in this "
-                    "process", base, exc)
-        return
-    local = node.backend
-    if local is not None and not same_model(local.model, model):
-        local = None
-    node.set_backend(SubmitBackend(base, token, model, geometry, fallback=local, timeout_s=settings.job_ttl_s))
-    log.info("inference goes through the serving node's worker queue at %s", base)
