@@ -43,10 +43,13 @@ class Guard:
         self.trust_forwarded_for = config.pictrs.trust_forwarded_for
 
     def caller_ip(self, request: web.Request) -> str | None:
+        """The caller's address: the socket's peer, or behind a trusted proxy the address that proxy appended
+        to X-Forwarded-For. That is the LAST value of the LAST X-Forwarded-For line: everything before it,
+        whole header lines included, was written by the client and may name any address it likes."""
         if self.trust_forwarded_for:
-            forwarded = request.headers.get("X-Forwarded-For")
+            forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
             if forwarded:
-                return forwarded.split(",")[-1].strip()  # the address our own proxy saw
+                return forwarded.split(",")[-1].strip()
         return request.remote
 
     def check(self, request: web.Request, token: str) -> web.Response | None:
