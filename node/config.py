@@ -427,9 +427,16 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate node.yaml; its directory is the data directory."""
+    """Read and validate node.yaml; its directory is the data directory. A file with no settings at all (0 bytes,
+    or only comments) is refused: it is far more likely a truncated copy or an unfinished edit than a wish for
+    all defaults (pict-rs tokens, node.url, ...), which `{}` still says explicitly."""
     path = Path(path)
-    return parse_config(_read_yaml(path), path.parent, path.name)
+    raw = _read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path.name}: empty: no settings in it (a truncated copy or an unfinished edit?); restore "
+                          f"it, or delete it and run `verdict-node init --dir {path.parent}` to write the documented "
+                          f"defaults")
+    return parse_config(raw, path.parent, path.name)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -108,9 +108,9 @@ def test_init_writes_config_keys_0600_and_database(tmp_path):
     assert again.node.url == "https://node.example" and config.ed25519_key_path.read_bytes() == before
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, timeout=120):
     return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          timeout=timeout, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def test_cli_init_prints_pictrs_urls_and_wrong_config_exits_2(tmp_path):
@@ -123,3 +123,23 @@ def test_cli_init_prints_pictrs_urls_and_wrong_config_exits_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         'error: node.yaml: policy.thresholds.csam: must be a number in [0, 1], got "high"']
+
+
+def _one_error_line(result) -> str:
+    """The single line a refused command printed (exit code 2, no traceback)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n# and another\n"])
+def test_an_empty_node_yaml_is_an_error_not_all_defaults(tmp_path, text):
+    (tmp_path / "node.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"^node.yaml: empty: ") as e:
+        load_config(tmp_path / "node.yaml")
+    assert "\n" not in str(e.value)
+    line = _one_error_line(_cli("serve", "--config", str(tmp_path / "node.yaml"), cwd=tmp_path, timeout=60))
+    assert line.startswith("error: node.yaml: empty: ")
+    (tmp_path / "node.yaml").write_text("{}\n")  # all defaults, said explicitly
+    assert load_config(tmp_path / "node.yaml") == NodeConfig()
