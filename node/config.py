@@ -231,8 +231,9 @@ class PictrsSection:
                                      "Addresses (or networks) allowed to use the token-less form\n"
                                      "/pictrs/validate/IPADDR and /api/v1/scan/IPADDR (pictrs-safety compatible).",
                                      check=_check_networks)
-    trust_forwarded_for: bool = setting(False, "Take the caller's address from X-Forwarded-For (only behind a\n"
-                                               "reverse proxy you control; otherwise anyone can claim 127.0.0.1).")
+    trust_forwarded_for: bool = setting(False, "Take the caller's address from X-Forwarded-For, its last value (the one the\n"
+                                               "proxy appended). Only behind a reverse proxy you control; otherwise anyone\n"
+                                               "can claim 127.0.0.1.")
     budget_seconds: float = setting(25.0, "Every answer is sent within this many seconds; must stay below pict-rs's\n"
                                           "external_validation_timeout (30 s by default).", min=0.5, max=300)
     on_unavailable: Literal["reject", "accept"] = setting(
