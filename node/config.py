@@ -220,6 +220,11 @@ class ListenSection:
     host: str = setting("127.0.0.1", "Address to listen on. 127.0.0.1 keeps the node private to this host;\n"
                                      "use 0.0.0.0 (or ::) in a container network or behind a reverse proxy.")
     port: int = setting(8080, "TCP port to listen on.", min=1, max=65535)
+    header_timeout_seconds: float = setting(
+        10.0, "A request's headers must arrive within this many seconds of its first byte (of the connection's\n"
+              "start, for its first request), else the connection is closed; its body must be complete within\n"
+              "pictrs.budget_seconds of that first byte, else 408. Slow clients cannot hold connections.",
+        min=0.5, max=300)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
+from node.http_limits import DeadlineAppRunner, Deadlines
 from node.metrics import CONTENT_TYPE
 from node.runtime import Node, on_stop_signals
 from node.store import SchemaTooNew
@@ -158,10 +159,15 @@ def build_app(node: Node) -> web.Application:
     return app
 
 
+def app_runner(node: Node, **kwargs: Any) -> web.AppRunner:
+    """The runner of `build_app(node)`: its connections keep node.yaml's request deadlines (node.http_limits:
+    slow clients are cut off instead of holding connections). `kwargs` go to web.AppRunner."""
+    return DeadlineAppRunner(build_app(node), deadlines=Deadlines.of(node.config), **kwargs)
+
+
 async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
-    app = build_app(node)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(node, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
