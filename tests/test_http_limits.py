@@ -119,3 +119,46 @@ def test_slow_headers_and_bodies_are_cut_off_while_healthz_answers(tmp_path):
     assert "Traceback" not in log and "Unhandled exception" not in log, log
     assert "no complete request headers within 1 s of the request's first byte (listen.header_timeout_seconds)" in log
     assert "request body not complete within 3 s of the request's first byte (pictrs.budget_seconds)" in log
+
+
+def _multipart(parts: list[tuple[str, bytes]], boundary: str = "b0undary") -> bytes:
+    """A multipart/form-data body; each part is (its header lines, its content)."""
+    out = bytearray()
+    for headers, content in parts:
+        out += f"--{boundary}\r\n{headers}\r\n\r\n".encode() + content + b"\r\n"
+    return bytes(out + f"--{boundary}--\r\n".encode())
+
+
+def test_a_multipart_body_of_100000_parts_is_refused_at_once(tmp_path):
+    config = make_data_dir(tmp_path, pictrs={"on_unavailable": "accept"})
+    url = f"http://127.0.0.1:{config.listen.port}/api/v1/scan/{config.pictrs.tokens[0]}"
+    form = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+    file_part = ('Content-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg', b"zz")
+    many = _multipart([(f'Content-Disposition: form-data; name="x{i}"', b"v") for i in range(100_000)] + [file_part])
+    nested = _multipart([("Content-Type: multipart/mixed; boundary=inner",
+                          _multipart([file_part], boundary="inner"))])
+    crowded_headers = _multipart([("\r\n".join(f"X-H{i}: v" for i in range(1_000)), b"v"), file_part])
+
+    async def post(session: aiohttp.ClientSession, data: bytes) -> tuple[int, str, float]:
+        started = time.monotonic()
+        async with session.post(url, data=data, headers=form) as r:
+            return r.status, await r.text(), time.monotonic() - started
+
+    async def body(base: str):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            upload = asyncio.ensure_future(post(session, many))
+            worst = await _healthz_worst(base, upload)
+            status, text, took = await upload
+            assert status == 400 and "without a 'file' field in its first 8 parts" in text, (status, text)
+            assert took < 10 and worst < HEALTHZ_WITHIN, (took, worst)
+
+            status, text, _ = await post(session, nested)
+            assert status == 400 and "nested multipart" in text, (status, text)
+            status, text, _ = await post(session, crowded_headers)
+            assert status == 400 and "malformed body" in text, (status, text)  # client garbage: never a 500
+            status, text, _ = await post(session, _multipart([('Content-Disposition: form-data; name="x"', b"v"),
+                                                               file_part]))
+            assert status in (200, 406), (status, text)  # a form with a few parts is still read
+
+    with serve_process(config) as (proc, base):
+        run(body(base))
