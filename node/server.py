@@ -82,6 +82,7 @@ def _too_large(max_bytes: int) -> web.Response:
     return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
 
 
+# pictrs-safety's form has one part, 'file'; a few more leave room for clients that add a field or two.
 MAX_MULTIPART_PARTS = 8
 
 
