@@ -32,10 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scan, fingerprint and sign image verdicts, share them with trusted peers, guard pict-rs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("init", help="create a data directory: node.yaml, keys, database")
+    p = sub.add_parser("init", help="create a data directory: node.yaml, keys, database (what exists is kept)")
     p.add_argument("--dir", default="data", help="data directory (default: ./data)")
     p.add_argument("--url", default=None, help="public base URL of this node, e.g. https://node.example")
-    p.add_argument("--force", action="store_true", help="overwrite an existing node.yaml (keys are kept)")
+    p.add_argument("--force", action="store_true",
+                   help="make a new identity on purpose: create the missing keys even next to an existing database "
+                        "(peers that pinned the old key refuse this node until they pin the new one). Existing "
+                        "keys and node.yaml are never replaced")
     p.set_defaults(handler=_lazy("node.config", "cmd_init"))
 
     p = sub.add_parser("serve", help="run the node (HTTP server, federation, queues)")

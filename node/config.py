@@ -230,6 +230,11 @@ class ListenSection:
     host: str = setting("127.0.0.1", "Address to listen on. 127.0.0.1 keeps the node private to this host;\n"
                                      "use 0.0.0.0 (or ::) in a container network or behind a reverse proxy.")
     port: int = setting(8080, "TCP port to listen on.", min=1, max=65535)
+    header_timeout_seconds: float = setting(
+        10.0, "A request's headers must arrive within this many seconds of its first byte (of the connection's\n"
+              "start, for its first request), else the connection is closed; its body must be complete within\n"
+              "pictrs.budget_seconds of that first byte, else 408. Slow clients cannot hold connections.",
+        min=0.5, max=300)
 
 
 @dataclass
@@ -241,8 +246,9 @@ class PictrsSection:
                                      "Addresses (or networks) allowed to use the token-less form\n"
                                      "/pictrs/validate/IPADDR and /api/v1/scan/IPADDR (pictrs-safety compatible).",
                                      check=_check_networks)
-    trust_forwarded_for: bool = setting(False, "Take the caller's address from X-Forwarded-For (only behind a\n"
-                                               "reverse proxy you control; otherwise anyone can claim 127.0.0.1).")
+    trust_forwarded_for: bool = setting(False, "Take the caller's address from X-Forwarded-For, its last value (the one the\n"
+                                               "proxy appended). Only behind a reverse proxy you control; otherwise anyone\n"
+                                               "can claim 127.0.0.1.")
     budget_seconds: float = setting(25.0, "Every answer is sent within this many seconds; must stay below pict-rs's\n"
                                           "external_validation_timeout (30 s by default).", min=0.5, max=300)
     on_unavailable: Literal["reject", "accept"] = setting(
@@ -416,9 +422,10 @@ class NodeConfig:
                                    max_pixels=self.media.max_pixels, max_frames=self.media.max_frames)
 
 
-def default_template() -> str:
+def default_template(config: NodeConfig | None = None) -> str:
+    """node.yaml as init writes it: the documented template with the values of `config` (default: the defaults)."""
     return ("# verdict-node configuration. Every key is shown with its default; see README.md.\n"
-            "# A wrong value stops the node with one line naming the key.\n\n" + render_template(NodeConfig))
+            "# A wrong value stops the node with one line naming the key.\n\n" + render_template(NodeConfig, config))
 
 
 def parse_config(raw: Any, data_dir: Path | str, source: str = CONFIG_FILE) -> NodeConfig:
@@ -449,9 +456,16 @@ def _read_yaml(path: Path) -> Any:
 
 
 def load_config(path: str | Path) -> NodeConfig:
-    """Read and validate node.yaml; its directory is the data directory."""
+    """Read and validate node.yaml; its directory is the data directory. A file with no settings at all (0 bytes,
+    or only comments) is refused: it is far more likely a truncated copy or an unfinished edit than a wish for
+    all defaults (pict-rs tokens, node.url, ...), which `{}` still says explicitly."""
     path = Path(path)
-    return parse_config(_read_yaml(path), path.parent, path.name)
+    raw = _read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path.name}: empty: no settings in it (a truncated copy or an unfinished edit?); restore "
+                          f"it, or delete it and run `verdict-node init --dir {path.parent}` to write the documented "
+                          f"defaults")
+    return parse_config(raw, path.parent, path.name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -592,26 +606,17 @@ def policy_config_of(config: NodeConfig, peers: list[PeerEntry], own_model: Any 
 # `verdict-node init`
 # --------------------------------------------------------------------------------------------------
 
-def ensure_keys(config: NodeConfig) -> None:
-    """Create the RSA-2048 (HTTP signatures) and Ed25519 (verdict proofs) keys if missing; never overwrite."""
-    from protocol import keys
+def init_data_dir(data_dir: str | Path, url: str | None = None, *, new_identity: bool = False) -> NodeConfig:
+    """Create what `data_dir` lacks: node.yaml (every key documented, a fresh pict-rs token), the keys and the
+    database. An existing node.yaml is never rewritten, existing keys never replaced. Keys missing next to an
+    existing database are refused (node.identity says why) unless `new_identity`: `init --force`."""
+    from node.identity import open_identity
+    from node.store import Store
 
-    config.rsa_key_path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(config.rsa_key_path.parent, 0o700)
-    if not config.rsa_key_path.exists():
-        keys.save_private_key(keys.generate_rsa(), config.rsa_key_path)
-    if not config.ed25519_key_path.exists():
-        keys.save_private_key(keys.generate_ed25519(), config.ed25519_key_path)
-
-
-def init_data_dir(data_dir: str | Path, url: str | None = None, *, force: bool = False) -> NodeConfig:
-    """Create node.yaml (with a fresh pict-rs token), keys and database in `data_dir`. Idempotent for keys."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / CONFIG_FILE
-    if path.exists() and not force:
-        config = load_config(path)
-    else:
+    if not path.exists():
         defaults = NodeConfig()
         if url is not None:
             defaults.node.url = url.rstrip("/")
@@ -619,16 +624,12 @@ def init_data_dir(data_dir: str | Path, url: str | None = None, *, force: bool =
             if problem:
                 raise ConfigError(f"--url: {problem}, got {_describe(url)}")
         defaults.pictrs.tokens = [secrets.token_urlsafe(24)]
-        text = ("# verdict-node configuration. Every key is shown with its default; see README.md.\n"
-                "# A wrong value stops the node with one line naming the key.\n\n" + render_template(NodeConfig, defaults))
         tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(default_template(defaults), encoding="utf-8")
         os.chmod(tmp, 0o600)  # it holds the pict-rs token
         tmp.replace(path)
-        config = load_config(path)
-    ensure_keys(config)
-    from node.store import Store
-
+    config = load_config(path)
+    open_identity(config, new_identity=new_identity)
     Store(config.database_path).close()
     return config
 
@@ -648,7 +649,7 @@ def pictrs_urls(config: NodeConfig) -> list[str]:
 
 def cmd_init(args: argparse.Namespace) -> int:
     try:
-        config = init_data_dir(args.dir, args.url, force=args.force)
+        config = init_data_dir(args.dir, args.url, new_identity=args.force)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -664,11 +665,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def resolve_config(path: str | Path | None) -> NodeConfig:
-    """The config `serve` runs with: the given node.yaml, or ./data/node.yaml, created with init's
-    defaults (keys, database, a pict-rs token) when it does not exist yet."""
-    if path is not None:
-        return load_config(path)
-    default = Path("data") / CONFIG_FILE
-    if default.exists():
-        return load_config(default)
-    return init_data_dir(default.parent)
+    """The config every command runs with: the given node.yaml, or ./data/node.yaml, created with init's
+    defaults (keys, database, a pict-rs token) when it does not exist yet. The node's keys are checked here
+    too (created for a new data directory only; node.identity), so no command starts under a new identity
+    by accident or stumbles on a broken key file later."""
+    from node.identity import open_identity
+
+    if path is None and not (Path("data") / CONFIG_FILE).exists():
+        return init_data_dir("data")
+    config = load_config(path if path is not None else Path("data") / CONFIG_FILE)
+    open_identity(config)
+    return config

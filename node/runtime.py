@@ -29,8 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
-from node.config import (ClassifierSection, NodeConfig, PeerEntry, ensure_keys, is_model_none, load_peers,
-                         policy_config_of)
+from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers, policy_config_of
 from node.metrics import Metrics
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
@@ -146,10 +145,11 @@ class Node:
 
     @classmethod
     def open(cls, config: NodeConfig, *, load_model: bool = True, extensions: Sequence[str] | None = None) -> "Node":
-        """Open the data directory: keys (created if missing), database, peers, classifier, extensions."""
-        from protocol.keys import load_private_key
+        """Open the data directory: keys (created for a new data directory only, see node.identity), database,
+        peers, classifier, extensions."""
+        from node.identity import open_identity
 
-        ensure_keys(config)
+        identity = open_identity(config)
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
         if problem and load_model:
@@ -157,8 +157,7 @@ class Node:
                         "answered from stored verdicts and unknown ones per pictrs.on_unavailable: %s)",
                         problem.rstrip("."), config.classifier.model, config.pictrs.on_unavailable)
         node = cls(config, Store(config.database_path), backend=backend, backend_problem=problem, peers=peers,
-                   ed25519_key=load_private_key(config.ed25519_key_path),
-                   rsa_key=load_private_key(config.rsa_key_path))
+                   ed25519_key=identity.ed25519, rsa_key=identity.rsa)
         for spec in (EXTENSIONS if extensions is None else extensions):
             node.install_extension(spec)
         return node

@@ -16,9 +16,11 @@ import sys
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
+from node.http_limits import DeadlineAppRunner, Deadlines
 from node.metrics import CONTENT_TYPE
 from node.runtime import Node, on_stop_signals
 from node.store import SchemaTooNew
@@ -44,10 +46,13 @@ class Guard:
         self.trust_forwarded_for = config.pictrs.trust_forwarded_for
 
     def caller_ip(self, request: web.Request) -> str | None:
+        """The caller's address: the socket's peer, or behind a trusted proxy the address that proxy appended
+        to X-Forwarded-For. That is the LAST value of the LAST X-Forwarded-For line: everything before it,
+        whole header lines included, was written by the client and may name any address it likes."""
         if self.trust_forwarded_for:
-            forwarded = request.headers.get("X-Forwarded-For")
+            forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
             if forwarded:
-                return forwarded.split(",")[-1].strip()  # the address our own proxy saw
+                return forwarded.split(",")[-1].strip()
         return request.remote
 
     def check(self, request: web.Request, token: str) -> web.Response | None:
@@ -78,6 +83,10 @@ def _too_large(max_bytes: int) -> web.Response:
     return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
 
 
+# pictrs-safety's form has one part, 'file'; a few more leave room for clients that add a field or two.
+MAX_MULTIPART_PARTS = 8
+
+
 async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
     """The image bytes: a raw body (pict-rs) or the multipart field `file` (pictrs-safety's form)."""
     if request.content_length is not None and request.content_length > max_bytes:
@@ -85,26 +94,41 @@ async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str 
     content_type = request.content_type
     try:
         if content_type == "multipart/form-data":
-            reader = await request.multipart()
-            while True:
-                part = await reader.next()
-                if part is None:
-                    return _json({"message": "multipart body without a 'file' field"}, 400)
-                if getattr(part, "name", None) == "file":
-                    data = bytearray()
-                    while chunk := await part.read_chunk(1 << 16):
-                        data += chunk
-                        if len(data) > max_bytes:
-                            return _too_large(max_bytes)
-                    return bytes(data), part.headers.get("Content-Type")
+            return await _read_multipart_file(request, max_bytes)
         data = await request.read()
         if len(data) > max_bytes:  # chunked bodies have no Content-Length to refuse early
             return _too_large(max_bytes)
         return data, (content_type if request.headers.get("Content-Type") else None)
     except web.HTTPRequestEntityTooLarge:
         return _too_large(max_bytes)
-    except (ValueError, AssertionError) as e:  # malformed multipart
+    except (ValueError, AssertionError, HttpProcessingError) as e:  # malformed multipart
         return _json({"message": f"malformed body: {e}"}, 400)
+
+
+async def _read_multipart_file(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
+    """The field `file` of a multipart body, looked for in its first MAX_MULTIPART_PARTS parts, all of them
+    together at most `max_bytes`. Every part costs parsing work on the event loop: a body of 100,000 tiny
+    parts took many seconds and stalled every other request meanwhile. A part that is itself multipart is
+    refused (its own parts would escape the count)."""
+    reader = await request.multipart()
+    left = max_bytes
+    for _ in range(MAX_MULTIPART_PARTS):
+        part = await reader.next()
+        if part is None:
+            return _json({"message": "multipart body without a 'file' field"}, 400)
+        if not isinstance(part, BodyPartReader):
+            return _json({"message": "multipart body with a nested multipart part: send the image as field 'file'"},
+                         400)
+        data = bytearray()
+        while chunk := await part.read_chunk(1 << 16):
+            left -= len(chunk)
+            if left < 0:
+                return _too_large(max_bytes)
+            if part.name == "file":
+                data += chunk
+        if part.name == "file":
+            return bytes(data), part.headers.get("Content-Type")
+    return _json({"message": f"multipart body without a 'file' field in its first {MAX_MULTIPART_PARTS} parts"}, 400)
 
 
 async def validate(request: web.Request) -> web.Response:
@@ -157,10 +181,15 @@ def build_app(node: Node) -> web.Application:
     return app
 
 
+def app_runner(node: Node, **kwargs: Any) -> web.AppRunner:
+    """The runner of `build_app(node)`: its connections keep node.yaml's request deadlines (node.http_limits:
+    slow clients are cut off instead of holding connections). `kwargs` go to web.AppRunner."""
+    return DeadlineAppRunner(build_app(node), deadlines=Deadlines.of(node.config), **kwargs)
+
+
 async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
-    app = build_app(node)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = app_runner(node, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -265,6 +267,23 @@ def _stored_verdict(row: Sequence[Any], match: str = "sha256") -> StoredVerdict:
     return StoredVerdict(row[0], verdict_from_row(row[:-1]), bool(row[-1]), match)
 
 
+def _owner_only(path: Path) -> None:
+    """Make the database and its -wal / -shm files readable and writable by this user only.
+
+    They hold every decision and verdict, the worker token hashes and the peers' state, so the umask (often
+    022: world-readable) must not decide. The file is created 0600 before SQLite opens it, so it never
+    exists with a laxer mode; SQLite gives the -wal and -shm files it creates the database file's mode. Files
+    left group- or world-accessible (an older version, a restored backup) lose those bits here."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for member in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(member.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(member, mode & 0o700)
+
+
 class Store:
     """One SQLite file; a connection per thread; decision rows written in batches.
 
@@ -277,6 +296,7 @@ class Store:
     def __init__(self, path: str | Path, migrations: Sequence[Migration] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(self.path)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

@@ -85,13 +85,13 @@ def validate_url(config: NodeConfig, base_url: str | None = None) -> str:
 
 @contextlib.asynccontextmanager
 async def running_node(config: NodeConfig, **open_kwargs: Any) -> AsyncIterator[tuple[Any, str]]:
-    """Node.open + build_app on 127.0.0.1:<config.listen.port>; yields (node, base_url); cleans up
-    (which closes the node: pending rows written)."""
+    """Node.open + build_app on 127.0.0.1:<config.listen.port>, with serve's runner (request deadlines);
+    yields (node, base_url); cleans up (which closes the node: pending rows written)."""
     from node.runtime import Node
-    from node.server import build_app
+    from node.server import app_runner
 
     node = Node.open(config, **open_kwargs)
-    runner = web.AppRunner(build_app(node), access_log=None)
+    runner = app_runner(node, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", config.listen.port)
     await site.start()

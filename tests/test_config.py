@@ -117,9 +117,9 @@ def test_init_writes_config_keys_0600_and_database(tmp_path):
     assert again.node.url == "https://node.example" and config.ed25519_key_path.read_bytes() == before
 
 
-def _cli(*args, cwd):
+def _cli(*args, cwd, timeout=120):
     return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                          timeout=timeout, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def test_cli_init_prints_pictrs_urls_and_wrong_config_exits_2(tmp_path):
@@ -132,3 +132,75 @@ def test_cli_init_prints_pictrs_urls_and_wrong_config_exits_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         'error: node.yaml: policy.thresholds.csam: must be a number in [0, 1], got "high"']
+
+
+def _one_error_line(result) -> str:
+    """The single line a refused command printed (exit code 2, no traceback)."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_missing_keys_next_to_a_database_stop_every_command_until_init_force(tmp_path):
+    """Deleting (or failing to restore) keys/ must not quietly give an established node a new identity."""
+    import shutil
+
+    from protocol.keys import key_fingerprint, load_private_key
+
+    data = tmp_path / "d"
+    config = init_data_dir(data, "https://node.example")
+    yaml_path = str(data / "node.yaml")
+    old_pin = key_fingerprint(load_private_key(config.ed25519_key_path))
+    (data / "node.yaml").write_text((data / "node.yaml").read_text().replace("name: verdict-node", "name: kept"))
+    node_yaml = (data / "node.yaml").read_bytes()
+    shutil.rmtree(data / "keys")
+
+    for command in (["peers", "show-key", "--config", yaml_path], ["serve", "--config", yaml_path],
+                    ["scan", str(tmp_path), "--config", yaml_path], ["init", "--dir", str(data)]):
+        line = _one_error_line(_cli(*command, cwd=tmp_path, timeout=60))
+        assert f"{data / 'keys'}: the keys directory is missing" in line, (command, line)
+        assert "peers that pinned this node's key would refuse it" in line
+        assert f"verdict-node init --dir {data} --force" in line
+        assert not (data / "keys").exists(), command  # nothing was created behind the admin's back
+
+    r = _cli("init", "--dir", str(data), "--force", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "new identity" in r.stderr and "peers show-key" in r.stderr
+    assert (data / "node.yaml").read_bytes() == node_yaml  # --force keeps the admin's settings and token
+    assert key_fingerprint(load_private_key(config.ed25519_key_path)) != old_pin
+    r = _cli("peers", "show-key", "--config", yaml_path, cwd=tmp_path)
+    assert r.returncode == 0 and "key_fingerprint: sha256:" in r.stdout, r.stderr
+
+    config.ed25519_key_path.unlink()  # one key lost is a lost identity too
+    line = _one_error_line(_cli("peers", "show-key", "--config", yaml_path, cwd=tmp_path))
+    assert f"{config.ed25519_key_path}: missing, but the database {config.database_path} exists" in line
+
+
+def test_a_key_file_that_does_not_parse_is_one_line_and_exit_2(tmp_path):
+    data = tmp_path / "d"
+    config = init_data_dir(data)
+    yaml_path = str(data / "node.yaml")
+    rsa_pem = config.rsa_key_path.read_bytes()
+    for content, problem in ((b"-----BEGIN PRIVATE KEY-----\ngarbage\n", "not a PEM private key (RSA or Ed25519)"),
+                             (b"", "not a PEM private key (RSA or Ed25519)"),
+                             (config.ed25519_key_path.read_bytes(), "holds an Ed25519 key, expected RSA")):
+        config.rsa_key_path.write_bytes(content)
+        for command in (["serve", "--config", yaml_path], ["peers", "show-key", "--config", yaml_path]):
+            line = _one_error_line(_cli(*command, cwd=tmp_path, timeout=60))
+            assert line.startswith(f"error: {config.rsa_key_path}: {problem}; restore it from a backup"), line
+        assert config.rsa_key_path.read_bytes() == content  # a broken key is evidence: never overwritten
+    config.rsa_key_path.write_bytes(rsa_pem)
+    assert _cli("peers", "show-key", "--config", yaml_path, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n# and another\n"])
+def test_an_empty_node_yaml_is_an_error_not_all_defaults(tmp_path, text):
+    (tmp_path / "node.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"^node.yaml: empty: ") as e:
+        load_config(tmp_path / "node.yaml")
+    assert "\n" not in str(e.value)
+    line = _one_error_line(_cli("serve", "--config", str(tmp_path / "node.yaml"), cwd=tmp_path, timeout=60))
+    assert line.startswith("error: node.yaml: empty: ")
+    (tmp_path / "node.yaml").write_text("{}\n")  # all defaults, said explicitly
+    assert load_config(tmp_path / "node.yaml") == NodeConfig()

@@ -123,6 +123,29 @@ def test_auth_tokens_ipaddr_and_forwarded_for(tmp_path):
         run(body2())
 
 
+def test_forwarded_for_takes_the_proxys_value_across_header_lines(tmp_path):
+    """A client behind the trusted proxy sends its own X-Forwarded-For line; the proxy adds another line with
+    the address it saw. Only the proxy's (the last value of the last line) may decide."""
+    from multidict import CIMultiDict
+
+    config = make_data_dir(tmp_path, pictrs={"allowed_ips": ["10.0.0.0/8"], "trust_forwarded_for": True,
+                                             "on_unavailable": "accept"})
+    image = photo_bytes()
+
+    async def status_with(base: str, lines: list[str]) -> int:
+        headers = CIMultiDict([("Content-Type", "image/jpeg"), *(("X-Forwarded-For", v) for v in lines)])
+        async with aiohttp.ClientSession(timeout=PICTRS_TIMEOUT) as s:
+            async with s.post(f"{base}/api/v1/scan/IPADDR", data=image, headers=headers) as r:
+                return r.status
+
+    async def body():
+        async with running_node(config) as (node, base):
+            assert await status_with(base, ["10.1.2.3", "192.0.2.7"]) == 403  # forged line first, proxy saw 192.0.2.7
+            assert await status_with(base, ["192.0.2.7", "10.1.2.3"]) == 200
+            assert await status_with(base, ["10.1.2.3", "198.51.100.1, 192.0.2.7"]) == 403
+    run(body())
+
+
 def test_ipv6_loopback_caller_is_allowed(tmp_path):
     config = make_data_dir(tmp_path, pictrs={"on_unavailable": "accept"})
 

@@ -1,7 +1,9 @@
 """Store: schema migrations, verdict queries, batched decision rows that survive a reopen."""
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import threading
 
 import pytest
@@ -125,3 +127,22 @@ def test_find_by_bytes_is_complete_only_when_an_own_verdict_vouches_for_the_pixe
     assert not complete and [h.verdict.id for h in hits] == [twin.id]
     assert store.find_by_bytes("f" * 64) == ([], False)
     store.close()
+
+
+def test_database_files_are_owner_only_and_lax_modes_are_tightened_at_open(tmp_path):
+    path = tmp_path / "db.sqlite"
+    members = [path, tmp_path / "db.sqlite-wal", tmp_path / "db.sqlite-shm"]
+    old_umask = os.umask(0o022)  # the common default: new files world-readable
+    try:
+        store = Store(path)
+        store.insert_verdict(make_verdict(1), None, own=True)  # a write: the -wal and -shm files exist now
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in members} == {p.name: 0o600 for p in members}
+
+        for p in members:  # as an older version (or a restored backup) left them
+            os.chmod(p, 0o644)
+        again = Store(path)
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in members} == {p.name: 0o600 for p in members}
+        again.close()
+        store.close()
+    finally:
+        os.umask(old_umask)

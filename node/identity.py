@@ -1,0 +1,98 @@
+"""The node's identity: its two private keys in `keys_dir`, RSA (HTTP signatures) and Ed25519 (verdict proofs).
+
+To its peers the keys ARE the node: they pin its Ed25519 fingerprint and cache its RSA key. Keys created
+anew beside an existing database would silently turn a known node into a stranger every peer refuses. So
+keys are created only for a data directory without a database (a new node), or when the admin asks for a
+new identity (`verdict-node init --force`); otherwise missing keys stop every command with one line
+saying what is missing, why it matters and what to do. A key file that cannot be used is one line too,
+never a traceback. Both are `IdentityError`, a ConfigError: the commands exit with code 2.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from node.config import ConfigError, NodeConfig
+from protocol import keys
+from protocol.errors import ProtocolError
+
+log = logging.getLogger("verdict_node.identity")
+
+K = TypeVar("K", rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+_KIND_NAMES: dict[type, str] = {rsa.RSAPrivateKey: "RSA", ed25519.Ed25519PrivateKey: "Ed25519"}
+
+
+class IdentityError(ConfigError):
+    """The keys are missing next to an existing database, or a key file cannot be used."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    rsa: rsa.RSAPrivateKey
+    ed25519: ed25519.Ed25519PrivateKey
+
+
+def _new_identity_hint(config: NodeConfig) -> str:
+    return f"run `verdict-node init --dir {config.data_dir} --force` to make a new identity on purpose"
+
+
+def _missing_keys_message(config: NodeConfig, missing: list[Path]) -> str:
+    keys_dir = config.rsa_key_path.parent
+    what = (f"{keys_dir}: the keys directory is missing" if not keys_dir.exists()
+            else f"{', '.join(map(str, missing))}: missing")
+    return (f"{what}, but the database {config.database_path} exists: new keys would be a new identity, and "
+            f"peers that pinned this node's key would refuse it; restore the keys from a backup "
+            f"(node.yaml keys_dir says where they belong), or {_new_identity_hint(config)}")
+
+
+def ensure_identity(config: NodeConfig, *, new_identity: bool = False) -> list[Path]:
+    """Create the key files that are missing, where that does not replace an identity: a data directory
+    without a database yet, or `new_identity` (the admin's explicit choice). Existing key files are never
+    overwritten. Returns the files created."""
+    paths = [config.rsa_key_path, config.ed25519_key_path]
+    missing = [p for p in paths if not p.exists()]
+    if missing and config.database_path.exists() and not new_identity:
+        raise IdentityError(_missing_keys_message(config, missing))
+    keys_dir = config.rsa_key_path.parent
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    for path in missing:
+        keys.save_private_key(keys.generate_rsa() if path == config.rsa_key_path else keys.generate_ed25519(), path)
+    if missing and new_identity and config.database_path.exists():
+        log.warning("new identity: created %s next to the existing database %s; peers that pinned this node's "
+                    "old key will refuse it until they pin the new fingerprint (`verdict-node peers show-key`)",
+                    ", ".join(map(str, missing)), config.database_path)
+    return missing
+
+
+def _load_key(path: Path, kind: type[K], config: NodeConfig) -> K:
+    remedy = f"restore it from a backup, or move it away and {_new_identity_hint(config)}"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise IdentityError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        key = keys.private_key_from_pem(data)
+    except ProtocolError:
+        raise IdentityError(f"{path}: not a PEM private key (RSA or Ed25519); {remedy}") from None
+    if not isinstance(key, kind):
+        held = _KIND_NAMES[rsa.RSAPrivateKey if isinstance(key, rsa.RSAPrivateKey) else ed25519.Ed25519PrivateKey]
+        raise IdentityError(f"{path}: holds an {held} key, expected {_KIND_NAMES[kind]}; {remedy}")
+    return key
+
+
+def load_identity(config: NodeConfig) -> Identity:
+    """Read both keys; a file that is unreadable, not a PEM private key or of the wrong kind is an IdentityError."""
+    return Identity(rsa=_load_key(config.rsa_key_path, rsa.RSAPrivateKey, config),
+                    ed25519=_load_key(config.ed25519_key_path, ed25519.Ed25519PrivateKey, config))
+
+
+def open_identity(config: NodeConfig, *, new_identity: bool = False) -> Identity:
+    """The node's keys, created first where `ensure_identity` allows it."""
+    ensure_identity(config, new_identity=new_identity)
+    return load_identity(config)
