@@ -1,7 +1,7 @@
 """`verdict-node check IMAGE...`: what this node's model says about some files, one JSON line per file.
 
 No store, no peers, no config: the tool an admin runs to try a model, or to see why an image was blocked.
-Decisions use the default thresholds (block when csam >= 0.5, the reference rule set's own boundary);
+Decisions use node.policy's default thresholds (block when csam >= 0.5, the reference rule set's own boundary);
 unreadable files and videos are reported as such and never block. Each line also says where the time
 went (decode, hashing, inference), because that is what an admin sizing a node needs to know.
 """
@@ -15,7 +15,13 @@ import time
 from dataclasses import asdict
 from typing import Any, Sequence
 
-DEFAULT_CSAM_THRESHOLD = 0.5
+from node.policy import Thresholds, blocks
+from scanners.classifier import ModelUnavailable, load_classifier, merge_frames
+from scanners.fingerprint import fingerprint
+from scanners.media import decode
+
+#: What `check` blocks on: the node's defaults (no node.yaml is read).
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 def _ms(seconds: float) -> float:
@@ -30,9 +36,6 @@ def _media_summary(media: Any) -> dict:
 
 def _inspect(path: str) -> dict:
     """Read, decode and fingerprint one file; the frames ride along (not printed) for inference."""
-    from scanners.fingerprint import fingerprint
-    from scanners.media import decode
-
     row: dict[str, Any] = {"path": path}
     try:
         with open(path, "rb") as handle:
@@ -63,8 +66,6 @@ def _inspect(path: str) -> dict:
 def _classify_rows(classifier: Any, rows: list[dict]) -> None:
     """Classify the frames of several files in shared forward passes; each file's inference time is its
     share (by frame count) of the batch it ran in."""
-    from scanners.classifier import merge_frames
-
     todo = [row for row in rows if row["frames"]]
     frames = [frame for row in todo for frame in row["frames"]]
     if not frames:
@@ -95,7 +96,7 @@ def _classify_rows(classifier: Any, rows: list[dict]) -> None:
             # Not rounded: a score just below 0.5 (a tie at the threshold) must not print as 0.5.
             row["scores"] = dict(merged.scores)
             row["matched"] = merged.matched
-            row["decision"] = "block" if merged.scores.get("csam", 0.0) >= DEFAULT_CSAM_THRESHOLD else "allow"
+            row["decision"] = "block" if blocks(merged.scores, DEFAULT_THRESHOLDS) else "allow"
 
 
 def _emit(row: dict, model: dict) -> None:
@@ -110,8 +111,6 @@ def _emit(row: dict, model: dict) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from scanners.classifier import ModelUnavailable, load_classifier
-
     batch_size = max(1, int(getattr(args, "batch_size", 16) or 16))
     try:
         classifier = load_classifier(args.model, device=args.device, batch_size=batch_size)

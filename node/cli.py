@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="make a new identity on purpose: create the missing keys even next to an existing database "
                         "(peers that pinned the old key refuse this node until they pin the new one). Existing "
                         "keys and node.yaml are never replaced")
-    p.set_defaults(handler=_lazy("node.config", "cmd_init"))
+    p.set_defaults(handler=_lazy("node.datadir", "cmd_init"))
 
     p = sub.add_parser("serve", help="run the node (HTTP server, federation, queues)")
     _add_config_option(p)

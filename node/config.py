@@ -12,13 +12,9 @@ To add a section (e.g. `federation:`), write a dataclass of `setting(...)` field
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
-import os
 import re
-import secrets
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import yaml
+
+from scanners.media import DEFAULT_LIMITS, Limits
 
 CONFIG_FILE = "node.yaml"
 
@@ -53,7 +51,7 @@ def section(cls: type, doc: str) -> Any:
     return field(default_factory=cls, metadata={"doc": doc, "section": True})
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"'
     if value is None:
@@ -74,15 +72,15 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
         return _coerce(value, rest[0] if len(rest) == 1 else typing.Union[tuple(rest)], key, meta)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {_describe(value)}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {describe(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: must be a list, got {_describe(value)}")
+            raise ConfigError(f"{key}: must be a list, got {describe(value)}")
         return [_coerce(item, args[0], f"{key}[{i}]", {}) for i, item in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {_describe(value)}")
+            raise ConfigError(f"{key}: must be true or false, got {describe(value)}")
         return value
     lo, hi = meta.get("min"), meta.get("max")
     if tp in (int, float):
@@ -98,11 +96,11 @@ def _coerce(value: Any, tp: Any, key: str, meta: Mapping[str, Any]) -> Any:
                 bounds = f" <= {hi:g}"
             else:
                 bounds = ""
-            raise ConfigError(f"{key}: must be {kind}{bounds}, got {_describe(value)}")
+            raise ConfigError(f"{key}: must be {kind}{bounds}, got {describe(value)}")
         return float(value) if tp is float else value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {_describe(value)}")
+            raise ConfigError(f"{key}: must be a string, got {describe(value)}")
         return value
     raise TypeError(f"unsupported setting type {tp!r} for {key}")  # a programming error, not a config one
 
@@ -112,7 +110,7 @@ def parse_section(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'top level'}: must be a mapping of keys, got {_describe(raw)}")
+        raise ConfigError(f"{prefix or 'top level'}: must be a mapping of keys, got {describe(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in raw:
@@ -132,7 +130,7 @@ def parse_section(cls: type, raw: Any, prefix: str) -> Any:
         check = f.metadata.get("check")
         problem = check(value) if check else None
         if problem:
-            raise ConfigError(f"{key}: {problem}, got {_describe(value)}")
+            raise ConfigError(f"{key}: {problem}, got {describe(value)}")
         values[name] = value
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
@@ -174,7 +172,7 @@ def render_template(cls: type, obj: Any = None, indent: int = 0) -> str:
 # Checks shared by several keys
 # --------------------------------------------------------------------------------------------------
 
-def _check_url(value: str) -> str | None:
+def check_url(value: str) -> str | None:
     if not (value.startswith("http://") or value.startswith("https://")) or value.endswith("/"):
         return "must be an http(s) URL without a trailing slash"
     return None
@@ -185,7 +183,7 @@ def _check_networks(values: list[str]) -> str | None:
         try:
             ipaddress.ip_network(v, strict=False)
         except ValueError:
-            return f"{_describe(v)} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8)"
+            return f"{describe(v)} is not an IP address or network (e.g. 127.0.0.1, ::1, 10.0.0.0/8)"
     return None
 
 
@@ -193,7 +191,7 @@ def _check_model_refs(values: list[str]) -> str | None:
     for v in values:
         name, _, rules = v.rpartition("@")
         if not name or not rules:
-            return f"{_describe(v)} must be NAME@RULES, e.g. ViT-L-14@horde-safety-nsfwchecker-78f8334"
+            return f"{describe(v)} must be NAME@RULES, e.g. ViT-L-14@horde-safety-nsfwchecker-78f8334"
     return None
 
 
@@ -221,7 +219,7 @@ def _check_tokens(values: list[str]) -> str | None:
 class NodeSection:
     url: str = setting("http://127.0.0.1:8080",
                        "Public base URL of this node (no trailing slash). The actor is <url>/actor;\n"
-                       "peers fetch keys and deliver verdicts here.", check=_check_url)
+                       "peers fetch keys and deliver verdicts here.", check=check_url)
     name: str = setting("verdict-node", "Display name of the actor.")
 
 
@@ -338,9 +336,9 @@ class WorkersSection:
 
 def _check_actor_urls(values: list[str]) -> str | None:
     for v in values:
-        problem = _check_url(v)
+        problem = check_url(v)
         if problem:
-            return f"{_describe(v)}: {problem}"
+            return f"{describe(v)}: {problem}"
     return None
 
 
@@ -414,10 +412,8 @@ class NodeConfig:
     def actor_id(self) -> str:
         return f"{self.node.url}/actor"
 
-    def media_limits(self) -> Any:
-        """scanners.media.Limits from the media section (lazy import: config stays light)."""
-        from scanners.media import DEFAULT_LIMITS
-
+    def media_limits(self) -> Limits:
+        """scanners.media.Limits from the media section."""
         return dataclasses.replace(DEFAULT_LIMITS, max_bytes=self.media.max_bytes,
                                    max_pixels=self.media.max_pixels, max_frames=self.media.max_frames)
 
@@ -481,7 +477,7 @@ class PeerThresholds:
 
 @dataclass
 class PeerEntry:
-    actor: str = setting("", "The peer's actor URL, e.g. https://peer.example/actor.", check=_check_url)
+    actor: str = setting("", "The peer's actor URL, e.g. https://peer.example/actor.", check=check_url)
     key_fingerprint: str | None = setting(None, "Pinned fingerprint of the peer's Ed25519 key (sha256:<hex>), as printed by\n"
                                                 "its `verdict-node peers show-key`. Only this key verifies the peer's verdicts and\n"
                                                 "retractions; an actor document without it is refused, extra keys are ignored.\n"
@@ -515,7 +511,7 @@ def parse_peers(raw: Any, source: str = "peers.yaml") -> list[PeerEntry]:
         raise ConfigError(f"{source}: top level must be a mapping with one key, peers")
     items = raw.get("peers") or []
     if not isinstance(items, list):
-        raise ConfigError(f"{source}: peers: must be a list, got {_describe(items)}")
+        raise ConfigError(f"{source}: peers: must be a list, got {describe(items)}")
     peers: list[PeerEntry] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
@@ -533,7 +529,7 @@ def parse_peers(raw: Any, source: str = "peers.yaml") -> list[PeerEntry]:
             raise ConfigError(f"{source}: {e}") from None
         entry.thresholds = thresholds
         if entry.actor in seen:
-            raise ConfigError(f"{source}: {prefix}.actor: listed twice, got {_describe(entry.actor)}")
+            raise ConfigError(f"{source}: {prefix}.actor: listed twice, got {describe(entry.actor)}")
         seen.add(entry.actor)
         peers.append(entry)
     return peers
@@ -545,134 +541,3 @@ def load_peers(path: str | Path) -> list[PeerEntry]:
     if not path.exists():
         return []
     return parse_peers(_read_yaml(path), path.name)
-
-
-# --------------------------------------------------------------------------------------------------
-# Mapping onto node.policy
-# --------------------------------------------------------------------------------------------------
-
-def _model_keys(refs: list[str]) -> frozenset[tuple[str, str]]:
-    """NAME@RULES strings -> policy's (name, rules) model keys."""
-    keys = set()
-    for ref in refs:
-        name, _, rules = ref.rpartition("@")
-        keys.add((name, rules))
-    return frozenset(keys)
-
-
-def thresholds_of(section: ThresholdsSection | PeerThresholds) -> Any:
-    from node.policy import Thresholds
-
-    return Thresholds(csam=section.csam, nsfw=section.nsfw, underage=section.underage)
-
-
-def peer_trust_of(entry: PeerEntry, own: ThresholdsSection) -> Any:
-    """policy.PeerTrust for one peer; per-peer overrides fall back to our own value per category."""
-    from node.policy import PeerTrust
-
-    thresholds = None
-    if entry.thresholds is not None:
-        merged = ThresholdsSection(**{c: (getattr(entry.thresholds, c) if getattr(entry.thresholds, c) is not None
-                                          else getattr(own, c)) for c in ("csam", "nsfw", "underage")})
-        thresholds = thresholds_of(merged)
-    return PeerTrust(level=entry.trust, thresholds=thresholds, known_models=_model_keys(entry.known_models))
-
-
-def policy_config_of(config: NodeConfig, peers: list[PeerEntry], own_model: Any = None,
-                     own_models: Any = ()) -> Any:
-    """node.policy.PolicyConfig from node.yaml's policy section and peers.yaml. `own_model` (ModelInfo) and
-    `own_models` ((name, rules) pairs of models behind our stored verdicts) count as known models."""
-    from node.policy import PolicyConfig
-
-    p = config.policy
-    known = set(_model_keys(p.known_models)) | set(own_models)
-    if own_model is not None:
-        known.add((own_model.name, own_model.rules))
-    return PolicyConfig(**{
-        "thresholds": thresholds_of(p.thresholds),
-        "peers": {e.actor: peer_trust_of(e, p.thresholds) for e in peers},
-        "known_models": frozenset(known),
-        "reuse_safe_perceptual": p.reuse_safe_perceptual,
-        "safe_phash_distance": p.safe_phash_distance,
-        "block_phash_distance": p.block_phash_distance,
-        "block_pdq_distance": p.block_pdq_distance,
-        "safe_pdq_distance": p.safe_pdq_distance,
-        "safe_quorum": p.safe_quorum,
-        "compare_unknown_models": p.compare_unknown_models,
-    })
-
-
-# --------------------------------------------------------------------------------------------------
-# `verdict-node init`
-# --------------------------------------------------------------------------------------------------
-
-def init_data_dir(data_dir: str | Path, url: str | None = None, *, new_identity: bool = False) -> NodeConfig:
-    """Create what `data_dir` lacks: node.yaml (every key documented, a fresh pict-rs token), the keys and the
-    database. An existing node.yaml is never rewritten, existing keys never replaced. Keys missing next to an
-    existing database are refused (node.identity says why) unless `new_identity`: `init --force`."""
-    from node.identity import open_identity
-    from node.store import Store
-
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / CONFIG_FILE
-    if not path.exists():
-        defaults = NodeConfig()
-        if url is not None:
-            defaults.node.url = url.rstrip("/")
-            problem = _check_url(defaults.node.url)
-            if problem:
-                raise ConfigError(f"--url: {problem}, got {_describe(url)}")
-        defaults.pictrs.tokens = [secrets.token_urlsafe(24)]
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(default_template(defaults), encoding="utf-8")
-        os.chmod(tmp, 0o600)  # it holds the pict-rs token
-        tmp.replace(path)
-    config = load_config(path)
-    open_identity(config, new_identity=new_identity)
-    Store(config.database_path).close()
-    return config
-
-
-def pictrs_urls(config: NodeConfig) -> list[str]:
-    """The URLs to give pict-rs as PICTRS__MEDIA__EXTERNAL_VALIDATION."""
-    host = config.listen.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    base = f"http://{host}:{config.listen.port}"
-    urls = [f"{base}/pictrs/validate/{t}" for t in config.pictrs.tokens]
-    urls.append(f"{base}/pictrs/validate/IPADDR")
-    return urls
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    try:
-        config = init_data_dir(args.dir, args.url, new_identity=args.force)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"data directory: {config.data_dir.resolve()}")
-    print(f"  config:   {config.data_dir / CONFIG_FILE}")
-    print(f"  keys:     {config.rsa_key_path}, {config.ed25519_key_path} (mode 0600)")
-    print(f"  database: {config.database_path}")
-    print("Point pict-rs at the node (either URL; the token one works from another host):")
-    for u in pictrs_urls(config):
-        print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION={u}")
-    print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT={int(config.pictrs.budget_seconds) + 5}")
-    return 0
-
-
-def resolve_config(path: str | Path | None) -> NodeConfig:
-    """The config every command runs with: the given node.yaml, or ./data/node.yaml, created with init's
-    defaults (keys, database, a pict-rs token) when it does not exist yet. The node's keys are checked here
-    too (created for a new data directory only; node.identity), so no command starts under a new identity
-    by accident or stumbles on a broken key file later."""
-    from node.identity import open_identity
-
-    if path is None and not (Path("data") / CONFIG_FILE).exists():
-        return init_data_dir("data")
-    config = load_config(path if path is not None else Path("data") / CONFIG_FILE)
-    open_identity(config)
-    return config

@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Protocol, Sequence
 
+from node.config import NodeConfig, PeerEntry, PeerThresholds, ThresholdsSection
 from protocol.verdict import CATEGORIES, ModelInfo, Verdict
 
 Outcome = Literal["block", "allow", "unknown"]
@@ -376,3 +377,50 @@ def _as_model_keys(models: Iterable[ModelKey | ModelInfo]) -> Iterable[ModelKey]
             yield model
         else:
             raise ValueError(f"known_models: expected (name, rules) or ModelInfo, got {model!r}")
+
+
+# -- from node.yaml and peers.yaml ------------------------------------------------------------------------
+
+def _model_keys(refs: list[str]) -> frozenset[tuple[str, str]]:
+    """NAME@RULES strings -> policy's (name, rules) model keys."""
+    keys = set()
+    for ref in refs:
+        name, _, rules = ref.rpartition("@")
+        keys.add((name, rules))
+    return frozenset(keys)
+
+
+def thresholds_of(section: ThresholdsSection | PeerThresholds) -> Thresholds:
+    return Thresholds(csam=section.csam, nsfw=section.nsfw, underage=section.underage)
+
+
+def peer_trust_of(entry: PeerEntry, own: ThresholdsSection) -> PeerTrust:
+    """PeerTrust for one peer; per-peer overrides fall back to our own value per category."""
+    thresholds = None
+    if entry.thresholds is not None:
+        merged = ThresholdsSection(**{c: (getattr(entry.thresholds, c) if getattr(entry.thresholds, c) is not None
+                                          else getattr(own, c)) for c in ("csam", "nsfw", "underage")})
+        thresholds = thresholds_of(merged)
+    return PeerTrust(level=entry.trust, thresholds=thresholds, known_models=_model_keys(entry.known_models))
+
+
+def policy_config_of(config: NodeConfig, peers: Sequence[PeerEntry], own_model: ModelInfo | None = None,
+                     own_models: Iterable[tuple[str, str]] = ()) -> PolicyConfig:
+    """PolicyConfig from node.yaml's policy section and peers.yaml. `own_model` and `own_models` ((name,
+    rules) pairs of models behind our stored verdicts) count as known models."""
+    p = config.policy
+    known = set(_model_keys(p.known_models)) | set(own_models)
+    if own_model is not None:
+        known.add((own_model.name, own_model.rules))
+    return PolicyConfig(**{
+        "thresholds": thresholds_of(p.thresholds),
+        "peers": {e.actor: peer_trust_of(e, p.thresholds) for e in peers},
+        "known_models": frozenset(known),
+        "reuse_safe_perceptual": p.reuse_safe_perceptual,
+        "safe_phash_distance": p.safe_phash_distance,
+        "block_phash_distance": p.block_phash_distance,
+        "block_pdq_distance": p.block_pdq_distance,
+        "safe_pdq_distance": p.safe_pdq_distance,
+        "safe_quorum": p.safe_quorum,
+        "compare_unknown_models": p.compare_unknown_models,
+    })

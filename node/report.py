@@ -91,7 +91,8 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from node.config import ConfigError, resolve_config
+    from node.config import ConfigError
+    from node.datadir import resolve_config
     from node.store import Store
 
     try:

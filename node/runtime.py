@@ -29,7 +29,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
-from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers, policy_config_of
+from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers
+from node.datadir import open_identity
+from node.policy import policy_config_of
 from node.metrics import Metrics
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
@@ -145,10 +147,8 @@ class Node:
 
     @classmethod
     def open(cls, config: NodeConfig, *, load_model: bool = True, extensions: Sequence[str] | None = None) -> "Node":
-        """Open the data directory: keys (created for a new data directory only, see node.identity), database,
+        """Open the data directory: keys (created for a new data directory only, see node.datadir), database,
         peers, classifier, extensions."""
-        from node.identity import open_identity
-
         identity = open_identity(config)
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")

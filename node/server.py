@@ -19,7 +19,8 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from node.config import ConfigError, NodeConfig, pictrs_urls, resolve_config
+from node.config import ConfigError, NodeConfig
+from node.datadir import pictrs_urls, resolve_config
 from node.http_limits import DeadlineAppRunner, Deadlines
 from node.metrics import CONTENT_TYPE
 from node.runtime import Node, on_stop_signals

@@ -439,7 +439,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
 def open_node(config_path: str | None, *, load_model: bool) -> Any:
     """The node a command works with: same data directory, verdicts and keys as `serve`. Peer lookups are
     installed when configured; delivery is left to `serve` (it publishes our new verdicts from the store)."""
-    from node.config import resolve_config
+    from node.datadir import resolve_config
     from node.runtime import Node
 
     config = resolve_config(config_path)

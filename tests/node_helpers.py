@@ -23,7 +23,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from node.config import NodeConfig, init_data_dir, load_config
+from node.config import NodeConfig, load_config
+from node.datadir import init_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PICTRS_TIMEOUT = aiohttp.ClientTimeout(total=30)  # pict-rs's default external_validation_timeout

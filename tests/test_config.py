@@ -8,8 +8,9 @@ import sys
 import pytest
 import yaml
 
-from node.config import (ConfigError, NodeConfig, default_template, init_data_dir, load_config, load_peers,
-                         parse_config, parse_peers, policy_config_of)
+from node.config import ConfigError, NodeConfig, default_template, load_config, load_peers, parse_config, parse_peers
+from node.datadir import init_data_dir
+from node.policy import policy_config_of
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ import json
 import sys
 from typing import Any
 
-from node.config import NodeConfig, load_peers, resolve_config
+from node.config import NodeConfig, load_peers
+from node.datadir import resolve_config
 from node.federation.follows import PeerCommandError, approve, forget_key, reject, remove
 from node.federation.outbox import retract
 from node.federation.records import FederationRecords

@@ -12,7 +12,7 @@ import time
 
 import aiohttp
 
-from node.config import resolve_config
+from node.datadir import resolve_config
 from node.store import Store
 from node.workers.client import EXIT_ERROR, TOKEN_ENV, Refused, Worker
 from node.workers.registry import WorkerRegistry

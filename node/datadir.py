@@ -1,4 +1,7 @@
-"""The node's identity: its two private keys in `keys_dir`, RSA (HTTP signatures) and Ed25519 (verdict proofs).
+"""The data directory: what `verdict-node init` creates (node.yaml, keys, database), the node's identity,
+the config every command opens, and the URLs pict-rs is given.
+
+The node's identity is its two private keys in `keys_dir`, RSA (HTTP signatures) and Ed25519 (verdict proofs).
 
 To its peers the keys ARE the node: they pin its Ed25519 fingerprint and cache its RSA key. Keys created
 anew beside an existing database would silently turn a known node into a stranger every peer refuses. So
@@ -9,19 +12,22 @@ never a traceback. Both are `IdentityError`, a ConfigError: the commands exit wi
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from node.config import ConfigError, NodeConfig
+from node.config import CONFIG_FILE, ConfigError, NodeConfig, check_url, default_template, describe, load_config
+from node.store import Store
 from protocol import keys
 from protocol.errors import ProtocolError
 
-log = logging.getLogger("verdict_node.identity")
+log = logging.getLogger("verdict_node.datadir")
 
 K = TypeVar("K", rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
 _KIND_NAMES: dict[type, str] = {rsa.RSAPrivateKey: "RSA", ed25519.Ed25519PrivateKey: "Ed25519"}
@@ -32,7 +38,7 @@ class IdentityError(ConfigError):
 
 
 @dataclass(frozen=True)
-class Identity:
+class NodeKeys:
     rsa: rsa.RSAPrivateKey
     ed25519: ed25519.Ed25519PrivateKey
 
@@ -86,13 +92,84 @@ def _load_key(path: Path, kind: type[K], config: NodeConfig) -> K:
     return key
 
 
-def load_identity(config: NodeConfig) -> Identity:
+def load_identity(config: NodeConfig) -> NodeKeys:
     """Read both keys; a file that is unreadable, not a PEM private key or of the wrong kind is an IdentityError."""
-    return Identity(rsa=_load_key(config.rsa_key_path, rsa.RSAPrivateKey, config),
+    return NodeKeys(rsa=_load_key(config.rsa_key_path, rsa.RSAPrivateKey, config),
                     ed25519=_load_key(config.ed25519_key_path, ed25519.Ed25519PrivateKey, config))
 
 
-def open_identity(config: NodeConfig, *, new_identity: bool = False) -> Identity:
+def open_identity(config: NodeConfig, *, new_identity: bool = False) -> NodeKeys:
     """The node's keys, created first where `ensure_identity` allows it."""
     ensure_identity(config, new_identity=new_identity)
     return load_identity(config)
+
+
+# -- `verdict-node init`, and the config every command runs with ----------------------------------------
+
+def init_data_dir(data_dir: str | Path, url: str | None = None, *, new_identity: bool = False) -> NodeConfig:
+    """Create what `data_dir` lacks: node.yaml (every key documented, a fresh pict-rs token), the keys and the
+    database. An existing node.yaml is never rewritten, existing keys never replaced. Keys missing next to an
+    existing database are refused (see the module docstring) unless `new_identity`: `init --force`."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        defaults = NodeConfig()
+        if url is not None:
+            defaults.node.url = url.rstrip("/")
+            problem = check_url(defaults.node.url)
+            if problem:
+                raise ConfigError(f"--url: {problem}, got {describe(url)}")
+        defaults.pictrs.tokens = [secrets.token_urlsafe(24)]
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(default_template(defaults), encoding="utf-8")
+        os.chmod(tmp, 0o600)  # it holds the pict-rs token
+        tmp.replace(path)
+    config = load_config(path)
+    open_identity(config, new_identity=new_identity)
+    Store(config.database_path).close()
+    return config
+
+
+def local_base_url(config: NodeConfig) -> str:
+    """``http://host:port`` at which a process on this host reaches the node's listener: a wildcard listen
+    address (0.0.0.0, ::) is reached on loopback."""
+    host = config.listen.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.listen.port}"
+
+
+def pictrs_urls(config: NodeConfig) -> list[str]:
+    """The URLs to give pict-rs as PICTRS__MEDIA__EXTERNAL_VALIDATION."""
+    base = local_base_url(config)
+    urls = [f"{base}/pictrs/validate/{t}" for t in config.pictrs.tokens]
+    urls.append(f"{base}/pictrs/validate/IPADDR")
+    return urls
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = init_data_dir(args.dir, args.url, new_identity=args.force)
+    print(f"data directory: {config.data_dir.resolve()}")
+    print(f"  config:   {config.data_dir / CONFIG_FILE}")
+    print(f"  keys:     {config.rsa_key_path}, {config.ed25519_key_path} (mode 0600)")
+    print(f"  database: {config.database_path}")
+    print("Point pict-rs at the node (either URL; the token one works from another host):")
+    for u in pictrs_urls(config):
+        print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION={u}")
+    print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION_TIMEOUT={int(config.pictrs.budget_seconds) + 5}")
+    return 0
+
+
+def resolve_config(path: str | Path | None) -> NodeConfig:
+    """The config every command runs with: the given node.yaml, or ./data/node.yaml, created with init's
+    defaults (keys, database, a pict-rs token) when it does not exist yet. The node's keys are checked here
+    too (created for a new data directory only), so no command starts under a new identity by accident or
+    stumbles on a broken key file later."""
+    if path is None and not (Path("data") / CONFIG_FILE).exists():
+        return init_data_dir("data")
+    config = load_config(path if path is not None else Path("data") / CONFIG_FILE)
+    open_identity(config)
+    return config
