@@ -16,6 +16,7 @@ import logging
 import urllib.request
 
 from node.config import ConfigError, is_model_none
+from node.datadir import local_base_url
 from node.runtime import Node
 from node.workers.api import WorkerApi
 from node.workers.backends import SubmitBackend, WorkerBackend, expected_model
@@ -82,9 +83,7 @@ def install_submitter(node: Node) -> None:
                     "classifying in this process", path)
         return
     token = path.read_text().strip()
-    host = node.config.listen.host
-    host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{node.config.listen.port}"
+    base = local_base_url(node.config)
     request = urllib.request.Request(f"{base}{API_PREFIX}/submit", headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
