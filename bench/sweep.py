@@ -87,7 +87,7 @@ def main() -> None:
         make_tree(root, args.files)
         print(f"tree: {args.files} files in {time.perf_counter() - t:.1f} s")
         config = make_data_dir(work / "data", model="none")
-        node = Node.open(config, load_model=False, extensions=())
+        node = Node.open(config, load_model=False)
         t = time.perf_counter()
         seeded = seed(SweepRecords(node.store), root)
         print(f"seeded {seeded} item rows in {time.perf_counter() - t:.1f} s")

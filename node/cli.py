@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(p)
     p.add_argument("--host", default=None, help="listen address (overrides node.yaml)")
     p.add_argument("--port", type=int, default=None, help="listen port (overrides node.yaml)")
-    p.set_defaults(handler=_lazy("node.server", "cmd_serve"))
+    p.set_defaults(handler=_lazy("node.serve", "cmd_serve"))
 
     p = sub.add_parser("check", help="fingerprint and classify image files, one JSON line each")
     p.add_argument("images", nargs="+", metavar="IMAGE")

@@ -1,7 +1,7 @@
 """`Node`: everything one running instance holds, in one object — config, store, perceptual indexes,
 policy, inference backend, keys, metrics — plus the hook points later features plug into.
 
-Hook points (all plain attributes, set by an extension's `install(node)` or by tests):
+Hook points (all plain attributes, set by a feature package's `install(node)` or by tests):
   - `node.lookup_peers`: `async (fingerprint, deadline) -> list[(Verdict, signed_document)]`, verified
     peer verdicts for an image we cannot decide yet (federation). `deadline` is `loop.time()`-based.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
@@ -15,12 +15,12 @@ Hook points (all plain attributes, set by an extension's `install(node)` or by t
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
     BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull),
     `unavailable()` and `async close()` fits.
-Extensions listed in `EXTENSIONS` ("module:function") are installed by `Node.open` when the module exists.
+Node.open installs no feature: the composition roots do (node.serve for `serve`, a package's commands for its
+commands), so the core never names a feature.
 """
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import os
@@ -37,9 +37,6 @@ from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 
 log = logging.getLogger("verdict_node")
-
-# Optional modules whose `install(node)` adds features (routes, hooks, background tasks).
-EXTENSIONS: list[str] = ["node.federation:install", "node.workers:install"]
 
 PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
@@ -146,9 +143,9 @@ class Node:
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: NodeConfig, *, load_model: bool = True, extensions: Sequence[str] | None = None) -> "Node":
+    def open(cls, config: NodeConfig, *, load_model: bool = True) -> "Node":
         """Open the data directory: keys (created for a new data directory only, see node.datadir), database,
-        peers, classifier, extensions."""
+        peers, classifier. Features are installed by the caller (node.serve.open_serving_node)."""
         identity = open_identity(config)
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
@@ -158,24 +155,7 @@ class Node:
                         problem.rstrip("."), config.classifier.model, config.pictrs.on_unavailable)
         node = cls(config, Store(config.database_path), backend=backend, backend_problem=problem, peers=peers,
                    ed25519_key=identity.ed25519, rsa_key=identity.rsa)
-        for spec in (EXTENSIONS if extensions is None else extensions):
-            node.install_extension(spec)
         return node
-
-    def install_extension(self, spec: str) -> bool:
-        """Import "module:function" and call it with this node; a module that does not exist is skipped."""
-        module_name, _, function = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name == module_name:
-                return False
-            raise
-        install = getattr(module, function or "install", None)
-        if install is None:
-            return False
-        install(self)
-        return True
 
     def _load_indexes(self) -> None:
         self._synced_rowid = self.store.max_verdict_rowid()
@@ -228,7 +208,7 @@ class Node:
         self.metrics.index_size.labels("phash64").set(len(self.phash_index))
         self.metrics.index_size.labels("pdq256").set(len(self.pdq_index))
 
-    # -- state changes used by the pipeline and extensions ---------------------------------------
+    # -- state changes used by the pipeline and features -----------------------------------------
 
     @property
     def actor_id(self) -> str:
@@ -290,7 +270,7 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start background work: periodic flush of decision rows and the extensions' tasks."""
+        """Start background work: periodic flush of decision rows and the features' tasks."""
         if self._started:
             return
         self._started = True

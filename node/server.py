@@ -2,39 +2,28 @@
 and metrics. Handlers stay thin: authentication and body handling here, every decision in the Pipeline.
 
 More routes (federation: /actor, /inbox, ...) are added by functions in `node.app_setups`, which
-`build_app` calls with the application and the node.
+`build_app` calls with the application and the node. Running it (`verdict-node serve`) is node.serve.
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import hmac
 import ipaddress
-import json
 import logging
-import sys
 import time
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from node.config import ConfigError, NodeConfig
-from node.datadir import pictrs_urls, resolve_config
+from node.config import NodeConfig
 from node.http_limits import DeadlineAppRunner, Deadlines
 from node.metrics import CONTENT_TYPE
-from node.runtime import Node, on_stop_signals
-from node.store import SchemaTooNew
-from node.web import refusal_middleware
+from node.runtime import Node
+from node.web import Refusal, json_response, refusal_middleware
 
 log = logging.getLogger("verdict_node.server")
 
 IPADDR = "IPADDR"
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json")
 
 
 class Guard:
@@ -56,8 +45,8 @@ class Guard:
                 return forwarded.split(",")[-1].strip()
         return request.remote
 
-    def check(self, request: web.Request, token: str) -> web.Response | None:
-        """None when allowed, else the refusal: 401 for an unknown token, 403 for an address not allowed."""
+    def check(self, request: web.Request, token: str) -> None:
+        """Refusal 401 for an unknown token, 403 for an address not allowed."""
         if token == IPADDR:
             ip = self.caller_ip(request)
             try:
@@ -67,46 +56,47 @@ class Guard:
             if address is not None and getattr(address, "ipv4_mapped", None):
                 address = address.ipv4_mapped
             if address is None or not any(address in net for net in self.networks):
-                return _json({"message": f"address {ip} is not in pictrs.allowed_ips"}, 403)
-            return None
+                raise Refusal(403, f"address {ip} is not in pictrs.allowed_ips")
+            return
         given = token.encode()
         ok = False
         for expected in self.tokens:
             ok |= hmac.compare_digest(given, expected)
-        return None if ok else _json({"message": "unknown token"}, 401)
+        if not ok:
+            raise Refusal(401, "unknown token")
 
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
 GUARD_KEY: web.AppKey[Guard] = web.AppKey("guard", Guard)
 
 
-def _too_large(max_bytes: int) -> web.Response:
-    return _json({"message": f"body larger than media.max_bytes ({max_bytes})"}, 413)
+def _too_large(max_bytes: int) -> Refusal:
+    return Refusal(413, f"body larger than media.max_bytes ({max_bytes})")
 
 
 # pictrs-safety's form has one part, 'file'; a few more leave room for clients that add a field or two.
 MAX_MULTIPART_PARTS = 8
 
 
-async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
+async def _read_image(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
     """The image bytes: a raw body (pict-rs) or the multipart field `file` (pictrs-safety's form)."""
     if request.content_length is not None and request.content_length > max_bytes:
-        return _too_large(max_bytes)
+        raise _too_large(max_bytes)
     content_type = request.content_type
     try:
         if content_type == "multipart/form-data":
             return await _read_multipart_file(request, max_bytes)
         data = await request.read()
         if len(data) > max_bytes:  # chunked bodies have no Content-Length to refuse early
-            return _too_large(max_bytes)
+            raise _too_large(max_bytes)
         return data, (content_type if request.headers.get("Content-Type") else None)
     except web.HTTPRequestEntityTooLarge:
-        return _too_large(max_bytes)
+        raise _too_large(max_bytes) from None
     except (ValueError, AssertionError, HttpProcessingError) as e:  # malformed multipart
-        return _json({"message": f"malformed body: {e}"}, 400)
+        raise Refusal(400, f"malformed body: {e}") from None
 
 
-async def _read_multipart_file(request: web.Request, max_bytes: int) -> tuple[bytes, str | None] | web.Response:
+async def _read_multipart_file(request: web.Request, max_bytes: int) -> tuple[bytes, str | None]:
     """The field `file` of a multipart body, looked for in its first MAX_MULTIPART_PARTS parts, all of them
     together at most `max_bytes`. Every part costs parsing work on the event loop: a body of 100,000 tiny
     parts took many seconds and stalled every other request meanwhile. A part that is itself multipart is
@@ -116,40 +106,34 @@ async def _read_multipart_file(request: web.Request, max_bytes: int) -> tuple[by
     for _ in range(MAX_MULTIPART_PARTS):
         part = await reader.next()
         if part is None:
-            return _json({"message": "multipart body without a 'file' field"}, 400)
+            raise Refusal(400, "multipart body without a 'file' field")
         if not isinstance(part, BodyPartReader):
-            return _json({"message": "multipart body with a nested multipart part: send the image as field 'file'"},
-                         400)
+            raise Refusal(400, "multipart body with a nested multipart part: send the image as field 'file'")
         data = bytearray()
         while chunk := await part.read_chunk(1 << 16):
             left -= len(chunk)
             if left < 0:
-                return _too_large(max_bytes)
+                raise _too_large(max_bytes)
             if part.name == "file":
                 data += chunk
         if part.name == "file":
             return bytes(data), part.headers.get("Content-Type")
-    return _json({"message": f"multipart body without a 'file' field in its first {MAX_MULTIPART_PARTS} parts"}, 400)
+    raise Refusal(400, f"multipart body without a 'file' field in its first {MAX_MULTIPART_PARTS} parts")
 
 
 async def validate(request: web.Request) -> web.Response:
     """POST /pictrs/validate/{token} and /api/v1/scan/{token}: 200 accept, 406 reject."""
     node = request.app[NODE_KEY]
     started = time.perf_counter()
-    refusal = request.app[GUARD_KEY].check(request, request.match_info["token"])
-    if refusal is not None:
-        return refusal
-    body = await _read_image(request, node.config.media.max_bytes)
-    if isinstance(body, web.Response):
-        return body
-    data, media_type = body
+    request.app[GUARD_KEY].check(request, request.match_info["token"])
+    data, media_type = await _read_image(request, node.config.media.max_bytes)
     result = await node.pipeline.check(data, source="pictrs", media_type=media_type)
     node.metrics.validate_seconds.observe(time.perf_counter() - started)
-    return _json(result.as_json(), 200 if result.decision == "accept" else 406)
+    return json_response(result.as_json(), 200 if result.decision == "accept" else 406)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json(request.app[NODE_KEY].health())
+    return json_response(request.app[NODE_KEY].health())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -186,46 +170,3 @@ def app_runner(node: Node, **kwargs: Any) -> web.AppRunner:
     """The runner of `build_app(node)`: its connections keep node.yaml's request deadlines (node.http_limits:
     slow clients are cut off instead of holding connections). `kwargs` go to web.AppRunner."""
     return DeadlineAppRunner(build_app(node), deadlines=Deadlines.of(node.config), **kwargs)
-
-
-async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
-    runner = app_runner(node, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
-    await site.start()
-    stop = asyncio.Event()
-    on_stop_signals(stop.set)
-    log.info("listening on http://%s:%d (actor %s)", host, port, node.actor_id)
-    if ready is not None:
-        ready.set()
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = resolve_config(args.config)
-        default_url = f"http://{config.listen.host}:{config.listen.port}"
-        if getattr(args, "host", None):
-            config.listen.host = args.host
-        if getattr(args, "port", None):
-            config.listen.port = args.port
-        if config.node.url == default_url:  # never set by the admin: follow the overrides
-            config.node.url = f"http://{config.listen.host}:{config.listen.port}"
-        node = Node.open(config)
-    except (ConfigError, SchemaTooNew) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    urls = pictrs_urls(config)
-    log.info("pict-rs: PICTRS__MEDIA__EXTERNAL_VALIDATION=%s", urls[0])
-    try:
-        asyncio.run(serve(node, config.listen.host, config.listen.port))
-    except OSError as e:
-        print(f"error: cannot listen on {config.listen.host}:{config.listen.port}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    return 0

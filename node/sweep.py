@@ -439,26 +439,21 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
 def open_node(config_path: str | None, *, load_model: bool) -> Any:
     """The node a command works with: same data directory, verdicts and keys as `serve`. Peer lookups are
     installed when configured; delivery is left to `serve` (it publishes our new verdicts from the store)."""
+    from node import federation, workers
     from node.datadir import resolve_config
     from node.runtime import Node
 
     config = resolve_config(config_path)
-    extensions = ["node.federation:install"] if config.federation.lookup_peers and load_model else []
+    node = Node.open(config, load_model=load_model)
     if load_model:
-        extensions.append("node.workers:install_submitter")  # workers.enabled: share serve's worker queue
-    node = Node.open(config, load_model=load_model, extensions=extensions)
+        if config.federation.lookup_peers:
+            federation.install(node)
+        workers.install_submitter(node)  # workers.enabled: share serve's worker queue
     node.background.clear()
     return node
 
 
 async def close_node(node: Any) -> None:
-    federation = getattr(node, "federation", None)
-    client = getattr(federation, "client", None)
-    if client is not None and hasattr(client, "close"):
-        try:
-            await client.close()
-        except Exception:  # noqa: BLE001
-            pass
     await node.close()
 
 

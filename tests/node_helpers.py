@@ -86,12 +86,13 @@ def validate_url(config: NodeConfig, base_url: str | None = None) -> str:
 
 @contextlib.asynccontextmanager
 async def running_node(config: NodeConfig, **open_kwargs: Any) -> AsyncIterator[tuple[Any, str]]:
-    """Node.open + build_app on 127.0.0.1:<config.listen.port>, with serve's runner (request deadlines);
-    yields (node, base_url); cleans up (which closes the node: pending rows written)."""
-    from node.runtime import Node
+    """The node as `serve` opens it (features installed) on 127.0.0.1:<config.listen.port>, with serve's
+    runner (request deadlines); yields (node, base_url); cleans up (which closes the node: pending rows
+    written)."""
+    from node.serve import open_serving_node
     from node.server import app_runner
 
-    node = Node.open(config, **open_kwargs)
+    node = open_serving_node(config, **open_kwargs)
     runner = app_runner(node, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", config.listen.port)

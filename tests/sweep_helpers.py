@@ -35,7 +35,7 @@ def write_tree(root: Path, items: dict[str, bytes]) -> None:
 
 
 async def with_node(config: Any, body: Callable[[Node], Awaitable[Any]]) -> Any:
-    node = Node.open(config, extensions=())
+    node = Node.open(config)
     try:
         return await body(node)
     finally:

@@ -28,7 +28,7 @@ def with_exif(jpeg: bytes) -> bytes:
 
 
 async def _with_node(config, body):
-    node = Node.open(config, extensions=())
+    node = Node.open(config)
     await node.start()
     try:
         return await body(node)

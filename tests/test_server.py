@@ -152,10 +152,10 @@ def test_ipv6_loopback_caller_is_allowed(tmp_path):
     async def body():
         from aiohttp import web
 
-        from node.runtime import Node
+        from node.serve import open_serving_node
         from node.server import build_app
 
-        node = Node.open(config)
+        node = open_serving_node(config)
         runner = web.AppRunner(build_app(node))
         await runner.setup()
         await web.TCPSite(runner, "::1", config.listen.port).start()

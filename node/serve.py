@@ -1,0 +1,75 @@
+"""`verdict-node serve`: the composition root of a serving node. It opens the data directory, installs the
+features a serving node has (federation, remote workers) and runs the HTTP application until SIGTERM.
+
+This is one of the few places that may name feature packages: the core never does, and features never
+name each other (tests/test_import_rules.py holds that).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from node import federation, workers
+from node.config import NodeConfig
+from node.datadir import pictrs_urls, resolve_config
+from node.runtime import Node, on_stop_signals
+from node.server import app_runner
+from node.store import SchemaTooNew
+
+log = logging.getLogger("verdict_node.server")
+
+
+def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
+    """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups) and, with
+    ``workers.enabled``, the remote worker queue."""
+    node = Node.open(config, load_model=load_model)
+    federation.install(node)
+    workers.install(node)
+    return node
+
+
+async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
+    runner = app_runner(node, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    on_stop_signals(stop.set)
+    log.info("listening on http://%s:%d (actor %s)", host, port, node.actor_id)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = resolve_config(args.config)
+    try:
+        default_url = f"http://{config.listen.host}:{config.listen.port}"
+        if getattr(args, "host", None):
+            config.listen.host = args.host
+        if getattr(args, "port", None):
+            config.listen.port = args.port
+        if config.node.url == default_url:  # never set by the admin: follow the overrides
+            config.node.url = f"http://{config.listen.host}:{config.listen.port}"
+        node = open_serving_node(config)
+    except SchemaTooNew as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    urls = pictrs_urls(config)
+    log.info("pict-rs: PICTRS__MEDIA__EXTERNAL_VALIDATION=%s", urls[0])
+    try:
+        asyncio.run(serve(node, config.listen.host, config.listen.port))
+    except OSError as e:
+        print(f"error: cannot listen on {config.listen.host}:{config.listen.port}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
