@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from node.config import is_model_none
-from node.policy import Candidate, Decision, decide, label_for
+from node.policy import Candidate, Decision, PolicyConfig, decide, label_for
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
@@ -99,11 +99,30 @@ class _Work:
     media_format: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """An exact-key decision, valid while the store's verdicts (``generation``) and the policy are the ones
+    it was made with."""
+
+    generation: int
+    policy: PolicyConfig
+    outcome: str
+    reason: str
+    source: Source
+    verdict_ids: tuple[str, ...]
+    scores: dict[str, float] | None
+    match: str
+    pixel_sha256: str | None
+
+    def valid_for(self, generation: int, policy: PolicyConfig) -> bool:
+        return self.generation == generation and self.policy is policy
+
+
 class Pipeline:
     def __init__(self, node: "Node") -> None:
         self.node = node
         self._inflight: dict[str, asyncio.Task] = {}
-        self._memo: dict[str, tuple] = {}
+        self._memo: dict[str, _Memo] = {}
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -141,12 +160,11 @@ class Pipeline:
 
         # 0. the same bytes decided a moment ago, with the same verdicts and policy: same answer.
         memo = self._memo.get(work.sha256)
-        if memo is not None and memo[0] == node.store.generation and memo[1] is node.policy:
-            _, _, outcome, reason, source, verdict_ids, scores, match, pixel = memo
-            work.pixel_sha256 = pixel
-            node.metrics.child(node.metrics.cache_hits, source, match).inc()
-            return self._result(work, self._answer(outcome), outcome, reason, source, verdict_ids=verdict_ids,
-                                scores=scores)
+        if memo is not None and memo.valid_for(node.store.generation, node.policy):
+            work.pixel_sha256 = memo.pixel_sha256
+            node.metrics.child(node.metrics.cache_hits, memo.source, memo.match).inc()
+            return self._result(work, self._answer(memo.outcome), memo.outcome, memo.reason, memo.source,
+                                verdict_ids=memo.verdict_ids, scores=memo.scores)
 
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
         #    need no pixel key: the store knows it from our verdict.
@@ -197,9 +215,7 @@ class Pipeline:
 
         # 4b. bytes the admin released as a false positive (`verdict-node release`): not classified (and
         #     published) again; sweeps check the same overrides.
-        from node.sweep_records import released
-
-        if released(node.store, work.sha256, work.fingerprint.pixel_sha256):
+        if node.store.released(work.sha256, work.fingerprint.pixel_sha256):
             return self._result(work, "accept", "allow", "released as a false positive by the admin", "cache")
 
         # 5. our own scores: an earlier own verdict of the current model, or inference now.
@@ -318,8 +334,8 @@ class Pipeline:
             self._memo.clear()  # simple and bounded; re-filled by the next requests
         matches = _matches(work, result.verdict_ids)
         match = next((m for m in ("sha256", "pixel_sha256") if m in matches), "sha256")
-        self._memo[work.sha256] = (self.node.store.generation, self.node.policy, result.outcome, result.reason,
-                                   result.source, result.verdict_ids, result.scores, match, work.pixel_sha256)
+        self._memo[work.sha256] = _Memo(self.node.store.generation, self.node.policy, result.outcome, result.reason,
+                                        result.source, result.verdict_ids, result.scores, match, work.pixel_sha256)
 
     def _forget(self, key: str, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:

@@ -478,6 +478,14 @@ class Store:
         self.generation += 1
         return int(row[0])
 
+    def released(self, sha256: str, pixel_sha256: str | None) -> bool:
+        """True when the admin released these bytes (or these pixels) as a false positive: the pict-rs hook
+        asks this before inference, so a released image is not classified and published again. (The
+        overrides table is written by `verdict-node release`.)"""
+        return self.conn.execute(
+            "SELECT 1 FROM sweep_overrides WHERE sha256 IN (?1, ?2) OR pixel_sha256 IN (?1, ?2) LIMIT 1",
+            (sha256, pixel_sha256 or sha256)).fetchone() is not None
+
     def own_models(self) -> set[tuple[str, str]]:
         """(name, rules) of every model behind our own verdicts: their scores stay comparable with our
         thresholds even while that model is not loaded (weights missing, classifier none)."""
