@@ -28,7 +28,8 @@ if __package__ in (None, ""):
 from PIL import Image  # noqa: E402
 
 from scanners import rules  # noqa: E402
-from scanners.classifier import Classification, load_classifier  # noqa: E402
+from scanners.classifier import Classification  # noqa: E402
+from scanners.models import load_classifier  # noqa: E402
 from scanners.clip import ClipClassifier  # noqa: E402
 
 SEED_THREADS = 10

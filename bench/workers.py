@@ -118,7 +118,7 @@ async def compare(workdir: Path, spec: str, frames: list[Image.Image], batch: in
                   encoding: str, rounds: int, label: str) -> dict:
     """Local BatchingClassifier vs the worker path with each worker count, alternating, best of rounds."""
     from scanners.batching import BatchingClassifier
-    from scanners.classifier import load_classifier
+    from scanners.models import load_classifier
 
     config = make_data_dir(workdir / f"node-{label}", model="none",
                            workers={"enabled": True, "model": spec, "max_queue": 100_000,

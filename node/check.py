@@ -16,7 +16,8 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from node.policy import Thresholds, blocks
-from scanners.classifier import ModelUnavailable, load_classifier, merge_frames
+from scanners.classifier import ModelUnavailable, merge_frames
+from scanners.models import load_classifier
 from scanners.fingerprint import fingerprint
 from scanners.media import decode
 

@@ -6,16 +6,17 @@ node without torch installed can still answer `peers list`.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from typing import Callable
+
+from node.config import ConfigError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _lazy(module: str, function: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
-        import importlib
-
         return getattr(importlib.import_module(module), function)(args)
 
     return handler
@@ -183,8 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A configuration problem (node.yaml, peers.yaml, keys, the data directory) is one
     line on stderr and exit code 2, whichever command met it."""
-    from node.config import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)

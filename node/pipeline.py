@@ -25,6 +25,7 @@ from node.policy import Candidate, Decision, PolicyConfig, decide, label_for
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
+from scanners.batching import QueueFull
 from scanners.classifier import Classification
 from scanners.media import decode
 
@@ -345,8 +346,6 @@ class Pipeline:
 
     async def _infer(self, fp: Fingerprint | None, frames: list[Any]) -> _Inference:
         """Classify, sign, store, index, publish: runs to the end even if every caller stopped waiting."""
-        from scanners.batching import QueueFull
-
         node = self.node
         backend = node.backend
         assert fp is not None and backend is not None

@@ -32,9 +32,14 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers
 from node.datadir import open_identity
 from node.policy import policy_config_of
+from node.index import HammingIndex
 from node.metrics import Metrics
+from node.pipeline import Pipeline
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
+from scanners.batching import BatchingClassifier
+from scanners.classifier import ModelUnavailable
+from scanners.models import load_classifier
 
 log = logging.getLogger("verdict_node")
 
@@ -92,9 +97,6 @@ def load_backend(section: ClassifierSection) -> tuple[InferenceBackend | None, s
     from known verdicts, and unknown images follow on_unavailable."""
     if is_model_none(section.model):
         return None, "classifier.model is none"
-    from scanners.batching import BatchingClassifier
-    from scanners.classifier import ModelUnavailable, load_classifier
-
     try:
         classifier = load_classifier(section.model, device=section.device, batch_size=section.batch_size,
                                      cache_dir=section.cache_dir)
@@ -108,8 +110,6 @@ class Node:
     def __init__(self, config: NodeConfig, store: Store, *, backend: InferenceBackend | None = None,
                  backend_problem: str | None = None, peers: Sequence[PeerEntry] = (),
                  ed25519_key: Any = None, rsa_key: Any = None) -> None:
-        from node.index import HammingIndex
-
         self.config = config
         self.store = store
         # The flush loop writes decision rows in the background; a synchronous flush on the event loop
@@ -136,8 +136,6 @@ class Node:
         self._started = False
         self.set_backend(backend, backend_problem)
         self._load_indexes()
-        from node.pipeline import Pipeline
-
         self.pipeline = Pipeline(self)
 
     # -- construction ----------------------------------------------------------------------------

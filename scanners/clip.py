@@ -46,7 +46,7 @@ def default_cache_dir() -> Path:
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` picks cuda (which also covers ROCm builds of torch), then mps, then cpu."""
-    import torch
+    import torch  # heavy: torch loads only when a CLIP backend runs
 
     if device != "auto":
         return device
@@ -67,7 +67,7 @@ def _usable_cores() -> int:
 
 def _limit_cpu_threads() -> None:
     """torch may see the host's cores inside a container; use only the cores this process may run on."""
-    import torch
+    import torch  # heavy: torch loads only when a CLIP backend runs
 
     usable = _usable_cores()
     if torch.get_num_threads() > usable:
@@ -105,7 +105,7 @@ _HOW_TO_PROVIDE = (
 
 def _hf_cache_location() -> str:
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # heavy: huggingface_hub (open_clip's hub client)
 
         return str(constants.HF_HUB_CACHE)
     except Exception:  # pragma: no cover - huggingface_hub is an open_clip dependency
@@ -194,7 +194,7 @@ def _config_name(config_path: Path) -> str:
 
 
 def _find_in_hf_cache(cfg: dict[str, Any], hub_caches: Sequence[str]) -> tuple[str | None, str]:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: huggingface_hub
 
     hub = cfg.get("hf_hub", "")
     if not hub:
@@ -218,7 +218,7 @@ class ClipClassifier:
 
     def __init__(self, model: Any, preprocess: Any, text_embeddings: Any, model_info, device: str,
                  batch_size: int = 32) -> None:
-        import torch
+        import torch  # heavy: torch loads only when a CLIP backend runs
 
         self.model = model_info
         self.max_batch = batch_size
@@ -239,7 +239,7 @@ class ClipClassifier:
         os.environ["HF_HUB_OFFLINE"] = "1"  # belt and braces: nothing below may reach a hub
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         source = resolve_source(spec, cache)
-        import torch
+        import torch  # heavy: torch loads only when a CLIP backend runs
 
         open_clip = import_open_clip()
         device = resolve_device(device)
@@ -274,7 +274,7 @@ class ClipClassifier:
     def preprocess_batch(self, frames: Sequence[Image.Image]):
         """The model's own transforms, spread over the usable cores: PIL's resize releases the GIL, and
         without this the cores idle while one thread resizes a batch."""
-        import torch
+        import torch  # heavy: torch loads only when a CLIP backend runs
 
         if len(frames) < 2 or self._pool is None:
             return torch.stack([self._preprocess_one(f) for f in frames])
@@ -282,7 +282,7 @@ class ClipClassifier:
 
     def encode_images(self, frames: Sequence[Image.Image]):
         """L2-normalised fp32 image embeddings, one row per frame."""
-        import torch
+        import torch  # heavy: torch loads only when a CLIP backend runs
 
         rows = []
         with torch.inference_mode():
@@ -294,7 +294,7 @@ class ClipClassifier:
 
     def similarities(self, frames: Sequence[Image.Image]) -> np.ndarray:
         """Cosine similarity of every frame with every rule text: shape (frames, len(rules.TEXTS))."""
-        import torch
+        import torch  # heavy: torch loads only when a CLIP backend runs
 
         with torch.inference_mode():
             return (self.encode_images(frames) @ self.text_embeddings.T).cpu().numpy()
@@ -311,7 +311,7 @@ class ClipClassifier:
 
 def encode_texts(model: Any, tokenizer: Any, device: str, texts: Sequence[str]) -> np.ndarray:
     """L2-normalised fp32 text embeddings, one row per text."""
-    import torch
+    import torch  # heavy: torch loads only when a CLIP backend runs
 
     rows = []
     with torch.inference_mode():

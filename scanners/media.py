@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 
 __all__ = [
@@ -463,15 +464,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if mode == "RGB":
         return im
     if mode.startswith("I;16") or mode == "I":
-        import numpy as np
-
         arr = np.asarray(im.convert("I") if mode != "I" else im, dtype=np.int64)
         peak = 65535 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
         grey = Image.fromarray((np.clip(arr, 0, peak) * 255 // peak).astype(np.uint8), "L")
         return grey.convert("RGB")
     if mode == "F":
-        import numpy as np
-
         arr = np.asarray(im, dtype=np.float32)
         grey = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
         return grey.convert("RGB")

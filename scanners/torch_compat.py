@@ -16,7 +16,7 @@ _MISSING_OP = "torchvision::nms does not exist"
 
 
 def _declare_torchvision_op_schemas() -> None:
-    import torch
+    import torch  # heavy: torch, only for a CLIP backend
 
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
@@ -28,7 +28,7 @@ def _declare_torchvision_op_schemas() -> None:
 def import_open_clip() -> ModuleType:
     """Return the open_clip module, repairing torchvision's import on CPU-only torch if needed."""
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401 - heavy: torchvision, only for a CLIP backend
     except RuntimeError as exc:
         if _MISSING_OP not in str(exc):
             raise

@@ -13,7 +13,8 @@ from PIL import Image
 
 from scanners import rules
 from scanners.batching import BatcherClosed, BatchingClassifier, QueueFull
-from scanners.classifier import Classification, ModelUnavailable, load_classifier, merge_frames
+from scanners.classifier import Classification, ModelUnavailable, merge_frames
+from scanners.models import load_classifier
 from scanners.clip import ClipClassifier, resolve_device, resolve_source, text_cache_path
 from tests.images import photo_image, photo_names
 from tests.tiny_clip import make_tiny_clip_dir, tiny_clip_spec  # noqa: F401 (fixture)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from scanners.classifier import Classifier, ModelUnavailable, load_classifier
+from scanners.classifier import Classifier, ModelUnavailable
+from scanners.models import load_classifier
 from scanners.opennsfw import MODEL_ENV_VAR
 from tests.images import photo_image, photo_names
 

@@ -43,7 +43,7 @@ def spec(workdir) -> str:
 
 @pytest.fixture(scope="module")
 def classifier(spec):
-    from scanners.classifier import load_classifier
+    from scanners.models import load_classifier
 
     return load_classifier(spec, device="cpu", batch_size=32)
 

@@ -23,7 +23,8 @@ from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 from scanners import rules
 from scanners.batching import QueueFull
-from scanners.classifier import OPEN_NSFW_SPEC, Classification, ModelUnavailable, load_classifier
+from scanners.classifier import OPEN_NSFW_SPEC, Classification, ModelUnavailable
+from scanners.models import load_classifier
 from scanners.clip import LOCAL_DIR_PREFIX, resolve_source
 
 log = logging.getLogger("verdict_node.workers")

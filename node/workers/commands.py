@@ -17,7 +17,8 @@ from node.store import Store
 from node.workers.client import EXIT_ERROR, TOKEN_ENV, Refused, Worker
 from node.workers.registry import WorkerRegistry
 from node.workers.wire import describe_model, model_to_json
-from scanners.classifier import ModelUnavailable, load_classifier
+from scanners.classifier import ModelUnavailable
+from scanners.models import load_classifier
 
 
 def _read_token(args: argparse.Namespace) -> str | None:
