@@ -1,7 +1,8 @@
 """In-memory near-duplicate index over perceptual hashes (pHash-64, PDQ-256): exact Hamming radius search.
 
 Why multi-index hashing (Norouzi et al.) and not a scan: a numpy scan of 10M 64-bit codes costs ~25-35 ms a
-query (reference/feasibility.md section 3), too slow for the pict-rs hook, and faiss is a dependency we avoid.
+query (bench/index.py measures it beside this index), too slow for the pict-rs hook, and faiss is a dependency
+we avoid.
 
 How. Each code is cut into ``m`` disjoint substrings (chunks; a chunk never spans a 64-bit word). By pigeonhole,
 a code within distance ``r`` of the query differs in at most ``r // m`` bits in at least one chunk. Per chunk we

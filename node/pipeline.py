@@ -1,4 +1,4 @@
-"""One image in, one decision out: the flow of DESIGN.md, without HTTP (pict-rs hook, sweeps and
+"""One image in, one decision out (docs/architecture.md draws the flow), without HTTP (pict-rs hook, sweeps and
 `check` all call `Pipeline.check`).
 
     bytes -> exact keys (no decode) -> stored verdicts -> policy

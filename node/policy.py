@@ -4,7 +4,7 @@ Pure: no I/O, no clock, no globals. The caller (node/pipeline.py) finds the cand
 drops retracted and superseded ones, and passes them in with how each matched; this module only decides, and
 says why in one human-readable line.
 
-The rules, and why (DESIGN.md "Decisions that matter"):
+The rules, and why:
 
 * **Any trusted block blocks.** A false negative (CSAM stored and served) is the worse error, so own inference,
   an own verdict or a trusted peer's verdict that blocks under our thresholds wins over every safe signal,
@@ -13,8 +13,8 @@ The rules, and why (DESIGN.md "Decisions that matter"):
   (pHash <= 8 of 64, PDQ <= 31 of 256). A safe verdict counts only on an exact key, because a perceptual hash
   can be shaped by an attacker to collide with a known-safe image. Admins may opt in
   (``reuse_safe_perceptual``) with tighter distances: pHash <= 2, PDQ <= 10 by default. Those defaults sit
-  where re-encodes and resizes land (PDQ: JPEG q30 -> 2, 50 % resize -> 14; pHash: 0 for both, see
-  reference/feasibility.md section 3) while staying far from the block radii.
+  where re-encodes and resizes land (measured on photos: PDQ moves 2 bits for a JPEG q30 re-encode and 14 for
+  a 50 % resize; pHash 0 for both) while staying far from the block radii.
 * **Safe means "vouches for every category we block on".** A verdict (or own inference) is safe only if it
   carries a finite score for every category with a threshold and all are below it: a verdict without ``csam``
   (e.g. from open_nsfw) cannot say an image is not CSAM. Non-finite scores count as missing.

@@ -3,8 +3,8 @@ parser for what arrives in its inbox.
 
 The actor is an ``Application`` that manually approves followers (only trusted peers receive verdicts). It
 publishes the RSA key for HTTP Signatures under ``publicKey`` and the Ed25519 key for verdict proofs as a
-Multikey under ``assertionMethod``, with the contexts Fedify needs to read them
-(reference/interop-notes.md). Verdicts travel inside Create (new), Update (superseding), Delete
+Multikey under ``assertionMethod``, with the contexts Fedify needs to read them (the Multikey and security
+contexts; tests/test_interop_fedify.py checks that Fedify does). Verdicts travel inside Create (new), Update (superseding), Delete
 (retraction, as a Tombstone) and Announce (relay of other issuers' signed verdicts).
 
 ``parse_activity`` checks structure only; the caller then verifies HTTP signatures and every verdict's

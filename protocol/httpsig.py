@@ -3,9 +3,9 @@ and sign for tests and for peers that knock with it first).
 
 We sign the way Mastodon does (``rsa-sha256`` over ``(request-target) host date digest``,
 ``keyId=<actor>#main-key``, ``Digest: SHA-256=...``), because every fediverse server verifies that. We verify
-with Mastodon's acceptance rules, so a request our node accepts would also be accepted by Mastodon
-(reference/anchors.md §4.2), and we take the covered headers from the signature itself, because Fedify
-and Lemmy sign more headers than Mastodon (reference/interop-notes.md).
+with Mastodon's acceptance rules (a Date within about an hour, a matching Digest, the signed headers
+present), so a request our node accepts would also be accepted by Mastodon, and we take the covered headers
+from the signature itself, because Fedify and Lemmy sign more headers than Mastodon.
 
 The module is pure: ``parse_signature`` reads the headers, the caller fetches the key for
 ``params.key_id`` (network, cache, pin), then ``verify_request`` checks everything. ``now`` is injectable.

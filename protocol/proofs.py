@@ -7,7 +7,7 @@ peer relays, caches or audits it; HTTP signatures only authenticate one hop.
                  || SHA256(JCS(document without proof))
     proofValue = "z" + base58btc(Ed25519.sign(hash_data))
 
-Interop choices (reference/interop-notes.md): ``created`` is written YYYY-MM-DDTHH:MM:SSZ because Fedify
+Interop choices (checked against Fedify in tests/test_interop_fedify.py): ``created`` is written YYYY-MM-DDTHH:MM:SSZ because Fedify
 rebuilds it before hashing and rejects "+00:00"; the proof repeats the document's ``@context`` because
 Fedify rebuilds the proof options with it and the W3C vectors do the same; on verification ``signature``
 (an RsaSignature2017 that Fedify adds after the proof) is removed along with ``proof``.

@@ -1,6 +1,6 @@
 """Fingerprint and Verdict: what one node says about one image.
 
-A verdict carries scores, not only a label: every receiver applies its own thresholds (DESIGN.md).
+A verdict carries scores, not only a label: every receiver applies its own thresholds to them.
 
 Wire form: an ActivityStreams object of type ``Verdict`` whose own terms live under
 https://verdict-node.org/ns# (inline context, so no peer has to fetch a context document), signed by its

@@ -59,7 +59,7 @@ def candidate(issuer: str, scores: Mapping[str, float], match: str = "sha256", d
 MATCHES = [("sha256", 0), ("pixel_sha256", 0),
            ("phash64", 0), ("phash64", 2), ("phash64", 3), ("phash64", 8), ("phash64", 9),
            ("pdq256", 0), ("pdq256", 10), ("pdq256", 11), ("pdq256", 31), ("pdq256", 32)]
-# within (block radius, safe radius) for each perceptual kind, from DESIGN.md and the policy defaults
+# within (block radius, safe radius) for each perceptual kind, from the policy defaults
 WITHIN_BLOCK = {("phash64", d): d <= 8 for d in range(65)} | {("pdq256", d): d <= 31 for d in range(257)}
 WITHIN_SAFE = {("phash64", d): d <= 2 for d in range(65)} | {("pdq256", d): d <= 10 for d in range(257)}
 TABLE = list(itertools.product([OWN, FULL, BLOCK_ONLY, OBSERVE, STRANGER], MATCHES, ["block", "safe"],

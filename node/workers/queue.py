@@ -1,6 +1,6 @@
 """Remote GPU workers, the job queue: jobs waiting for scores, leased to workers (pure asyncio; no I/O).
 
-Why leases (fedi-safety/pictrs-safety's flaws, reference/seeds.md §1.6 and §2): a job popped by a worker that
+Why leases: in the tools this replaces (fedi-safety's worker and pictrs-safety), a job popped by a worker that
 then died stayed PROCESSING forever. Here jobs are *leased* for `lease_timeout_s`; every request of the worker
 (its long poll is the heartbeat) extends its leases, and a lease that runs out puts its jobs back at the head
 of the queue for another worker. A result for a lease that has expired or that belongs to someone else is

@@ -1,5 +1,5 @@
 """Remote GPU workers: who may connect. The node keeps one token per worker and stores only its sha256
-(fedi-safety/pictrs-safety shared one key among all workers, reference/seeds.md §1.6 and §2), so
+(fedi-safety and pictrs-safety shared one key among all workers, so removing one meant re-keying all), so
 `workers remove` deletes one worker and its very next request gets 401. The rows live in the node's store,
 so `verdict-node workers add|list|remove` (here too: it only manages this table) works on a running node's
 data directory, and each row is the per-worker view `workers list` shows (last contact, leased jobs,
