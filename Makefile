@@ -15,12 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(VENV)/bin/verdict-node serve
 
-# The SSH source tests run a real sshd on loopback; install it when it is missing and we may.
+# Tests run real servers: sshd (SSH source), PostgreSQL (Lemmy/Mastodon attribution) and Chromium with
+# ChromeDriver (the review console). Install what is missing when we run as root; otherwise say what to install.
 system-deps:
-	@if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then \
+	@missing=""; \
+	command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server) >/dev/null; \
-	  else echo "openssh-server is needed for the SSH tests: sudo apt-get install openssh-server"; exit 1; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null; \
+	  else echo "the tests need:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
 # Fedify (npm) is the independent ActivityPub peer of tests/test_interop_fedify.py; pinned by package-lock.json.
