@@ -264,6 +264,12 @@ class MediaSection:
     max_pixels: int = setting(64_000_000, "Largest decoded image in pixels (width x height), against decompression bombs.",
                               min=1)
     max_frames: int = setting(8, "Frames sampled from an animated image (scores are the max over them).", min=1, max=256)
+    on_trailing_data: Literal["accept", "reject"] = setting(
+        "accept", "Data after the image's end marker (a ZIP glued to a JPEG; also phones' motion photos, which append\n"
+                  "a video): accept, or reject the upload when more than max_trailing_bytes follow the image. The\n"
+                  "flag and its size are in every answer and decision record either way; sweeps are not affected.")
+    max_trailing_bytes: int = setting(0, "With on_trailing_data: reject, trailing bytes allowed before the upload is\n"
+                                         "rejected (0: any trailing data).", min=0)
 
 
 MODEL_NONE = "none"

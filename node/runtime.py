@@ -2,8 +2,9 @@
 policy, inference backend, keys, metrics — plus the hook points later features plug into.
 
 Hook points (all plain attributes, set by a feature package's `install(node)` or by tests):
-  - `node.lookup_peers`: `async (fingerprint, deadline) -> list[(Verdict, signed_document)]`, verified
-    peer verdicts for an image we cannot decide yet (federation). `deadline` is `loop.time()`-based.
+  - `node.lookup_peers`: `async (fingerprint, deadline) -> PeerAnswers`, verified peer verdicts for an image
+    we cannot decide yet, and one line per peer that gave no usable answer (federation). `deadline` is
+    `loop.time()`-based.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
     per new own verdict (federation publishes them to the outbox).
   - `node.app_setups`: `(app: aiohttp.web.Application, node) -> None`, called by `server.build_app` to
@@ -27,6 +28,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers
@@ -43,7 +45,18 @@ from scanners.models import load_classifier
 
 log = logging.getLogger("verdict_node")
 
-PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
+@dataclass(frozen=True)
+class PeerAnswers:
+    """What asking the lookup peers about one image gave: the verified verdicts (with their signed documents)
+    and, per peer that gave no usable answer, one line in our own words (``lookup at https://a.example
+    refused: not a peer of that node``). The lines go into the answer's reason: what a remote server wrote is
+    never quoted there."""
+
+    verdicts: list[tuple[Verdict, dict]]
+    problems: tuple[str, ...] = ()
+
+
+PeerLookup = Callable[[Fingerprint, float], Awaitable[PeerAnswers]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
 AppSetup = Callable[[Any, "Node"], None]
 BackgroundTask = Callable[["Node"], Awaitable[None]]
@@ -231,9 +244,11 @@ class Node:
         self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
                                        own_models=self.store.own_models())
 
-    def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:
-        """Store a verdict and index its perceptual hashes (idempotent). Returns (rowid, inserted_now)."""
-        rowid, inserted = self.store.insert_verdict(verdict, document, own=own)
+    def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool,
+                    origin: str | None = None) -> tuple[int, bool]:
+        """Store a verdict and index its perceptual hashes (idempotent). ``origin``: how it reached us
+        (node.store.VERDICT_ORIGINS). Returns (rowid, inserted_now)."""
+        rowid, inserted = self.store.insert_verdict(verdict, document, own=own, origin=origin)
         if inserted and rowid == self._synced_rowid + 1:
             self._synced_rowid = rowid  # nothing from another process in between: no need to read it back
         if inserted:

@@ -275,7 +275,7 @@ def test_a_slow_lookup_peer_costs_only_its_own_answers(tmp_path):
                 # as node.pipeline calls it: the whole hook is cancelled at the deadline
                 found = await asyncio.wait_for(node_b.lookup_peers(verdict.fingerprint, deadline),
                                                deadline - loop.time())
-                assert [v.id for v, _ in found] == [verdict.id]
+                assert [v.id for v, _ in found.verdicts] == [verdict.id]
         finally:
             await slow.cleanup()
     run(body())
