@@ -13,6 +13,8 @@ Hook points (all plain attributes, set by a feature package's `install(node)` or
     (delivery loops, sweep daemons).
   - `node.features`: the objects feature packages add (``node.features.get(Federation)``), and
     `node.on_close`: coroutines run when the node closes, before the store does.
+  - `node.on_peers_changed`: callbacks `(peers) -> None`, called by `reload_peers` once a new peers.yaml
+    is in force (federation swaps who may read, the key pins and whom to follow).
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
     BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull),
     `unavailable()` and `async close()` fits.
@@ -31,8 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
-from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers
+from node.config import ClassifierSection, ConfigError, NodeConfig, PeerEntry, is_model_none, load_peers
 from node.datadir import open_identity
+from node.peers_file import Signature, signature
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
@@ -60,6 +63,7 @@ PeerLookup = Callable[[Fingerprint, float], Awaitable[PeerAnswers]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
 AppSetup = Callable[[Any, "Node"], None]
 BackgroundTask = Callable[["Node"], Awaitable[None]]
+PeersChanged = Callable[[list[PeerEntry]], None]
 
 
 FeatureT = TypeVar("FeatureT")
@@ -97,8 +101,17 @@ class InferenceBackend(Protocol):
 def on_stop_signals(callback: Callable[[], Any]) -> None:
     """Call ``callback`` on SIGTERM and SIGINT, so `serve` and `scan` shut down cleanly (flushing writes,
     saving cursors) instead of dying mid-write. Silently skipped where the loop cannot take signals."""
+    _on_signals((signal.SIGTERM, signal.SIGINT), callback)
+
+
+def on_reload_signal(callback: Callable[[], Any]) -> None:
+    """Call ``callback`` on SIGHUP (`kill -HUP`: read peers.yaml again), the daemon convention."""
+    _on_signals((signal.SIGHUP,), callback)
+
+
+def _on_signals(signums: Sequence[int], callback: Callable[[], Any]) -> None:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signums:
         try:
             loop.add_signal_handler(signum, callback)
         except (NotImplementedError, RuntimeError):
@@ -129,6 +142,7 @@ class Node:
         # (the Store's own safety valve) is only for a backlog far beyond one interval's worth.
         store.FLUSH_AT = 20_000
         self.peers = list(peers)
+        self.peers_signature: Signature = signature(config.peers_path)
         self.ed25519_key = ed25519_key
         self.rsa_key = rsa_key
         self.metrics = Metrics()
@@ -145,6 +159,7 @@ class Node:
         self.background: list[BackgroundTask] = []
         self.features = Features()
         self.on_close: list[CloseHook] = []
+        self.on_peers_changed: list[PeersChanged] = []
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self.set_backend(backend, backend_problem)
@@ -243,6 +258,30 @@ class Node:
         self.backend_problem = None if backend is not None else (problem or self.backend_problem or "no classifier")
         self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
                                        own_models=self.store.own_models())
+
+    def reload_peers(self) -> bool:
+        """Read peers.yaml again and put it in force at once: the policy (whose verdicts count, how far),
+        then every ``on_peers_changed`` callback, all between two requests (nothing here awaits). A file
+        that does not parse is refused with its one line, and the peers in force stay. True when reloaded."""
+        path = self.config.peers_path
+        seen = signature(path)
+        try:
+            peers = load_peers(path)
+        except ConfigError as exc:
+            self.peers_signature = seen  # not tried again until it changes
+            log.error("peers.yaml not reloaded, the %d peer(s) in force stay: %s", len(self.peers), exc)
+            return False
+        self.peers, self.peers_signature = peers, seen
+        self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
+                                       own_models=self.store.own_models())
+        for callback in list(self.on_peers_changed):
+            try:
+                callback(peers)
+            except Exception:  # noqa: BLE001 - one feature's failure must not undo the others' swap
+                log.exception("applying the new peers.yaml failed in %r", callback)
+        log.info("peers.yaml reloaded: %d peer(s): %s", len(peers),
+                 ", ".join(f"{p.actor} ({p.trust})" for p in peers) or "none")
+        return True
 
     def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool,
                     origin: str | None = None) -> tuple[int, bool]:
