@@ -2,7 +2,7 @@
 loopback, real keys and signatures): pushes that move the backfill cursor instead of triggering a
 backfill, lookups that say why they failed, retractions that reach a node that only looks up (across a
 restart), follows refused and asked again, peers.yaml put in force without a restart (and a broken one
-refused). The whole story with `verdict-node serve` processes, as README walks it, is
+refused), and `peers add`. The whole story with `verdict-node serve` processes, as README walks it, is
 tests/test_federation_small_instances.py."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 import aiohttp
 import yaml
 
+from node.cli import main as cli_main
 from node.federation.outbox import retract
 from node.federation.service import Federation
 from protocol.keys import key_fingerprint, load_private_key
@@ -271,3 +272,35 @@ def test_serve_takes_a_changed_peers_yaml_without_a_signal(tmp_path):
             assert node_a.policy.peers[b.actor_id].level == "block-only"
             assert node_a.features.get(Federation).access.configured_peer(b.actor_id) is not None
     run(body())
+
+
+# -- `peers add` --------------------------------------------------------------------------------------------
+
+def test_peers_add_shows_the_key_and_model_and_writes_peers_yaml_only_when_confirmed(tmp_path, capsys):
+    a = _config(tmp_path, "a")
+    b = _config(tmp_path, "b")
+    b.peers_path.write_text("# Bob's peers\npeers:\n  - actor: https://keep.example/actor  # a comment\n"
+                            "    trust: observe\n")
+    pin = key_fingerprint(load_private_key(a.ed25519_key_path))
+    wrong = key_fingerprint(load_private_key(b.ed25519_key_path))
+    cli = ["--config", str(b.data_dir / "node.yaml")]
+
+    async def body():
+        async with running_node(a):
+            add = ["peers", "add", a.actor_id, "--trust", "full", "--follow", *cli]
+            assert await asyncio.to_thread(cli_main, add) == 1  # not a terminal, no fingerprint: not written
+            shown = capsys.readouterr()
+            assert f"key_fingerprint: {pin}" in shown.out and "model: none" in shown.out
+            assert f"--key-fingerprint {pin}" in shown.err and a.actor_id not in b.peers_path.read_text()
+            assert await asyncio.to_thread(cli_main, [*add, "--key-fingerprint", wrong]) == 1
+            assert "nothing written" in capsys.readouterr().err and a.actor_id not in b.peers_path.read_text()
+            assert await asyncio.to_thread(cli_main, [*add, "--key-fingerprint", pin]) == 0
+            assert "added" in capsys.readouterr().out
+            assert await asyncio.to_thread(cli_main, [*add, "--key-fingerprint", pin]) == 2  # listed already
+    run(body())
+    text = b.peers_path.read_text()
+    assert text.startswith("# Bob's peers\n") and "# a comment" in text  # the admin's file, extended
+    entries = yaml.safe_load(text)["peers"]
+    assert entries == [{"actor": "https://keep.example/actor", "trust": "observe"},
+                       {"actor": a.actor_id, "key_fingerprint": pin, "trust": "full", "follow": True,
+                        "share": False}]
