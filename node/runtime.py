@@ -175,7 +175,11 @@ class Node:
         identity = open_identity(config)
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
-        if problem and load_model:
+        if problem and load_model and is_model_none(config.classifier.model):
+            log.info("no classifier: classifier.model is none, so this node classifies nothing itself; it answers "
+                     "from verdicts (its own, its peers', lookups) and remote workers, and unknown images per "
+                     "pictrs.on_unavailable: %s", config.pictrs.on_unavailable)
+        elif problem and load_model:
             log.warning("no classifier: %s (node.yaml classifier.model is %r; until it loads, known images are "
                         "answered from stored verdicts and unknown ones per pictrs.on_unavailable: %s)",
                         problem.rstrip("."), config.classifier.model, config.pictrs.on_unavailable)
