@@ -18,6 +18,7 @@ peers.yaml are accepted as followers automatically. Modules, in the order an act
   records       the package's SQL
   identity      the actor document, WebFinger, NodeInfo
   service       the parts wired to one Node, and the serving node's background work
+  adding        `peers add`: what a peer announces (keys, model), for its admin to confirm
   commands      `verdict-node peers ...` and `verdict-node verdicts ...`
 """
 from __future__ import annotations
