@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -116,21 +115,10 @@ def _parse(text: str, name: str) -> list[PeerEntry] | None:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``: a reader (the running
-    server) sees the old file or the new one, never half of one. The file's mode is kept."""
+    """Write ``text`` beside ``path`` and rename it over ``path`` (as `init` writes node.yaml): a reader (the
+    running server) sees the old file or the new one, never half of one. The file's mode is kept."""
     mode = os.stat(path).st_mode & 0o777 if path.exists() else 0o600
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, mode)
+    tmp.replace(path)

@@ -1,6 +1,7 @@
 """Several real nodes on loopback, each started the way an admin starts one (`verdict-node serve` on its
 own data directory and port), plus what the federation tests need around them: polling the databases
-the nodes write, signing requests as a peer would (to forge them, too), and synthetic signed verdicts.
+the nodes write, signing requests as a peer would (to forge them, too), synthetic signed verdicts, and for
+the in-process nodes (tests.node_helpers.running_node) a data directory, peers.yaml and own verdicts.
 
     a = Peer.create(tmp_path / "a", "a", model=spec)
     b = Peer.create(tmp_path / "b", "b", peers=[a.peer_entry(trust="full")])
@@ -237,6 +238,49 @@ def synthetic_verdict(actor_id: str, ed25519_key: Any, index: int, *, csam: floa
                       scores={"csam": csam, "nsfw": 0.2, "underage": 0.1},
                       label="csam" if csam >= 0.5 else "safe", model=model, published=utc_timestamp())
     return verdict, sign_verdict(verdict, ed25519_key, f"{actor_id}#ed25519-key")
+
+
+# -- in-process nodes (tests.node_helpers.running_node) ----------------------------------------------------
+
+def node_config(tmp_path: Path, name: str, peers: list[dict] | None = None, federation: dict | None = None,
+                **sections: Any) -> NodeConfig:
+    """A data directory ``tmp_path/name`` on a free port, with the tests' fast federation settings."""
+    return make_data_dir(tmp_path / name, port=free_port(), peers=peers, node={"name": f"node-{name}"},
+                         federation={**TEST_FEDERATION, **(federation or {})}, **sections)
+
+
+def write_peers(config: NodeConfig, entries: list[dict]) -> None:
+    config.peers_path.write_text(yaml.safe_dump({"peers": entries}))
+
+
+async def issue_verdicts(node: Any, count: int, start: int = 0) -> list[str]:
+    """Own verdicts as the pipeline makes them: signed, stored, announced to the on_own_verdict hooks."""
+    ids = []
+    for i in range(start, start + count):
+        verdict, doc = synthetic_verdict(node.actor_id, node.ed25519_key, i)
+        node.add_verdict(verdict, doc, own=True)
+        await node.emit_own_verdict(verdict, doc)
+        ids.append(verdict.id)
+    return ids
+
+
+async def signed_get(url: str, config: NodeConfig) -> tuple[int, dict, Any]:
+    """A GET signed with the node's RSA key, as a peer reads an outbox or asks a lookup: (status, headers, JSON)."""
+    headers = {"Accept": "application/activity+json"}
+    headers.update(httpsig.sign_request("GET", url, headers, None, f"{config.actor_id}#main-key",
+                                        load_private_key(config.rsa_key_path)))
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+        return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> None:
+    """Wait for ``predicate`` inside an event loop. Generous: the wait ends as soon as the condition holds;
+    the bound only matters on a starved machine."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 # -- pict-rs calls and metrics, as an admin would watch them ----------------------------------------------

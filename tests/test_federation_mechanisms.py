@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import aiohttp
 import yaml
@@ -20,36 +19,8 @@ from protocol.keys import key_fingerprint, load_private_key
 from protocol.verdict import Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners.fingerprint import fingerprint
 from tests.images import photo_bytes
-from tests.multinode import TEST_FEDERATION, TEST_MODEL, synthetic_verdict
-from tests.node_helpers import free_port, make_data_dir, pictrs_post, run, running_node, validate_url
-
-
-def _config(tmp_path, name, peers=None, federation=None, **sections):
-    return make_data_dir(tmp_path / name, port=free_port(), peers=peers, node={"name": f"node-{name}"},
-                         federation={**TEST_FEDERATION, **(federation or {})}, **sections)
-
-
-def _write_peers(config, entries: list[dict]) -> None:
-    config.peers_path.write_text(yaml.safe_dump({"peers": entries}))
-
-
-async def _until(predicate, timeout: float = 60.0, what: str = "condition"):
-    # Generous: these waits end as soon as the condition holds; the bound only matters on a starved machine.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.05)
-
-
-async def _issue(node, count: int, start: int = 0) -> list[str]:
-    ids = []
-    for i in range(start, start + count):
-        verdict, doc = synthetic_verdict(node.actor_id, node.ed25519_key, i)
-        node.add_verdict(verdict, doc, own=True)
-        await node.emit_own_verdict(verdict, doc)
-        ids.append(verdict.id)
-    return ids
+from tests.multinode import TEST_MODEL, issue_verdicts, node_config, signed_get, until, write_peers
+from tests.node_helpers import pictrs_post, run, running_node, validate_url
 
 
 def _sample(node, name: str, **labels: str) -> float:
@@ -70,29 +41,19 @@ def _own_verdict_on(node, image: bytes, csam: float) -> Verdict:
     return verdict
 
 
-async def _signed_get(url: str, config) -> int:
-    from protocol import httpsig
-
-    headers = {"Accept": "application/activity+json"}
-    headers.update(httpsig.sign_request("GET", url, headers, None, f"{config.actor_id}#main-key",
-                                        load_private_key(config.rsa_key_path)))
-    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
-        return r.status
-
-
 # -- 4. pushes move the cursor; only a gap, the start, an accept or the interval backfill ---------------------
 
 def test_pushes_move_the_backfill_cursor_and_only_a_gap_makes_a_backfill(tmp_path):
     quiet = {"backfill_interval_seconds": 3600.0, "batch_wait_seconds": 0.05}
-    a = _config(tmp_path, "a", federation=quiet)
-    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full"}], federation=quiet)
-    _write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False, "share": True}])
+    a = node_config(tmp_path, "a", federation=quiet)
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full"}], federation=quiet)
+    write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False, "share": True}])
 
     async def body():
         async with running_node(a) as (node_a, _):
-            first = await _issue(node_a, 3)  # before B follows: B backfills these once, when accepted
+            first = await issue_verdicts(node_a, 3)  # before B follows: B backfills these once, when accepted
             async with running_node(b) as (node_b, _):
-                await _until(lambda: all(node_b.store.get_verdict(i) for i in first), what="B backfilled")
+                await until(lambda: all(node_b.store.get_verdict(i) for i in first), what="B backfilled")
                 reads = lambda: _sample(node_a, "verdictnode_federation_outbox_pages_served_total",  # noqa: E731
                                         part="log")
                 await asyncio.sleep(0.5)  # the backfill has read its last (empty) page
@@ -101,8 +62,8 @@ def test_pushes_move_the_backfill_cursor_and_only_a_gap_makes_a_backfill(tmp_pat
                 stored_before = _sample(node_b, "verdictnode_federation_verdicts_received_total", result="stored")
                 pushed: list[str] = []
                 for round_ in range(5):  # five separate pushes
-                    pushed += await _issue(node_a, 4, start=100 + 10 * round_)
-                    await _until(lambda: all(node_b.store.get_verdict(i) for i in pushed), what="B got the push")
+                    pushed += await issue_verdicts(node_a, 4, start=100 + 10 * round_)
+                    await until(lambda: all(node_b.store.get_verdict(i) for i in pushed), what="B got the push")
                 assert reads() == before, "a push made B read A's outbox"
                 assert _sample(node_b, "verdictnode_federation_verdicts_received_total", result="stored") == \
                     stored_before + 20
@@ -115,13 +76,13 @@ def test_pushes_move_the_backfill_cursor_and_only_a_gap_makes_a_backfill(tmp_pat
                 # A gap: an entry B was never sent (A did not count B as a follower for a moment). The next
                 # push starts after it: B notices and backfills, and gets the missed verdict.
                 node_a.store.conn.execute("UPDATE peers SET follower_state = 'none' WHERE actor = ?", (b.actor_id,))
-                missed = await _issue(node_a, 1, start=900)
+                missed = await issue_verdicts(node_a, 1, start=900)
                 fed_a = node_a.features.get(Federation)
-                await _until(lambda: fed_a.records.log_size() == 24, what="A logged the missed verdict")
+                await until(lambda: fed_a.records.log_size() == 24, what="A logged the missed verdict")
                 node_a.store.conn.execute("UPDATE peers SET follower_state = 'accepted' WHERE actor = ?",
                                           (b.actor_id,))
-                after_gap = await _issue(node_a, 1, start=901)
-                await _until(lambda: node_b.store.get_verdict(missed[0]) and node_b.store.get_verdict(after_gap[0]),
+                after_gap = await issue_verdicts(node_a, 1, start=901)
+                await until(lambda: node_b.store.get_verdict(missed[0]) and node_b.store.get_verdict(after_gap[0]),
                              what="B backfilled the gap")
                 assert reads() > before
     run(body())
@@ -130,10 +91,10 @@ def test_pushes_move_the_backfill_cursor_and_only_a_gap_makes_a_backfill(tmp_pat
 # -- 2 and 3. lookups explain a refusal; a lookup-only node reads the issuer's retractions -------------------
 
 def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_issuer_retracted(tmp_path):
-    a = _config(tmp_path, "a")  # the issuer; it does not list C at first
-    c = _config(tmp_path, "c", peers=[{"actor": a.actor_id, "trust": "full", "follow": False}],
+    a = node_config(tmp_path, "a")  # the issuer; it does not list C at first
+    c = node_config(tmp_path, "c", peers=[{"actor": a.actor_id, "trust": "full", "follow": False}],
                 federation={"lookup_peers": [a.actor_id]})
-    d = _config(tmp_path, "d")  # listed by A, but not allowed to read (share: false)
+    d = node_config(tmp_path, "d")  # listed by A, but not allowed to read (share: false)
     image, other = photo_bytes("rocket"), photo_bytes("coffee")
 
     async def body():
@@ -146,18 +107,18 @@ def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_is
                 assert f"lookup at {base_a} refused: not a peer of that node" in refused.reason, refused.reason
 
                 # A's admin lists C with share: true (who may look up may read the Deletes); no restart.
-                _write_peers(a, [{"actor": c.actor_id, "trust": "observe", "follow": False, "share": True},
+                write_peers(a, [{"actor": c.actor_id, "trust": "observe", "follow": False, "share": True},
                                  {"actor": d.actor_id, "trust": "observe", "follow": False, "share": False}])
                 assert node_a.reload_peers()
                 looked_up = await node_c.pipeline.check(image)
                 assert (looked_up.source, looked_up.origin, looked_up.verdict_id) == ("peer", "lookup", allowing.id)
                 assert (await node_c.pipeline.check(other)).verdict_id == blocking.id
-                assert await _signed_get(f"{base_a}/outbox?since=0&type=Delete", c) == 200
-                assert await _signed_get(f"{base_a}/outbox?since=0&type=Delete", d) == 403  # share: false
-                assert await _signed_get(f"{base_a}/lookup?sha256={'0' * 64}", d) == 403
+                assert (await signed_get(f"{base_a}/outbox?since=0&type=Delete", c))[0] == 200
+                assert (await signed_get(f"{base_a}/outbox?since=0&type=Delete", d))[0] == 403  # share: false
+                assert (await signed_get(f"{base_a}/lookup?sha256={'0' * 64}", d))[0] == 403
 
                 print(retract(node_a.store, a, node_a.ed25519_key, allowing.id, "false negative on review"))
-                await _until(lambda: node_c.store.get_verdict(allowing.id) is not None and node_c.store.conn.execute(
+                await until(lambda: node_c.store.get_verdict(allowing.id) is not None and node_c.store.conn.execute(
                     "SELECT retracted_at FROM verdicts WHERE verdict_id = ?", (allowing.id,)).fetchone()[0],
                     what="C read A's retraction")
                 after = await node_c.pipeline.check(image)
@@ -166,7 +127,7 @@ def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_is
             # C is down while A retracts the other verdict; back up, C reads it from its cursor.
             retract(node_a.store, a, node_a.ed25519_key, blocking.id, "wrong image")
             async with running_node(c) as (node_c, _):
-                await _until(lambda: node_c.store.conn.execute(
+                await until(lambda: node_c.store.conn.execute(
                     "SELECT retracted_at FROM verdicts WHERE verdict_id = ?", (blocking.id,)).fetchone()[0],
                     what="C read the retraction after its restart")
                 assert (await node_c.pipeline.check(other)).verdict_id != blocking.id
@@ -179,26 +140,26 @@ def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_is
 # -- a follow refused because the other side does not list us yet is asked again ----------------------------
 
 def test_a_follow_refused_before_the_other_admin_listed_us_is_asked_again(tmp_path):
-    a = _config(tmp_path, "a")
-    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full"}],
+    a = node_config(tmp_path, "a")
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full"}],
                 federation={"backfill_interval_seconds": 2.0})
 
     async def body():
         async with running_node(a) as (node_a, _), running_node(b) as (node_b, _):
-            await _until(lambda: node_b.store.conn.execute(
+            await until(lambda: node_b.store.conn.execute(
                 "SELECT COUNT(*) FROM deliveries WHERE last_error IS NULL").fetchone()[0] == 0 and
                 _following(node_b, a.actor_id) == "none", what="A refused B's follow, B saw it")
-            _write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False, "share": True}])
+            write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False, "share": True}])
             assert node_a.reload_peers()
-            await _until(lambda: _following(node_b, a.actor_id) == "accepted", what="B asked again, A accepted")
+            await until(lambda: _following(node_b, a.actor_id) == "accepted", what="B asked again, A accepted")
     run(body())
 
 
 # -- 6. peers.yaml in force without a restart; a broken one is refused ------------------------------------
 
 def test_a_new_peers_yaml_is_swapped_in_between_requests_and_a_broken_one_keeps_the_old(tmp_path, caplog):
-    b = _config(tmp_path, "b")
-    a = _config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False,
+    b = node_config(tmp_path, "b")
+    a = node_config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False,
                                        "key_fingerprint": key_fingerprint(load_private_key(b.ed25519_key_path))}])
     image = photo_bytes("rocket")
 
@@ -220,7 +181,7 @@ def test_a_new_peers_yaml_is_swapped_in_between_requests_and_a_broken_one_keeps_
             async def flip() -> int:
                 flips = 0
                 while not stop.is_set():
-                    _write_peers(a, observe if flips % 2 == 0 else full)
+                    write_peers(a, observe if flips % 2 == 0 else full)
                     assert node_a.reload_peers()
                     flips += 1
                     await asyncio.sleep(0.01)
@@ -234,7 +195,7 @@ def test_a_new_peers_yaml_is_swapped_in_between_requests_and_a_broken_one_keeps_
             assert {status for status, _ in answers} <= {406}
             assert {body["source"] for _, body in answers} <= {"peer", "unavailable"}
 
-            _write_peers(a, full)
+            write_peers(a, full)
             assert node_a.reload_peers()
             assert (await pictrs_post(url, image))[1]["source"] == "peer"
             a.peers_path.write_text("peers:\n  - actor: https://x.example/actor\n    trust: total\n")
@@ -247,7 +208,7 @@ def test_a_new_peers_yaml_is_swapped_in_between_requests_and_a_broken_one_keeps_
 
             # A changed pin takes effect at once: the document held under the old pin is not trusted any more.
             other_pin = key_fingerprint(load_private_key(a.ed25519_key_path))
-            _write_peers(a, [dict(full[0], key_fingerprint=other_pin)])
+            write_peers(a, [dict(full[0], key_fingerprint=other_pin)])
             assert node_a.reload_peers()
             fresh = Verdict(id=new_verdict_id(b.actor_id), issuer=b.actor_id, fingerprint=fingerprint(photo_bytes()),
                             scores={"csam": 0.95}, label="csam", model=TEST_MODEL, published=utc_timestamp())
@@ -261,14 +222,14 @@ def test_a_new_peers_yaml_is_swapped_in_between_requests_and_a_broken_one_keeps_
 
 
 def test_serve_takes_a_changed_peers_yaml_without_a_signal(tmp_path):
-    b = _config(tmp_path, "b")
-    a = _config(tmp_path, "a")
+    b = node_config(tmp_path, "b")
+    a = node_config(tmp_path, "a")
 
     async def body():
         async with running_node(a) as (node_a, _):
             assert node_a.peers == []
-            _write_peers(a, [{"actor": b.actor_id, "trust": "block-only", "follow": False}])
-            await _until(lambda: [p.actor for p in node_a.peers] == [b.actor_id], what="peers.yaml taken in")
+            write_peers(a, [{"actor": b.actor_id, "trust": "block-only", "follow": False}])
+            await until(lambda: [p.actor for p in node_a.peers] == [b.actor_id], what="peers.yaml taken in")
             assert node_a.policy.peers[b.actor_id].level == "block-only"
             assert node_a.features.get(Federation).access.configured_peer(b.actor_id) is not None
     run(body())
@@ -277,8 +238,8 @@ def test_serve_takes_a_changed_peers_yaml_without_a_signal(tmp_path):
 # -- `peers add` --------------------------------------------------------------------------------------------
 
 def test_peers_add_shows_the_key_and_model_and_writes_peers_yaml_only_when_confirmed(tmp_path, capsys):
-    a = _config(tmp_path, "a")
-    b = _config(tmp_path, "b")
+    a = node_config(tmp_path, "a")
+    b = node_config(tmp_path, "b")
     b.peers_path.write_text("# Bob's peers\npeers:\n  - actor: https://keep.example/actor  # a comment\n"
                             "    trust: observe\n")
     pin = key_fingerprint(load_private_key(a.ed25519_key_path))

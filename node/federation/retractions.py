@@ -1,9 +1,9 @@
-"""Retractions of verdicts learned without following their issuer (by lookup, or relayed).
+"""Retractions of verdicts learned by lookup, without following their issuer.
 
 A node that follows an issuer gets its Deletes pushed and backfilled with the rest of its log. A node that
 only looks verdicts up follows nobody, so nothing would tell it that the issuer took a verdict back: it
 would keep allowing (or blocking) with it, across restarts. So for every issuer in peers.yaml whose
-verdicts it learned that way, and that it does not follow, the node reads the Deletes of the issuer's
+verdicts it learned by lookup, and that it does not follow, the node reads the Deletes of the issuer's
 change log (``GET /outbox?since=<cursor>&type=Delete``; whoever may look up there may read it) every
 ``federation.poll_seconds``, from a cursor kept in the database. A retracted verdict stops counting within
 that time plus one lookup round, and a restart resumes from the cursor.
