@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from node.config import is_model_none
-from node.policy import Candidate, Decision, PolicyConfig, decide, label_for, unused_lines
+from node.policy import PERCEPTUAL_BITS, Candidate, Decision, PolicyConfig, decide, label_for, unused_lines
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
@@ -552,6 +552,5 @@ def _candidate(ours: Fingerprint, theirs: Verdict, own: bool) -> Candidate | Non
         distances["pdq256"] = fingerprinting.hamming(fp.pdq256, ours.pdq256)
     if not distances:
         return None
-    bits = {"phash64": 64, "pdq256": 256}
-    kind = min(distances, key=lambda k: distances[k] / bits[k])  # the closest, as a fraction of its bits
+    kind = min(distances, key=lambda k: distances[k] / PERCEPTUAL_BITS[k])  # the closest, relative to its bits
     return Candidate(theirs, kind, distances[kind], own, distances=distances)  # type: ignore[arg-type]

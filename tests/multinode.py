@@ -33,7 +33,8 @@ from node.config import NodeConfig, load_config
 from protocol import httpsig
 from protocol.keys import load_private_key
 from protocol.verdict import Fingerprint, ModelInfo, Verdict, new_verdict_id, sign_verdict, utc_timestamp
-from tests.node_helpers import ROOT, free_port, make_data_dir, metric_value, pictrs_post, run, stop_process, wait_healthy
+from tests.node_helpers import (ROOT, free_port, make_data_dir, metric_value, pictrs_post, run, stop_process,
+                                wait_healthy)
 
 # Fast-moving federation settings for tests: short poll and retry delays, the real batch size and window.
 TEST_FEDERATION = {"poll_seconds": 0.2, "retry_base_seconds": 1.0, "retry_max_seconds": 5.0,

@@ -5,9 +5,10 @@ them: none | pending | accepted | rejected). A peers.yaml entry with ``share: tr
 accepted at once; anyone else waits for ``verdict-node peers approve``. We follow every entry with
 ``follow: true``; a Follow the peer refused outright (a 4xx: most often it does not list us yet, because
 its admin has not added us) or answered with a Reject is sent again after ``retry_refused`` seconds, so
-two admins may add each other in either order, and a refusal is not answered with a Follow a second. Every answer to a peer (Accept, Reject, Undo) is queued in the outbox/deliveries tables,
-so the admin's commands work on the data directory whether or not the server runs: a running server sends
-what they queued within ``federation.poll_seconds``.
+two admins may add each other in either order, and a refusal is not answered with a Follow a second.
+Every answer to a peer (Accept, Reject, Undo) is queued in the outbox/deliveries tables, so the admin's
+commands work on the data directory whether or not the server runs: a running server sends what they
+queued within ``federation.poll_seconds``.
 
 Trust levels themselves (full / block-only / observe) are set in peers.yaml, not here: approving a
 follower only lets it receive our verdicts and ask lookups; its own verdicts count only if peers.yaml

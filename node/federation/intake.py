@@ -143,10 +143,10 @@ class Intake:
 
     async def take_retraction(self, activity: Activity, *, signed_by: str) -> bool:
         """Apply a verdict's Delete: the verdict stops counting at once (store and indexes) and the reason
-        is recorded. Returns False when it was known already (a Delete read again changes nothing). Only the issuer may retract (protocol.activities checked that the verdict id is on
-        the actor's origin); a Delete relayed by someone else must carry the issuer's proof, and so must
-        any Delete by a pinned issuer: an HTTP signature (an RSA key bound on first contact) is not enough
-        to take its blocks away."""
+        is recorded; False when it was known already (a Delete read again changes nothing). Only the issuer
+        may retract (protocol.activities checked that the verdict id is on the actor's origin); a Delete
+        relayed by someone else must carry the issuer's proof, and so must any Delete by a pinned issuer: an
+        HTTP signature (an RSA key bound on first contact) is not enough to take its blocks away."""
         issuer, verdict_id = activity.actor, activity.object_id
         assert verdict_id is not None
         if self.access.configured_peer(issuer) is None:

@@ -79,7 +79,8 @@ class RetractionReader:
         try:
             actor = await self.actors.get(issuer)
             await read_log(self.client, actor, self.records.deletes_cursor(issuer) or 0, part="Delete",
-                           on_entry=on_entry, save_cursor=lambda cursor: self.records.set_deletes_cursor(issuer, cursor))
+                           on_entry=on_entry,
+                           save_cursor=lambda cursor: self.records.set_deletes_cursor(issuer, cursor))
         except (ActorError, PeerRequestError, Refusal, ProtocolError) as exc:
             problem = exc.for_log() if isinstance(exc, Refusal) else str(exc)
             if self._problems.get(issuer) != problem:
