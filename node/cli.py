@@ -88,8 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- federation (node/federation/commands.py); they act on the database, a running server
     #    picks the changes up within federation.poll_seconds --
-    p = sub.add_parser("peers", help="follow requests and peers: list, approve, reject, remove, forget-key, show-key")
+    p = sub.add_parser("peers", help="peers and follow requests: add, list, approve, reject, remove, forget-key, "
+                                     "show-key")
     peers_sub = p.add_subparsers(dest="peers_command", required=True, metavar="ACTION")
+    q = peers_sub.add_parser("add", help="fetch a peer's actor, show its key fingerprint and model, and once "
+                                         "confirmed add it to peers.yaml (a running serve takes it in at once)")
+    q.add_argument("actor", metavar="ACTOR", help="the peer's actor URL, e.g. https://peer.example/actor")
+    q.add_argument("--trust", required=True, choices=("full", "block-only", "observe"),
+                   help="how far its verdicts count: full (blocks and safe), block-only, observe (never acted on)")
+    q.add_argument("--share", action="store_true",
+                   help="let it follow this node, receive our verdicts and ask lookups (default: no)")
+    q.add_argument("--follow", action="store_true", help="follow it: receive its verdicts (default: no)")
+    q.add_argument("--key-fingerprint", default=None, metavar="sha256:HEX",
+                   help="the Ed25519 fingerprint its admin printed with `peers show-key`: confirms without a "
+                        "prompt, and is refused if the actor presents another key")
+    _add_config_option(q)
     q = peers_sub.add_parser("list", help="peers (peers.yaml and follow requests) with follow states and queues")
     q.add_argument("--json", action="store_true", help="JSON instead of text")
     _add_config_option(q)

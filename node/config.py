@@ -264,6 +264,12 @@ class MediaSection:
     max_pixels: int = setting(64_000_000, "Largest decoded image in pixels (width x height), against decompression bombs.",
                               min=1)
     max_frames: int = setting(8, "Frames sampled from an animated image (scores are the max over them).", min=1, max=256)
+    on_trailing_data: Literal["accept", "reject"] = setting(
+        "accept", "Data after the image's end marker (a ZIP glued to a JPEG; also phones' motion photos, which append\n"
+                  "a video): accept, or reject the upload when more than max_trailing_bytes follow the image. The\n"
+                  "flag and its size are in every answer and decision record either way; sweeps are not affected.")
+    max_trailing_bytes: int = setting(0, "With on_trailing_data: reject, trailing bytes allowed before the upload is\n"
+                                         "rejected (0: any trailing data).", min=0)
 
 
 MODEL_NONE = "none"
@@ -307,8 +313,17 @@ class PolicySection:
                                      min=0, max=256)
     block_phash_distance: int = setting(8, "Largest pHash distance (of 64) at which a block verdict is reused.", min=0, max=64)
     block_pdq_distance: int = setting(31, "Largest PDQ distance (of 256) at which a block verdict is reused.", min=0, max=256)
+    block_match: Literal["both", "either"] = setting(
+        "both", "When both sides carry both perceptual hashes, a block verdict is reused on a perceptual match only\n"
+                "when both are within their distance (both), or when one is (either). A pHash alone is easy to forge:\n"
+                "with either, whoever holds one blocked image can get any photo blocked. With one hash present, it counts.")
     safe_quorum: int = setting(1, "How many independent safe verdicts are needed to reuse 'safe'.", min=1, max=100)
     compare_unknown_models: bool = setting(False, "Compare scores of models not listed in known_models with our thresholds.")
+    trust_issuer_models: bool = setting(
+        True, "A node without a model of its own (classifier.model none, no workers) compares the scores of its\n"
+              "full and block-only peers under the model each issuer signed with (it has none to compare them\n"
+              "against). false: only models in known_models (or a peer's known_models) count. A node with a model\n"
+              "always uses known_models.")
     known_models: list[str] = setting([], "Other models whose scores are comparable with our thresholds, as NAME@RULES\n"
                                           "(e.g. ViT-L-14@horde-safety-nsfwchecker-78f8334). Our own model always is.",
                                       check=lambda v: _check_model_refs(v))

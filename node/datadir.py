@@ -13,12 +13,14 @@ never a traceback. Both are `IdentityError`, a ConfigError: the commands exit wi
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
@@ -106,10 +108,33 @@ def open_identity(config: NodeConfig, *, new_identity: bool = False) -> NodeKeys
 
 # -- `verdict-node init`, and the config every command runs with ----------------------------------------
 
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a URL on this host that nothing in front of the node rewrites."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_port(url: str) -> tuple[str, int | None]:
+    """(host, explicit port or None) of a URL."""
+    parts = urlsplit(url)
+    try:
+        return parts.hostname or "", parts.port
+    except ValueError:
+        return parts.hostname or "", None
+
+
 def init_data_dir(data_dir: str | Path, url: str | None = None, *, new_identity: bool = False) -> NodeConfig:
     """Create what `data_dir` lacks: node.yaml (every key documented, a fresh pict-rs token), the keys and the
     database. An existing node.yaml is never rewritten, existing keys never replaced. Keys missing next to an
-    existing database are refused (see the module docstring) unless `new_identity`: `init --force`."""
+    existing database are refused (see the module docstring) unless `new_identity`: `init --force`.
+
+    A loopback `url` with a port (``http://127.0.0.1:8081``) is where the node itself listens: listen.port
+    takes that port, so the node answers at the URL it gives its peers. Any other URL is public (behind a
+    reverse proxy) and leaves listen.port alone; `init` says so."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / CONFIG_FILE
@@ -120,6 +145,9 @@ def init_data_dir(data_dir: str | Path, url: str | None = None, *, new_identity:
             problem = check_url(defaults.node.url)
             if problem:
                 raise ConfigError(f"--url: {problem}, got {describe(url)}")
+            host, port = url_port(defaults.node.url)
+            if port is not None and is_loopback_host(host):
+                defaults.listen.port = port
         defaults.pictrs.tokens = [secrets.token_urlsafe(24)]
         tmp = path.with_suffix(".yaml.tmp")
         tmp.write_text(default_template(defaults), encoding="utf-8")
@@ -156,6 +184,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  config:   {config.data_dir / CONFIG_FILE}")
     print(f"  keys:     {config.rsa_key_path}, {config.ed25519_key_path} (mode 0600)")
     print(f"  database: {config.database_path}")
+    host, port = url_port(config.node.url)
+    print(f"node.url: {config.node.url} (the actor is {config.actor_id}); serve listens on "
+          f"{config.listen.host}:{config.listen.port} (listen.host / listen.port in node.yaml)")
+    if port is not None and not is_loopback_host(host) and port != config.listen.port:
+        print(f"  the port in node.url ({port}) is the public one, your reverse proxy's; it forwards to "
+              f"listen.port {config.listen.port}, which pict-rs uses below")
     print("Point pict-rs at the node (either URL; the token one works from another host):")
     for u in pictrs_urls(config):
         print(f"  PICTRS__MEDIA__EXTERNAL_VALIDATION={u}")

@@ -33,6 +33,10 @@ class Metrics:
         self.pipeline_seconds = Histogram("verdictnode_pipeline_seconds", "Time to decide one image, by source.",
                                           ["source"], buckets=_BUCKETS, registry=r)
         self.own_verdicts = Counter("verdictnode_own_verdicts_total", "Verdicts signed by this node.", registry=r)
+        self.peer_decisions = Counter("verdictnode_peer_decisions_total",
+                                      "Images decided from peers' verdicts, by how the deciding verdict reached this "
+                                      "node (push, backfill, lookup; unknown for verdicts stored before this was "
+                                      "recorded).", ["origin"], registry=r)
         self.peer_verdicts_stored = Counter("verdictnode_peer_lookup_verdicts_total",
                                             "Verified peer verdicts stored from peer lookups.", registry=r)
         self.classifier_available = Gauge("verdictnode_classifier_available", "1 when images can be classified now.",

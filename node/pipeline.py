@@ -11,23 +11,29 @@
 Every answer comes within the budget: when there is no classifier, its queue is full, or the budget
 runs out, an undecided image gets `on_unavailable` (reject by default) and source "unavailable"; an
 inference that finishes late still stores its verdict, so the next upload of that image is a cache hit.
+
+An answer that falls back to on_unavailable or to inference says which verdicts matched and did not count
+(the policy's ``Decision.unused``: issuer and rule) and which lookup peers gave no usable answer, in its
+reason and in one log line. Every answer carries the media flags a walk or a decode found (trailing data,
+truncation, animation); ``media.on_trailing_data: reject`` turns an accept into a reject when more than
+``media.max_trailing_bytes`` follow the image, whatever decided it (the outcome, what sweeps act on, stays).
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from node.config import is_model_none
-from node.policy import Candidate, Decision, PolicyConfig, decide, label_for
+from node.policy import PERCEPTUAL_BITS, Candidate, Decision, PolicyConfig, decide, label_for, unused_lines
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
 from scanners.batching import QueueFull
 from scanners.classifier import Classification
-from scanners.media import decode
+from scanners.media import decode, walk, walk_flags
 
 if TYPE_CHECKING:
     from node.runtime import Node
@@ -43,6 +49,9 @@ _INLINE_HASH_BYTES = 256 * 1024
 _MEMO_SIZE = 100_000
 # Margin kept from the budget to write the answer.
 _ANSWER_MARGIN = 0.05
+# The media flags an answer and a decision record carry: what a walk of the container tells without a
+# decode, so the exact-key fast path reports the same flags as a decode would.
+REPORTED_FLAGS = ("trailing_bytes", "truncated", "animated")
 
 
 @dataclass(frozen=True)
@@ -64,14 +73,20 @@ class Result:
     inferred: bool = False
     elapsed_ms: float = 0.0
     media_format: str | None = None
+    origin: str | None = None
+    media_flags: dict[str, Any] | None = None
 
     @property
     def verdict_id(self) -> str | None:
         return self.verdict_ids[0] if self.verdict_ids else None
 
     def as_json(self) -> dict[str, Any]:
+        """The pict-rs answer's body. ``origin``: how the deciding verdict reached this node (own, push,
+        backfill, lookup; null without one). ``media``: the flags found (trailing_bytes, truncated, animated)."""
         return {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
-                "verdict": self.verdict_id, "scores": self.scores, "elapsed_ms": round(self.elapsed_ms, 3)}
+                "origin": self.origin, "verdict": self.verdict_id, "scores": self.scores,
+                "media": dict(self.media_flags) if self.media_flags is not None else None,
+                "elapsed_ms": round(self.elapsed_ms, 3)}
 
 
 @dataclass
@@ -98,6 +113,8 @@ class _Work:
     fingerprint: Fingerprint | None = None
     candidates: dict[int, Candidate] = field(default_factory=dict)
     media_format: str | None = None
+    media_flags: dict[str, Any] | None = None
+    lookup_problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,8 @@ class _Memo:
     scores: dict[str, float] | None
     match: str
     pixel_sha256: str | None
+    origin: str | None
+    media_flags: dict[str, Any] | None
 
     def valid_for(self, generation: int, policy: PolicyConfig) -> bool:
         return self.generation == generation and self.policy is policy
@@ -135,10 +154,10 @@ class Pipeline:
         started = loop.time()
         work = _Work(data, source, source_key, media_type, started, started + budget - _ANSWER_MARGIN)
         try:
-            result = await self._check(work)
+            result = self._media_rules(await self._check(work))
         except Exception as e:  # noqa: BLE001 - a bug here must still give a chosen answer, not a 500
             log.exception("pipeline failed for %s", work.sha256 or "an image")
-            result = self._unavailable(work, f"internal error: {type(e).__name__}")
+            result = self._unavailable(work, f"internal error: {type(e).__name__}", explain=False)
         self._record(work, result)
         return result
 
@@ -162,19 +181,17 @@ class Pipeline:
         # 0. the same bytes decided a moment ago, with the same verdicts and policy: same answer.
         memo = self._memo.get(work.sha256)
         if memo is not None and memo.valid_for(node.store.generation, node.policy):
-            work.pixel_sha256 = memo.pixel_sha256
+            work.pixel_sha256, work.media_flags = memo.pixel_sha256, memo.media_flags
             node.metrics.child(node.metrics.cache_hits, memo.source, memo.match).inc()
             return self._result(work, self._answer(memo.outcome), memo.outcome, memo.reason, memo.source,
-                                verdict_ids=memo.verdict_ids, scores=memo.scores)
+                                verdict_ids=memo.verdict_ids, scores=memo.scores, origin=memo.origin)
 
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
-        #    need no pixel key: the store knows it from our verdict.
+        #    need no pixel key: the store knows it from our verdict. One walk of the container (no decode)
+        #    gives the pixel key when it is needed, and the media flags of the answer.
         hits, complete = node.store.find_by_bytes(work.sha256)
         if not complete:
-            if big:
-                work.pixel_sha256 = await loop.run_in_executor(node.executor, _pixel_key, work.data)
-            else:
-                work.pixel_sha256 = _pixel_key(work.data)
+            work.pixel_sha256, work.media_flags = await self._walk(work, want_pixel_key=True)
             hits = node.store.find_exact(work.sha256, work.pixel_sha256) if work.pixel_sha256 else hits
         else:
             work.pixel_sha256 = next((h.verdict.fingerprint.pixel_sha256 for h in hits if h.own), None)
@@ -183,6 +200,8 @@ class Pipeline:
         if work.candidates:
             decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
             if decision.outcome != "unknown":
+                if work.media_flags is None:
+                    work.media_flags = (await self._walk(work, want_pixel_key=False))[1]
                 result = self._from_decision(work, decision)
                 self._remember(work, result)
                 return result
@@ -191,6 +210,7 @@ class Pipeline:
         limits = node.config.media_limits()
         media, fp, problem = await loop.run_in_executor(node.executor, _decode_and_fingerprint, work.data, limits)
         work.media_format = media.format
+        work.media_flags = {k: media.flags[k] for k in REPORTED_FLAGS if k in media.flags}
         if media.outcome == "video":
             accept = node.config.media.on_video == "accept"
             return self._media_result(work, "video", accept, f"video ({media.format or 'unknown format'}) is not "
@@ -219,11 +239,24 @@ class Pipeline:
         if node.store.released(work.sha256, work.fingerprint.pixel_sha256):
             return self._result(work, "accept", "allow", "released as a false positive by the admin", "cache")
 
+        # 4c. retracted verdicts on the exact keys never count; the policy lists them, so an answer that
+        #     falls back says a verdict matched and was retracted (not that nothing was known).
+        for hit, why in node.store.find_exact_retracted(work.sha256, work.fingerprint.pixel_sha256):
+            work.candidates.setdefault(hit.rowid, Candidate(hit.verdict, hit.match, 0, hit.own, retracted=why))
+
         # 5. our own scores: an earlier own verdict of the current model, or inference now.
         own_hit = self._own_current_verdict(work)
         if own_hit is not None:
             return self._from_own_verdict(work, own_hit.verdict)
         return await self._infer_and_decide(work, media.frames)
+
+    async def _walk(self, work: _Work, *, want_pixel_key: bool) -> tuple[str | None, dict[str, Any]]:
+        """One walk of the container (no decode): the pixel key if wanted, and the media flags; big bodies
+        are walked off the event loop."""
+        if len(work.data) > _INLINE_HASH_BYTES:
+            return await asyncio.get_running_loop().run_in_executor(self.node.executor, _walk_keys, work.data,
+                                                                    want_pixel_key)
+        return _walk_keys(work.data, want_pixel_key)
 
     def _decide(self, work: _Work) -> Decision:
         return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
@@ -242,41 +275,38 @@ class Pipeline:
         if not fresh:
             return
         stored = node.store.verdicts_by_rowid(ref for ref, _, _ in fresh)
-        for ref, match, distance in fresh:
+        for ref in dict.fromkeys(ref for ref, _, _ in fresh):
             hit = stored.get(ref)
-            # Perceptual hashes from another preprocessing recipe are not comparable.
-            if hit is None or hit.verdict.fingerprint.preprocessing != fp.preprocessing:
-                continue
-            theirs = hit.verdict.fingerprint
-            if theirs.sha256 == fp.sha256 or theirs.pixel_sha256 == fp.pixel_sha256:
-                # Stored since our exact lookup (a twin request's inference): it is an exact match.
-                kind = "sha256" if theirs.sha256 == fp.sha256 else "pixel_sha256"
-                work.candidates[ref] = Candidate(hit.verdict, kind, 0, hit.own)
-                continue
-            current = work.candidates.get(ref)
-            if current is None or (current.match not in ("sha256", "pixel_sha256") and distance < current.distance):
-                work.candidates[ref] = Candidate(hit.verdict, match, distance, hit.own)
+            # Perceptual hashes from another preprocessing recipe are not comparable (_candidate says None).
+            candidate = _candidate(fp, hit.verdict, hit.own) if hit is not None else None
+            if candidate is not None:
+                # An exact match here was stored since our exact lookup (a twin request's inference).
+                work.candidates[ref] = candidate
 
     async def _ask_peers(self, work: _Work) -> None:
         node, fp = self.node, work.fingerprint
         assert fp is not None and node.lookup_peers is not None
         loop = asyncio.get_running_loop()
         try:
-            found = await asyncio.wait_for(node.lookup_peers(fp, work.deadline), max(0.0, work.deadline - loop.time()))
+            answers = await asyncio.wait_for(node.lookup_peers(fp, work.deadline),
+                                             max(0.0, work.deadline - loop.time()))
         except asyncio.TimeoutError:
+            work.lookup_problems = ("lookup peers gave no answer within the pict-rs budget",)
             return
         except Exception:  # noqa: BLE001 - a peer problem must not fail an upload
             log.exception("peer lookup failed for %s", fp.sha256)
+            work.lookup_problems = ("lookup failed (this node's log has the detail)",)
             return
-        for verdict, document in found:
+        work.lookup_problems = tuple(answers.problems)
+        for verdict, document in answers.verdicts:
             if verdict.issuer == node.actor_id:
                 continue  # our own verdicts come only from our store
-            rowid, inserted = node.add_verdict(verdict, document, own=False)
+            rowid, inserted = node.add_verdict(verdict, document, own=False, origin="lookup")
             if inserted:
                 node.metrics.peer_verdicts_stored.inc()
-            match = _match_kind(fp, verdict.fingerprint)
-            if match is not None:
-                work.candidates[rowid] = Candidate(verdict, match[0], match[1], False)
+            candidate = _candidate(fp, verdict, False)
+            if candidate is not None:
+                work.candidates[rowid] = candidate
 
     def _own_current_verdict(self, work: _Work) -> StoredVerdict | None:
         """An own verdict on an exact key made by the model we run now: its scores are what inference would
@@ -285,7 +315,7 @@ class Pipeline:
         if model is None:
             return None
         for rowid, c in work.candidates.items():
-            if c.own and c.match in ("sha256", "pixel_sha256") and c.verdict.model == model:
+            if c.own and c.retracted is None and c.match in ("sha256", "pixel_sha256") and c.verdict.model == model:
                 return StoredVerdict(rowid, c.verdict, True, c.match)
         return None
 
@@ -336,7 +366,8 @@ class Pipeline:
         matches = _matches(work, result.verdict_ids)
         match = next((m for m in ("sha256", "pixel_sha256") if m in matches), "sha256")
         self._memo[work.sha256] = _Memo(self.node.store.generation, self.node.policy, result.outcome, result.reason,
-                                        result.source, result.verdict_ids, result.scores, match, work.pixel_sha256)
+                                        result.source, result.verdict_ids, result.scores, match, work.pixel_sha256,
+                                        result.origin, work.media_flags)
 
     def _forget(self, key: str, task: asyncio.Task) -> None:
         if self._inflight.get(key) is task:
@@ -385,39 +416,82 @@ class Pipeline:
             used = (own_verdict.id, *used)
         source: Source = forced_source or decision.source or "unavailable"
         reason = decision.reason
+        if source == "inference" or decision.outcome == "unknown":
+            # We paid for inference, or fall back: say which matching verdicts did not count, and why.
+            notes = [*work.lookup_problems, *(unused_lines(decision.unused) if decision.outcome != "unknown" else ())]
+            reason = "; ".join([reason, *notes])
+            self._log_notes(work, decision)
         if decision.outcome == "unknown":
             reason = f"{reason}; pictrs.on_unavailable is {node.config.pictrs.on_unavailable}"
         if source in ("cache", "peer") and not inferred:
             matches = _matches(work, used)
             best = next((m for m in ("sha256", "pixel_sha256", "phash64", "pdq256") if m in matches), "none")
             node.metrics.child(node.metrics.cache_hits, source, best).inc()
+        origin = None
+        if source in ("cache", "inference"):
+            origin = "own"
+        elif source == "peer" and used:
+            origin = node.store.verdict_origin(used[0])
         return self._result(work, self._answer(decision.outcome), decision.outcome, reason, source,
-                            verdict_ids=used, scores=decision.scores, inferred=inferred)
+                            verdict_ids=used, scores=decision.scores, inferred=inferred, origin=origin)
 
     def _media_result(self, work: _Work, outcome: str, accept: bool, reason: str) -> Result:
         return self._result(work, "accept" if accept else "reject", outcome, reason, "media")
 
-    def _unavailable(self, work: _Work, why: str) -> Result:
-        reason = f"{why}; pictrs.on_unavailable is {self.node.config.pictrs.on_unavailable}"
+    def _unavailable(self, work: _Work, why: str, *, explain: bool = True) -> Result:
+        """Undecided: the matching verdicts that did not count and the lookups that gave nothing come first
+        (they are usually what the admin must fix), then why nothing else could decide. ``explain=False``
+        after an internal error: nothing more is computed."""
+        decision = self._decide(work) if explain and work.candidates else None
+        notes = [*(unused_lines(decision.unused) if decision is not None else ()), *work.lookup_problems]
+        if decision is not None:
+            self._log_notes(work, decision)
+        elif work.lookup_problems:
+            log.info("%s %s: %s", work.source, work.sha256[:16], "; ".join(work.lookup_problems))
+        reason = "; ".join([*notes, why, f"pictrs.on_unavailable is {self.node.config.pictrs.on_unavailable}"])
         return self._result(work, self._answer("unknown"), "unknown", reason, "unavailable")
 
+    def _log_notes(self, work: _Work, decision: Decision) -> None:
+        """One log line naming the peers and rules behind verdicts that matched and did not count, and the
+        lookups that gave nothing: what the admin reads when an answer is not what a peer said."""
+        notes = [*unused_lines(decision.unused), *work.lookup_problems]
+        if notes:
+            log.info("%s %s: %s", work.source, work.sha256[:16], "; ".join(notes))
+
+    def _media_rules(self, result: Result) -> Result:
+        """``media.on_trailing_data: reject``: refuse an upload carrying more than ``max_trailing_bytes``
+        after the image's end marker (a ZIP glued to a JPEG), whatever decided it. Only the pict-rs answer
+        changes: the outcome (what sweeps act on) and the verdict stay as decided."""
+        media = self.node.config.media
+        trailing = (result.media_flags or {}).get("trailing_bytes", 0)
+        if media.on_trailing_data != "reject" or trailing <= media.max_trailing_bytes or result.decision == "reject":
+            return result
+        reason = (f"{result.reason}; {trailing} bytes of trailing data after the image (media.on_trailing_data "
+                  f"is reject above media.max_trailing_bytes, {media.max_trailing_bytes})")
+        return replace(result, decision="reject", reason=reason)
+
     def _result(self, work: _Work, decision: Answer, outcome: str, reason: str, source: Source, *,
-                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False) -> Result:
+                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False,
+                origin: str | None = None) -> Result:
         elapsed = asyncio.get_running_loop().time() - work.started
         return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
                       fingerprint=work.fingerprint, verdict_ids=verdict_ids,
                       scores=dict(scores) if scores is not None else None, inferred=inferred,
-                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format)
+                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format, origin=origin,
+                      media_flags=dict(work.media_flags) if work.media_flags is not None else None)
 
     def _record(self, work: _Work, result: Result) -> None:
         node = self.node
         node.metrics.child(node.metrics.images, result.outcome, result.source).inc()
         node.metrics.child(node.metrics.pipeline_seconds, result.source).observe(result.elapsed_ms / 1000.0)
+        if result.source == "peer":
+            node.metrics.child(node.metrics.peer_decisions, result.origin or "unknown").inc()
         node.store.record_decision(
             source=work.source, source_key=work.source_key, decision=result.decision, reason=result.reason,
             origin=result.source, fingerprint=result.fingerprint, sha256=result.sha256,
             pixel_sha256=work.pixel_sha256, media_type=work.media_type, verdict_ids=result.verdict_ids,
-            inferred=result.inferred, elapsed_ms=result.elapsed_ms)
+            inferred=result.inferred, elapsed_ms=result.elapsed_ms, verdict_origin=result.origin,
+            media_flags=result.media_flags)
 
 
 class _QueueFullError(Exception):
@@ -434,12 +508,20 @@ def _sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _pixel_key(data: bytes) -> str | None:
-    """The metadata-insensitive key, or None for bytes that are no image (never raises)."""
+def _walk_keys(data: bytes, want_pixel_key: bool) -> tuple[str | None, dict[str, Any]]:
+    """(the metadata-insensitive key, or None when not wanted or the bytes are no image; the media flags a
+    walk tells) from one walk of the container, without decoding pixels where the format allows. Never raises."""
     try:
-        return fingerprinting.pixel_sha256(data)
+        structure = walk(data)
+    except Exception:  # noqa: BLE001 - hostile bytes have only their byte key, and no flags
+        return None, {}
+    flags = walk_flags(structure, len(data))
+    if not want_pixel_key:
+        return None, flags
+    try:
+        return fingerprinting.pixel_sha256(data, structure), flags
     except Exception:  # noqa: BLE001 - hostile bytes have only their byte key
-        return None
+        return None, flags
 
 
 def _decode_and_fingerprint(data: bytes, limits: Any) -> tuple[Any, Fingerprint | None, str | None]:
@@ -453,22 +535,22 @@ def _decode_and_fingerprint(data: bytes, limits: Any) -> tuple[Any, Fingerprint 
         return media, None, f"{type(e).__name__}: {e}"
 
 
-def _match_kind(ours: Fingerprint, theirs: Fingerprint) -> tuple[str, int] | None:
-    """How a peer verdict's fingerprint matches ours: exact keys first, then perceptual distance."""
-    if theirs.sha256 == ours.sha256:
-        return "sha256", 0
-    if theirs.pixel_sha256 == ours.pixel_sha256:
-        return "pixel_sha256", 0
-    if theirs.preprocessing != ours.preprocessing:
+def _candidate(ours: Fingerprint, theirs: Verdict, own: bool) -> Candidate | None:
+    """How a verdict's fingerprint matches ours: an exact key, else every perceptual hash both carry (the
+    policy needs them all to refuse a forged single-hash collision); None when nothing is comparable."""
+    fp = theirs.fingerprint
+    if fp.sha256 == ours.sha256:
+        return Candidate(theirs, "sha256", 0, own)
+    if fp.pixel_sha256 == ours.pixel_sha256:
+        return Candidate(theirs, "pixel_sha256", 0, own)
+    if fp.preprocessing != ours.preprocessing:
         return None
-    options = []  # (distance as a fraction of the hash's bits, kind, distance)
-    if theirs.phash64 and ours.phash64:
-        distance = fingerprinting.hamming(theirs.phash64, ours.phash64)
-        options.append((distance / 64, "phash64", distance))
-    if theirs.pdq256 and ours.pdq256:
-        distance = fingerprinting.hamming(theirs.pdq256, ours.pdq256)
-        options.append((distance / 256, "pdq256", distance))
-    if not options:
+    distances: dict[str, int] = {}
+    if fp.phash64 and ours.phash64:
+        distances["phash64"] = fingerprinting.hamming(fp.phash64, ours.phash64)
+    if fp.pdq256 and ours.pdq256:
+        distances["pdq256"] = fingerprinting.hamming(fp.pdq256, ours.pdq256)
+    if not distances:
         return None
-    _, kind, distance = min(options)
-    return kind, distance
+    kind = min(distances, key=lambda k: distances[k] / PERCEPTUAL_BITS[k])  # the closest, relative to its bits
+    return Candidate(theirs, kind, distances[kind], own, distances=distances)  # type: ignore[arg-type]

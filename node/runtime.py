@@ -2,8 +2,9 @@
 policy, inference backend, keys, metrics — plus the hook points later features plug into.
 
 Hook points (all plain attributes, set by a feature package's `install(node)` or by tests):
-  - `node.lookup_peers`: `async (fingerprint, deadline) -> list[(Verdict, signed_document)]`, verified
-    peer verdicts for an image we cannot decide yet (federation). `deadline` is `loop.time()`-based.
+  - `node.lookup_peers`: `async (fingerprint, deadline) -> PeerAnswers`, verified peer verdicts for an image
+    we cannot decide yet, and one line per peer that gave no usable answer (federation). `deadline` is
+    `loop.time()`-based.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
     per new own verdict (federation publishes them to the outbox).
   - `node.app_setups`: `(app: aiohttp.web.Application, node) -> None`, called by `server.build_app` to
@@ -12,6 +13,8 @@ Hook points (all plain attributes, set by a feature package's `install(node)` or
     (delivery loops, sweep daemons).
   - `node.features`: the objects feature packages add (``node.features.get(Federation)``), and
     `node.on_close`: coroutines run when the node closes, before the store does.
+  - `node.on_peers_changed`: callbacks `(peers) -> None`, called by `reload_peers` once a new peers.yaml
+    is in force (federation swaps who may read, the key pins and whom to follow).
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
     BatchingClassifier); anything with `model`, `async classify_frames(frames)` (raising QueueFull),
     `unavailable()` and `async close()` fits.
@@ -27,10 +30,12 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
-from node.config import ClassifierSection, NodeConfig, PeerEntry, is_model_none, load_peers
+from node.config import ClassifierSection, ConfigError, NodeConfig, PeerEntry, is_model_none, load_peers
 from node.datadir import open_identity
+from node.peers_file import Signature, signature
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
@@ -43,10 +48,22 @@ from scanners.models import load_classifier
 
 log = logging.getLogger("verdict_node")
 
-PeerLookup = Callable[[Fingerprint, float], Awaitable[list[tuple[Verdict, dict]]]]
+@dataclass(frozen=True)
+class PeerAnswers:
+    """What asking the lookup peers about one image gave: the verified verdicts (with their signed documents)
+    and, per peer that gave no usable answer, one line in our own words (``lookup at https://a.example
+    refused: not a peer of that node``). The lines go into the answer's reason: what a remote server wrote is
+    never quoted there."""
+
+    verdicts: list[tuple[Verdict, dict]]
+    problems: tuple[str, ...] = ()
+
+
+PeerLookup = Callable[[Fingerprint, float], Awaitable[PeerAnswers]]
 VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
 AppSetup = Callable[[Any, "Node"], None]
 BackgroundTask = Callable[["Node"], Awaitable[None]]
+PeersChanged = Callable[[list[PeerEntry]], None]
 
 
 FeatureT = TypeVar("FeatureT")
@@ -84,8 +101,17 @@ class InferenceBackend(Protocol):
 def on_stop_signals(callback: Callable[[], Any]) -> None:
     """Call ``callback`` on SIGTERM and SIGINT, so `serve` and `scan` shut down cleanly (flushing writes,
     saving cursors) instead of dying mid-write. Silently skipped where the loop cannot take signals."""
+    _on_signals((signal.SIGTERM, signal.SIGINT), callback)
+
+
+def on_reload_signal(callback: Callable[[], Any]) -> None:
+    """Call ``callback`` on SIGHUP (`kill -HUP`: read peers.yaml again), the daemon convention."""
+    _on_signals((signal.SIGHUP,), callback)
+
+
+def _on_signals(signums: Sequence[int], callback: Callable[[], Any]) -> None:
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in signums:
         try:
             loop.add_signal_handler(signum, callback)
         except (NotImplementedError, RuntimeError):
@@ -116,6 +142,7 @@ class Node:
         # (the Store's own safety valve) is only for a backlog far beyond one interval's worth.
         store.FLUSH_AT = 20_000
         self.peers = list(peers)
+        self.peers_signature: Signature = signature(config.peers_path)
         self.ed25519_key = ed25519_key
         self.rsa_key = rsa_key
         self.metrics = Metrics()
@@ -132,6 +159,7 @@ class Node:
         self.background: list[BackgroundTask] = []
         self.features = Features()
         self.on_close: list[CloseHook] = []
+        self.on_peers_changed: list[PeersChanged] = []
         self._tasks: list[asyncio.Task] = []
         self._started = False
         self.set_backend(backend, backend_problem)
@@ -147,7 +175,11 @@ class Node:
         identity = open_identity(config)
         peers = load_peers(config.peers_path)
         backend, problem = load_backend(config.classifier) if load_model else (None, "classifier not loaded")
-        if problem and load_model:
+        if problem and load_model and is_model_none(config.classifier.model):
+            log.info("no classifier: classifier.model is none, so this node classifies nothing itself; it answers "
+                     "from verdicts (its own, its peers', lookups) and remote workers, and unknown images per "
+                     "pictrs.on_unavailable: %s", config.pictrs.on_unavailable)
+        elif problem and load_model:
             log.warning("no classifier: %s (node.yaml classifier.model is %r; until it loads, known images are "
                         "answered from stored verdicts and unknown ones per pictrs.on_unavailable: %s)",
                         problem.rstrip("."), config.classifier.model, config.pictrs.on_unavailable)
@@ -231,9 +263,35 @@ class Node:
         self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
                                        own_models=self.store.own_models())
 
-    def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool) -> tuple[int, bool]:
-        """Store a verdict and index its perceptual hashes (idempotent). Returns (rowid, inserted_now)."""
-        rowid, inserted = self.store.insert_verdict(verdict, document, own=own)
+    def reload_peers(self) -> bool:
+        """Read peers.yaml again and put it in force at once: the policy (whose verdicts count, how far),
+        then every ``on_peers_changed`` callback, all between two requests (nothing here awaits). A file
+        that does not parse is refused with its one line, and the peers in force stay. True when reloaded."""
+        path = self.config.peers_path
+        seen = signature(path)
+        try:
+            peers = load_peers(path)
+        except ConfigError as exc:
+            self.peers_signature = seen  # not tried again until it changes
+            log.error("peers.yaml not reloaded, the %d peer(s) in force stay: %s", len(self.peers), exc)
+            return False
+        self.peers, self.peers_signature = peers, seen
+        self.policy = policy_config_of(self.config, self.peers, own_model=self.model,
+                                       own_models=self.store.own_models())
+        for callback in list(self.on_peers_changed):
+            try:
+                callback(peers)
+            except Exception:  # noqa: BLE001 - one feature's failure must not undo the others' swap
+                log.exception("applying the new peers.yaml failed in %r", callback)
+        log.info("peers.yaml reloaded: %d peer(s): %s", len(peers),
+                 ", ".join(f"{p.actor} ({p.trust})" for p in peers) or "none")
+        return True
+
+    def add_verdict(self, verdict: Verdict, document: dict | None, *, own: bool,
+                    origin: str | None = None) -> tuple[int, bool]:
+        """Store a verdict and index its perceptual hashes (idempotent). ``origin``: how it reached us
+        (node.store.VERDICT_ORIGINS). Returns (rowid, inserted_now)."""
+        rowid, inserted = self.store.insert_verdict(verdict, document, own=own, origin=origin)
         if inserted and rowid == self._synced_rowid + 1:
             self._synced_rowid = rowid  # nothing from another process in between: no need to read it back
         if inserted:

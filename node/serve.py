@@ -1,5 +1,7 @@
 """`verdict-node serve`: the composition root of a serving node. It opens the data directory, installs the
-features a serving node has (federation, remote workers) and runs the HTTP application until SIGTERM.
+features a serving node has (federation, remote workers) and runs the HTTP application until SIGTERM;
+SIGHUP, or any change to peers.yaml, puts the new peers.yaml in force without a restart
+(Node.reload_peers, node.peers_file).
 
 This is one of the few places that may name feature packages: the core never does, and features never
 name each other (tests/test_import_rules.py holds that).
@@ -13,10 +15,10 @@ import sys
 
 from aiohttp import web
 
-from node import federation, workers
+from node import federation, peers_file, workers
 from node.config import NodeConfig
 from node.datadir import pictrs_urls, resolve_config
-from node.runtime import Node, on_stop_signals
+from node.runtime import Node, on_reload_signal, on_stop_signals
 from node.server import app_runner
 from node.store import SchemaTooNew
 
@@ -29,7 +31,13 @@ def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
     node = Node.open(config, load_model=load_model)
     federation.install(node)
     workers.install(node)
+    node.background.append(watch_peers_file)
     return node
+
+
+async def watch_peers_file(node: Node) -> None:
+    """Background task: a changed peers.yaml is put in force once it has settled."""
+    await peers_file.watch(node.reload_peers, node.config.peers_path, lambda: node.peers_signature)
 
 
 async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
@@ -40,6 +48,7 @@ async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None
     await site.start()
     stop = asyncio.Event()
     on_stop_signals(stop.set)
+    on_reload_signal(node.reload_peers)
     log.info("listening on http://%s:%d (actor %s)", host, port, node.actor_id)
     if ready is not None:
         ready.set()

@@ -233,7 +233,19 @@ ALTER TABLE peers ADD COLUMN bound_rsa_fingerprint TEXT;  -- the RSA key bound u
 ALTER TABLE peers ADD COLUMN bound_under_pin TEXT;        -- the Ed25519 pin in force when it was bound
 ALTER TABLE peers ADD COLUMN bound_at REAL;
 """),
+    # How each verdict reached this node (own, push, backfill, lookup), and per decision the origin of the
+    # deciding verdict and the media flags (trailing data, truncation, animation): answers and records
+    # tell a lookup from a pushed verdict, and show what was glued to an image.
+    Migration("verdict origins and media flags", """
+ALTER TABLE verdicts ADD COLUMN origin TEXT;              -- own | push | backfill | lookup (null: before this)
+ALTER TABLE decisions ADD COLUMN verdict_origin TEXT;     -- the deciding verdict's origin, as the answer says
+ALTER TABLE decisions ADD COLUMN media_flags TEXT;        -- JSON {trailing_bytes, truncated, animated}
+"""),
 ]
+
+#: How a verdict reached this node: issued here, pushed to our inbox (a Create or a relaying Announce), read
+#: from a followed peer's outbox (backfill), or answered by a lookup peer.
+VERDICT_ORIGINS = ("own", "push", "backfill", "lookup")
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
                     "model_name, model_version, model_rules, published, supersedes")
@@ -385,18 +397,23 @@ class Store:
 
     # -- verdicts --------------------------------------------------------------------------------
 
-    def insert_verdict(self, verdict: Verdict, document: Mapping[str, Any] | None, *, own: bool) -> tuple[int, bool]:
-        """Store a verdict (idempotent on its id). Returns (rowid, inserted_now)."""
+    def insert_verdict(self, verdict: Verdict, document: Mapping[str, Any] | None, *, own: bool,
+                       origin: str | None = None) -> tuple[int, bool]:
+        """Store a verdict (idempotent on its id: the first origin stays). ``origin``: one of VERDICT_ORIGINS
+        (default: own for own verdicts, push for others). Returns (rowid, inserted_now)."""
+        origin = origin or ("own" if own else "push")
+        if origin not in VERDICT_ORIGINS:
+            raise ValueError(f"origin must be one of {', '.join(VERDICT_ORIGINS)}, got {origin!r}")
         fp = verdict.fingerprint
         conn = self.conn
         cur = conn.execute(
             "INSERT OR IGNORE INTO verdicts (verdict_id, issuer, own, received_at, sha256, pixel_sha256, phash64, "
             "pdq256, preprocessing, scores, label, model_name, model_version, model_rules, published, supersedes, "
-            "document) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "document, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (verdict.id, verdict.issuer, int(own), time.time(), fp.sha256, fp.pixel_sha256, fp.phash64 or None,
              fp.pdq256, fp.preprocessing, json.dumps(dict(verdict.scores), sort_keys=True), verdict.label,
              verdict.model.name, verdict.model.version, verdict.model.rules, verdict.published, verdict.supersedes,
-             json.dumps(document, sort_keys=True) if document is not None else None))
+             json.dumps(document, sort_keys=True) if document is not None else None, origin))
         if cur.rowcount == 1:
             self.generation += 1
             return int(cur.lastrowid), True
@@ -410,6 +427,24 @@ class Store:
             f"SELECT {_VERDICT_COLUMNS}, own FROM verdicts WHERE retracted_at IS NULL AND "
             f"(sha256 = ? OR pixel_sha256 = ?)", (sha256, pixel_sha256 or "")).fetchall()
         return [_stored_verdict(row, "sha256" if row[3] == sha256 else "pixel_sha256") for row in rows]
+
+    def find_exact_retracted(self, sha256: str, pixel_sha256: str | None,
+                             limit: int = 10) -> list[tuple[StoredVerdict, str]]:
+        """Retracted verdicts on these exact keys, with the recorded reason: they never count, but an answer
+        that falls back to on_unavailable says that they matched and why they did not count."""
+        rows = self.conn.execute(
+            f"SELECT {_VERDICT_COLUMNS}, own, retract_reason FROM verdicts WHERE retracted_at IS NOT NULL AND "
+            f"(sha256 = ? OR pixel_sha256 = ?) ORDER BY id DESC LIMIT ?", (sha256, pixel_sha256 or "", limit)).fetchall()
+        return [(_stored_verdict(row[:-1], "sha256" if row[3] == sha256 else "pixel_sha256"),
+                 row[-1] or "retracted") for row in rows]
+
+    def verdict_origin(self, verdict_id: str) -> str | None:
+        """How a stored verdict reached this node (see VERDICT_ORIGINS); None for rows stored before origins
+        were recorded, or an unknown id."""
+        row = self.conn.execute("SELECT origin, own FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
+        if row is None:
+            return None
+        return row[0] or ("own" if row[1] else None)
 
     def find_by_bytes(self, sha256: str) -> tuple[list[StoredVerdict], bool]:
         """The fast path for bytes seen before, without computing their pixel key: verdicts on this sha256,
@@ -498,7 +533,8 @@ class Store:
                         fingerprint: Fingerprint | None = None, sha256: str | None = None,
                         pixel_sha256: str | None = None, source_key: str | None = None,
                         media_type: str | None = None, verdict_ids: Sequence[str] = (), inferred: bool = False,
-                        elapsed_ms: float | None = None) -> None:
+                        elapsed_ms: float | None = None, verdict_origin: str | None = None,
+                        media_flags: Mapping[str, Any] | None = None) -> None:
         """Queue one decision row (written by `flush`, at once when FLUSH_AT rows are pending)."""
         row = {
             "created_at": time.time(), "source": source, "source_key": source_key,
@@ -508,6 +544,8 @@ class Store:
             "pdq256": fingerprint.pdq256 if fingerprint else None,
             "media_type": media_type, "decision": decision, "reason": reason, "origin": origin,
             "verdict_ids": json.dumps(list(verdict_ids)), "inferred": int(inferred), "elapsed_ms": elapsed_ms,
+            "verdict_origin": verdict_origin,
+            "media_flags": json.dumps(dict(media_flags), sort_keys=True) if media_flags is not None else None,
         }
         with self._lock:
             self._pending.append(row)

@@ -42,6 +42,7 @@ __all__ = [
     "open_image",
     "PIL_FORMATS",
     "Unreadable",
+    "walk_flags",
     "BACKGROUND",
     "PINNED_SIDE",
 ]
@@ -439,6 +440,21 @@ def walk(data: bytes, fmt: str | None = None) -> Structure | None:
         raise Unreadable(f"corrupt {fmt}: {exc}") from None
 
 
+def walk_flags(structure: Structure | None, size: int) -> dict:
+    """The flags a container walk tells without decoding, as ``decode`` reports them: ``trailing_bytes``
+    (bytes after the end marker), ``truncated``, ``animated``. {} for formats without a walker."""
+    flags: dict = {}
+    if structure is None:
+        return flags
+    if structure.end is not None and structure.end < size:
+        flags["trailing_bytes"] = size - structure.end
+    if structure.truncated:
+        flags["truncated"] = True
+    if structure.frame_count > 1:
+        flags["animated"] = True
+    return flags
+
+
 # ---------------------------------------------------------------------------------------------- pixels
 
 _ORIENT = {
@@ -624,10 +640,8 @@ def _decode(data: bytes, limits: Limits) -> Media:
     if s is not None:
         if s.width * s.height > limits.max_pixels:
             return _unreadable(f"too many pixels: {s.width}x{s.height} > {limits.max_pixels}", fmt)
-        if s.end is not None and s.end < len(data):
-            flags["trailing_bytes"] = len(data) - s.end
+        flags = {k: v for k, v in walk_flags(s, len(data)).items() if k != "animated"}  # counted when decoded
         if s.truncated:
-            flags["truncated"] = True
             if fmt not in ("jpeg", "gif"):
                 return _unreadable(f"truncated {fmt}", fmt, truncated=True)
         if fmt == "gif" and not s.gif_frames:

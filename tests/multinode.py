@@ -1,6 +1,7 @@
 """Several real nodes on loopback, each started the way an admin starts one (`verdict-node serve` on its
 own data directory and port), plus what the federation tests need around them: polling the databases
-the nodes write, signing requests as a peer would (to forge them, too), and synthetic signed verdicts.
+the nodes write, signing requests as a peer would (to forge them, too), synthetic signed verdicts, and for
+the in-process nodes (tests.node_helpers.running_node) a data directory, peers.yaml and own verdicts.
 
     a = Peer.create(tmp_path / "a", "a", model=spec)
     b = Peer.create(tmp_path / "b", "b", peers=[a.peer_entry(trust="full")])
@@ -9,10 +10,12 @@ the nodes write, signing requests as a peer would (to forge them, too), and synt
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,13 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import aiohttp
 import yaml
 
 from node.config import NodeConfig, load_config
 from protocol import httpsig
 from protocol.keys import load_private_key
 from protocol.verdict import Fingerprint, ModelInfo, Verdict, new_verdict_id, sign_verdict, utc_timestamp
-from tests.node_helpers import ROOT, free_port, make_data_dir, stop_process, wait_healthy
+from tests.node_helpers import (ROOT, free_port, make_data_dir, metric_value, pictrs_post, run, stop_process,
+                                wait_healthy)
 
 # Fast-moving federation settings for tests: short poll and retry delays, the real batch size and window.
 TEST_FEDERATION = {"poll_seconds": 0.2, "retry_base_seconds": 1.0, "retry_max_seconds": 5.0,
@@ -110,6 +115,17 @@ class Peer:
         code = stop_process(self.proc) if self.proc is not None else 0
         self.proc = None
         return code
+
+    def hang_up(self) -> None:
+        """`kill -HUP`: the running serve reads peers.yaml again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    @property
+    def pin(self) -> str:
+        """The key_fingerprint line of `verdict-node peers show-key`, as its admin would send it."""
+        shown = self.cli("peers", "show-key").stdout
+        return next(line.split()[1] for line in shown.splitlines() if line.startswith("key_fingerprint:"))
 
     def log(self) -> str:
         return self.log_path.read_text()[-5000:] if self.log_path and self.log_path.exists() else ""
@@ -223,3 +239,68 @@ def synthetic_verdict(actor_id: str, ed25519_key: Any, index: int, *, csam: floa
                       scores={"csam": csam, "nsfw": 0.2, "underage": 0.1},
                       label="csam" if csam >= 0.5 else "safe", model=model, published=utc_timestamp())
     return verdict, sign_verdict(verdict, ed25519_key, f"{actor_id}#ed25519-key")
+
+
+# -- in-process nodes (tests.node_helpers.running_node) ----------------------------------------------------
+
+def node_config(tmp_path: Path, name: str, peers: list[dict] | None = None, federation: dict | None = None,
+                **sections: Any) -> NodeConfig:
+    """A data directory ``tmp_path/name`` on a free port, with the tests' fast federation settings."""
+    return make_data_dir(tmp_path / name, port=free_port(), peers=peers, node={"name": f"node-{name}"},
+                         federation={**TEST_FEDERATION, **(federation or {})}, **sections)
+
+
+def write_peers(config: NodeConfig, entries: list[dict]) -> None:
+    config.peers_path.write_text(yaml.safe_dump({"peers": entries}))
+
+
+async def issue_verdicts(node: Any, count: int, start: int = 0) -> list[str]:
+    """Own verdicts as the pipeline makes them: signed, stored, announced to the on_own_verdict hooks."""
+    ids = []
+    for i in range(start, start + count):
+        verdict, doc = synthetic_verdict(node.actor_id, node.ed25519_key, i)
+        node.add_verdict(verdict, doc, own=True)
+        await node.emit_own_verdict(verdict, doc)
+        ids.append(verdict.id)
+    return ids
+
+
+async def signed_get(url: str, config: NodeConfig) -> tuple[int, dict, Any]:
+    """A GET signed with the node's RSA key, as a peer reads an outbox or asks a lookup: (status, headers, JSON)."""
+    headers = {"Accept": "application/activity+json"}
+    headers.update(httpsig.sign_request("GET", url, headers, None, f"{config.actor_id}#main-key",
+                                        load_private_key(config.rsa_key_path)))
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as r:
+        return r.status, dict(r.headers), await r.json(content_type=None)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> None:
+    """Wait for ``predicate`` inside an event loop. Generous: the wait ends as soon as the condition holds;
+    the bound only matters on a starved machine."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+# -- pict-rs calls and metrics, as an admin would watch them ----------------------------------------------
+
+async def _scan(peer: Peer, images: list[bytes], content_type: str = "image/jpeg", parallel: int = 16) -> list[dict]:
+    semaphore = asyncio.Semaphore(parallel)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async def one(data: bytes) -> dict:
+            async with semaphore:
+                status, body = await pictrs_post(peer.validate_url(), data, content_type, session=session)
+                body["status"] = status
+                return body
+        return list(await asyncio.gather(*(one(d) for d in images)))
+
+
+def scan(peer: Peer, images: list[bytes], content_type: str = "image/jpeg") -> list[dict]:
+    """POST each image to the peer's pict-rs endpoint, as pict-rs does; the answers, with their status."""
+    return run(_scan(peer, images, content_type))
+
+
+def metric(peer: Peer, name: str, **labels: str) -> float:
+    return run(metric_value(peer.base, name, **labels))

@@ -205,3 +205,35 @@ def test_an_empty_node_yaml_is_an_error_not_all_defaults(tmp_path, text):
     assert line.startswith("error: node.yaml: empty: ")
     (tmp_path / "node.yaml").write_text("{}\n")  # all defaults, said explicitly
     assert load_config(tmp_path / "node.yaml") == NodeConfig()
+
+
+def test_init_url_with_a_loopback_port_is_where_serve_listens(tmp_path):
+    """`init --url http://127.0.0.1:8081` used to keep listen.port 8080: the node gave peers a URL it did not
+    answer at. A loopback URL's port is the listen port; a public URL's port is the proxy's, and init says so."""
+    r = _cli("init", "--dir", str(tmp_path / "lo"), "--url", "http://127.0.0.1:8081", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    config = load_config(tmp_path / "lo" / "node.yaml")
+    assert (config.node.url, config.listen.port) == ("http://127.0.0.1:8081", 8081)
+    assert f"EXTERNAL_VALIDATION=http://127.0.0.1:8081/pictrs/validate/{config.pictrs.tokens[0]}" in r.stdout
+    assert load_config(init_data_dir(tmp_path / "name", "http://localhost:9000").data_dir / "node.yaml") \
+        .listen.port == 9000
+    r = _cli("init", "--dir", str(tmp_path / "pub"), "--url", "https://a.example:8443", cwd=tmp_path)
+    config = load_config(tmp_path / "pub" / "node.yaml")
+    assert (config.node.url, config.listen.port) == ("https://a.example:8443", 8080)
+    assert "the port in node.url (8443) is the public one" in r.stdout
+    assert "EXTERNAL_VALIDATION=http://127.0.0.1:8080/pictrs/validate/" in r.stdout
+
+
+def test_a_model_none_node_says_it_classifies_nothing_not_until_it_loads(tmp_path, caplog):
+    import logging
+
+    from node.runtime import Node
+
+    config = init_data_dir(tmp_path / "none")
+    config.classifier.model = "none"
+    with caplog.at_level(logging.INFO, logger="verdict_node"):
+        node = Node.open(config)
+    node.store.close()
+    node.executor.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no classifier")]
+    assert len(lines) == 1 and "classifies nothing itself" in lines[0] and "until it loads" not in lines[0]

@@ -7,7 +7,6 @@ import json
 import time
 
 import aiohttp
-import yaml
 from aiohttp import web
 
 from node.cli import main as cli_main
@@ -16,41 +15,13 @@ from node.federation.delivery import backoff_seconds, is_permanent_refusal
 from node.federation.lookup import TokenBucket
 from protocol import activities, httpsig
 from protocol.keys import generate_ed25519, generate_rsa, key_fingerprint, load_private_key
-from tests.multinode import TEST_FEDERATION, TEST_MODEL, synthetic_verdict
-from tests.node_helpers import free_port, make_data_dir, run, running_node
-
-
-def _config(tmp_path, name, peers=None, federation=None, **sections):
-    return make_data_dir(tmp_path / name, port=free_port(), peers=peers, node={"name": f"node-{name}"},
-                         federation={**TEST_FEDERATION, **(federation or {})}, **sections)
-
-
-def _write_peers(config, entries: list[dict]) -> None:
-    config.peers_path.write_text(yaml.safe_dump({"peers": entries}))
+from tests.multinode import (TEST_MODEL, issue_verdicts, node_config, signed_get, synthetic_verdict, until,
+                             write_peers)
+from tests.node_helpers import free_port, run, running_node
 
 
 def _known(model=TEST_MODEL) -> list[str]:
     return [f"{model.name}@{model.rules}"]
-
-
-async def _issue(node, count: int, start: int = 0) -> list[str]:
-    """Own verdicts as the pipeline makes them: signed, stored, announced to the on_own_verdict hooks."""
-    ids = []
-    for i in range(start, start + count):
-        verdict, doc = synthetic_verdict(node.actor_id, node.ed25519_key, i)
-        node.add_verdict(verdict, doc, own=True)
-        await node.emit_own_verdict(verdict, doc)
-        ids.append(verdict.id)
-    return ids
-
-
-async def _until(predicate, timeout: float = 60.0, what: str = "condition"):
-    # Generous: these waits end as soon as the condition holds; the bound only matters on a starved machine.
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def _state(node, actor: str) -> tuple[str, str] | None:
@@ -59,17 +30,8 @@ def _state(node, actor: str) -> tuple[str, str] | None:
     return tuple(row) if row else None
 
 
-async def _signed_get(url: str, config) -> tuple[int, dict, dict]:
-    key = load_private_key(config.rsa_key_path)
-    headers = {"Accept": "application/activity+json"}
-    headers.update(httpsig.sign_request("GET", url, headers, None, f"{config.actor_id}#main-key", key))
-    async with aiohttp.ClientSession() as session:
-        async with session.get(url, headers=headers) as r:
-            return r.status, dict(r.headers), await r.json(content_type=None)
-
-
 def test_actor_webfinger_and_nodeinfo_describe_the_node(tmp_path):
-    config = _config(tmp_path, "a")
+    config = node_config(tmp_path, "a")
 
     async def body():
         async with running_node(config) as (node, base), aiohttp.ClientSession() as s:
@@ -99,29 +61,29 @@ def test_actor_webfinger_and_nodeinfo_describe_the_node(tmp_path):
 
 
 def test_unlisted_follower_waits_for_approval_then_backfills_and_can_be_removed(tmp_path):
-    a = _config(tmp_path, "a", federation={"open_follow_requests": True})
-    d = _config(tmp_path, "d", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
+    a = node_config(tmp_path, "a", federation={"open_follow_requests": True})
+    d = node_config(tmp_path, "d", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
     cli = ["--config", str(a.data_dir / "node.yaml")]
 
     async def body():
         async with running_node(a) as (node_a, base_a), running_node(d) as (node_d, _):
-            issued = await _issue(node_a, 3)
-            await _until(lambda: _state(node_a, d.actor_id) == ("pending", "none"), what="D's request recorded")
-            status, _, _ = await _signed_get(f"{base_a}/outbox?since=0", d)
+            issued = await issue_verdicts(node_a, 3)
+            await until(lambda: _state(node_a, d.actor_id) == ("pending", "none"), what="D's request recorded")
+            status, _, _ = await signed_get(f"{base_a}/outbox?since=0", d)
             assert status == 403 and node_d.store.counts()["peer_verdicts"] == 0
 
             # The admin approves from the command line while the server runs; the server sends the Accept.
             assert cli_main(["peers", "approve", d.actor_id, *cli]) == 0
-            await _until(lambda: _state(node_d, a.actor_id) == ("none", "accepted"), what="D sees the Accept")
-            await _until(lambda: node_d.store.counts()["peer_verdicts"] == 3, what="D backfilled")
+            await until(lambda: _state(node_d, a.actor_id) == ("none", "accepted"), what="D sees the Accept")
+            await until(lambda: node_d.store.counts()["peer_verdicts"] == 3, what="D backfilled")
             assert {node_d.store.get_verdict(i).verdict.issuer for i in issued} == {a.actor_id}
-            later = await _issue(node_a, 2, start=10)  # and new ones are pushed
-            await _until(lambda: all(node_d.store.get_verdict(i) for i in later), what="D got the new verdicts")
+            later = await issue_verdicts(node_a, 2, start=10)  # and new ones are pushed
+            await until(lambda: all(node_d.store.get_verdict(i) for i in later), what="D got the new verdicts")
 
             assert cli_main(["peers", "remove", d.actor_id, *cli]) == 0
-            await _until(lambda: _state(node_d, a.actor_id) == ("none", "rejected"), what="D sees the Reject")
+            await until(lambda: _state(node_d, a.actor_id) == ("none", "rejected"), what="D sees the Reject")
             assert _state(node_a, d.actor_id) == ("none", "none")
-            status, _, _ = await _signed_get(f"{base_a}/outbox?since=0", d)
+            status, _, _ = await signed_get(f"{base_a}/outbox?since=0", d)
             assert status == 403
     run(body())
 
@@ -170,7 +132,7 @@ def _add_follower(node, actor: str, inbox: str) -> None:
 
 def test_a_slow_or_dead_follower_never_delays_the_others_and_its_queue_survives_a_restart(tmp_path):
     # The hanging peer holds each request until A's 60 s timeout; the live one must not wait for that.
-    a = _config(tmp_path, "a", federation={"request_timeout_seconds": 60.0, "retry_base_seconds": 0.2,
+    a = node_config(tmp_path, "a", federation={"request_timeout_seconds": 60.0, "retry_base_seconds": 0.2,
                                            "retry_max_seconds": 0.5, "batch_wait_seconds": 0.2})
 
     async def body():
@@ -181,12 +143,12 @@ def test_a_slow_or_dead_follower_never_delays_the_others_and_its_queue_survives_
             async with running_node(a) as (node, _):
                 for name, inbox in (("live", live), ("slow", slow), ("dead", dead)):
                     _add_follower(node, f"http://127.0.0.1:{inbox.port}/{name}", inbox.url)
-                issued = await _issue(node, 150)  # two batches: 100 + 50
-                await _until(lambda: sorted(live.verdict_ids) == sorted(issued), what="live follower served")
+                issued = await issue_verdicts(node, 150)  # two batches: 100 + 50
+                await until(lambda: sorted(live.verdict_ids) == sorted(issued), what="live follower served")
                 queued = dict(node.store.conn.execute(
                     "SELECT inbox, COUNT(*) FROM deliveries GROUP BY inbox").fetchall())
                 assert queued == {slow.url: 150, dead.url: 150}
-                await _until(lambda: node.store.conn.execute(
+                await until(lambda: node.store.conn.execute(
                     "SELECT MAX(attempts) FROM deliveries WHERE inbox = ?", (dead.url,)).fetchone()[0] >= 2,
                     what="dead follower retried")
                 sample = node.metrics.registry.get_sample_value
@@ -195,7 +157,7 @@ def test_a_slow_or_dead_follower_never_delays_the_others_and_its_queue_survives_
             # Server stopped; the dead follower comes up; a restarted server delivers the backlog in order.
             await dead.start()
             async with running_node(a) as (node, _):
-                await _until(lambda: sorted(dead.verdict_ids) == sorted(issued), what="backlog delivered after restart")
+                await until(lambda: sorted(dead.verdict_ids) == sorted(issued), what="backlog delivered after restart")
                 assert len(set(live.verdict_ids)) == len(live.verdict_ids)  # nothing sent twice to live
         finally:
             for inbox in (live, slow, dead):
@@ -204,10 +166,10 @@ def test_a_slow_or_dead_follower_never_delays_the_others_and_its_queue_survives_
 
 
 def test_lookup_answers_approved_peers_within_a_rate_limit(tmp_path):
-    b = _config(tmp_path, "b")
-    a = _config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False}],
+    b = node_config(tmp_path, "b")
+    a = node_config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False}],
                 federation={"lookup_rate_per_second": 1.0})
-    rogue = _config(tmp_path, "rogue")
+    rogue = node_config(tmp_path, "rogue")
 
     async def body():
         async with running_node(a) as (node_a, base_a), running_node(b), running_node(rogue):
@@ -215,14 +177,14 @@ def test_lookup_answers_approved_peers_within_a_rate_limit(tmp_path):
             node_a.add_verdict(verdict, doc, own=True)
             fp = verdict.fingerprint
             url = f"{base_a}/lookup?sha256={fp.sha256}&pixel_sha256={fp.pixel_sha256}&phash={fp.phash64}"
-            status, _, answer = await _signed_get(url, b)
+            status, _, answer = await signed_get(url, b)
             assert status == 200 and [v["id"] for v in answer["orderedItems"]] == [verdict.id]
             near = f"{int(fp.phash64, 16) ^ 0b111:016x}"  # 3 bits away: within the block distance
-            status, _, answer = await _signed_get(f"{base_a}/lookup?phash={near}", b)
+            status, _, answer = await signed_get(f"{base_a}/lookup?phash={near}", b)
             assert status == 200 and [v["id"] for v in answer["orderedItems"]] == [verdict.id]
-            status, headers, _ = await _signed_get(url, b)
+            status, headers, _ = await signed_get(url, b)
             assert status == 429 and "Retry-After" in headers
-            status, _, _ = await _signed_get(url, rogue)  # not a peer: no hashes for it
+            status, _, _ = await signed_get(url, rogue)  # not a peer: no hashes for it
             assert status == 403
             async with aiohttp.ClientSession() as s, s.get(url) as r:  # unsigned
                 assert r.status == 401
@@ -258,11 +220,11 @@ def test_a_slow_lookup_peer_costs_only_its_own_answers(tmp_path):
     pipeline's deadline."""
     slow_port = free_port()
     slow_actor = f"http://127.0.0.1:{slow_port}/actor"
-    a = _config(tmp_path, "a")
-    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "follow": False},
+    a = node_config(tmp_path, "a")
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "follow": False},
                                       {"actor": slow_actor, "trust": "full", "follow": False}],
                 federation={"lookup_peers": [slow_actor, a.actor_id], "lookup_timeout_seconds": 2.0})
-    _write_peers(a, [{"actor": b.actor_id, "trust": "full", "follow": False}])
+    write_peers(a, [{"actor": b.actor_id, "trust": "full", "follow": False}])
 
     async def body():
         slow = await _slow_peer(slow_port, delay=1.8)  # each step within the limit, both together not
@@ -275,21 +237,21 @@ def test_a_slow_lookup_peer_costs_only_its_own_answers(tmp_path):
                 # as node.pipeline calls it: the whole hook is cancelled at the deadline
                 found = await asyncio.wait_for(node_b.lookup_peers(verdict.fingerprint, deadline),
                                                deadline - loop.time())
-                assert [v.id for v, _ in found] == [verdict.id]
+                assert [v.id for v, _ in found.verdicts] == [verdict.id]
         finally:
             await slow.cleanup()
     run(body())
 
 
 def test_verdicts_cli_lists_and_retracts_a_peer_verdict_locally(tmp_path, capsys):
-    a = _config(tmp_path, "a")
-    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
-    _write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False}])
+    a = node_config(tmp_path, "a")
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
+    write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False}])
 
     async def body():
         async with running_node(a) as (node_a, _), running_node(b) as (node_b, _):
-            issued = await _issue(node_a, 2)
-            await _until(lambda: node_b.store.counts()["peer_verdicts"] == 2, what="B received")
+            issued = await issue_verdicts(node_a, 2)
+            await until(lambda: node_b.store.counts()["peer_verdicts"] == 2, what="B received")
             return issued
 
     issued = run(body())
@@ -325,9 +287,9 @@ async def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict]:
 
 
 def test_inbox_takes_rfc9421_and_relays_of_trusted_issuers_once(tmp_path):
-    a = _config(tmp_path, "a")  # the issuer
-    b = _config(tmp_path, "b")  # relays A's verdict
-    c = _config(tmp_path, "c", peers=[{"actor": b.actor_id, "trust": "full", "follow": False},
+    a = node_config(tmp_path, "a")  # the issuer
+    b = node_config(tmp_path, "b")  # relays A's verdict
+    c = node_config(tmp_path, "c", peers=[{"actor": b.actor_id, "trust": "full", "follow": False},
                                       {"actor": a.actor_id, "trust": "full", "follow": False,
                                        "known_models": _known()}])
 
@@ -350,9 +312,9 @@ def test_inbox_takes_rfc9421_and_relays_of_trusted_issuers_once(tmp_path):
 
 
 def test_a_peer_whose_key_differs_from_its_pin_is_refused(tmp_path):
-    b = _config(tmp_path, "b")
-    wrong_pin = key_fingerprint(load_private_key(_config(tmp_path, "other").ed25519_key_path))
-    a = _config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False,
+    b = node_config(tmp_path, "b")
+    wrong_pin = key_fingerprint(load_private_key(node_config(tmp_path, "other").ed25519_key_path))
+    a = node_config(tmp_path, "a", peers=[{"actor": b.actor_id, "trust": "full", "follow": False,
                                        "key_fingerprint": wrong_pin}])
 
     async def body():
@@ -369,18 +331,18 @@ def test_a_peer_whose_key_differs_from_its_pin_is_refused(tmp_path):
 
 
 def test_backfill_keeps_what_verifies_and_skips_a_forged_entry(tmp_path):
-    a = _config(tmp_path, "a")
-    b = _config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
-    _write_peers(a, [{"actor": b.actor_id, "trust": "observe"}])
+    a = node_config(tmp_path, "a")
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full", "known_models": _known()}])
+    write_peers(a, [{"actor": b.actor_id, "trust": "observe"}])
 
     async def body():
         async with running_node(a) as (node_a, _):
-            issued = await _issue(node_a, 3)
+            issued = await issue_verdicts(node_a, 3)
             forged, doc = synthetic_verdict(a.actor_id, node_a.ed25519_key, 99, csam=0.0)
             node_a.add_verdict(forged, {**doc, "scores": {**doc["scores"], "csam": 0.9}}, own=True)  # proof broken
-            issued += await _issue(node_a, 2, start=10)
+            issued += await issue_verdicts(node_a, 2, start=10)
             async with running_node(b) as (node_b, _):
-                await _until(lambda: all(node_b.store.get_verdict(i) for i in issued), what="B backfilled")
+                await until(lambda: all(node_b.store.get_verdict(i) for i in issued), what="B backfilled")
                 assert node_b.store.get_verdict(forged.id) is None
                 assert node_b.store.counts()["peer_verdicts"] == 5
                 assert node_b.features.get(Federation).metrics.received.labels("refused")._value.get() == 1

@@ -10,18 +10,15 @@ One test walks through the whole story, because starting torch-loading servers i
 """
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
 
-import aiohttp
 from PIL import Image
 
 from protocol import activities
 from tests.images import photo_bytes, synthetic_image_bytes
-from tests.multinode import Peer, signed_request, started, synthetic_verdict, wait_until
-from tests.node_helpers import metric_value, pictrs_post, run
+from tests.multinode import Peer, metric, scan, signed_request, started, synthetic_verdict, wait_until
 from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
 
 BLOCKED = "hubble_deep_field"  # tiny CLIP: csam >= 0.5 at A
@@ -38,25 +35,6 @@ def _reencoded(data: bytes) -> bytes:
     out = io.BytesIO()
     im.save(out, "JPEG", quality=60)
     return out.getvalue()
-
-
-async def _scan(peer: Peer, images: list[bytes], content_type: str = "image/jpeg", parallel: int = 16) -> list[dict]:
-    semaphore = asyncio.Semaphore(parallel)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        async def one(data: bytes) -> dict:
-            async with semaphore:
-                status, body = await pictrs_post(peer.validate_url(), data, content_type, session=session)
-                body["status"] = status
-                return body
-        return list(await asyncio.gather(*(one(d) for d in images)))
-
-
-def scan(peer: Peer, images: list[bytes], content_type: str = "image/jpeg") -> list[dict]:
-    return run(_scan(peer, images, content_type))
-
-
-def metric(peer: Peer, name: str, **labels: str) -> float:
-    return run(metric_value(peer.base, name, **labels))
 
 
 def test_four_nodes_share_verdicts(tmp_path, tiny_clip_spec):
@@ -83,8 +61,7 @@ def test_four_nodes_share_verdicts(tmp_path, tiny_clip_spec):
         category = max((k for k in allowed_scores if k != "csam"), key=lambda k: allowed_scores[k])
         c.edit_config(policy={"thresholds": {"csam": 0.5, category: round(allowed_scores[category] * 0.9, 6)}})
         # B's admin pins A's Ed25519 key, as A's admin printed it with `verdict-node peers show-key`.
-        shown = a.cli("peers", "show-key").stdout
-        pin = next(line.split()[1] for line in shown.splitlines() if line.startswith("key_fingerprint:"))
+        pin = a.pin
         b.write_peers([{"actor": a.actor, "trust": "full", "known_models": [model], "key_fingerprint": pin},
                        {"actor": c.actor, "trust": "full", "known_models": [model], "follow": False}])
         c.write_peers([{"actor": a.actor, "trust": "full", "known_models": [model]}])

@@ -5,8 +5,8 @@ import asyncio
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from node.runtime import Node
-from protocol.verdict import Verdict, new_verdict_id, sign_verdict, utc_timestamp, verify_verdict
+from node.runtime import Node, PeerAnswers
+from protocol.verdict import ModelInfo, Verdict, new_verdict_id, sign_verdict, utc_timestamp, verify_verdict
 from tests.images import encode, photo_bytes, photo_image
 from tests.node_helpers import make_data_dir, run
 from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
@@ -14,6 +14,7 @@ from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
 # With the tiny CLIP, these photos score csam >= 0.5 (block at the default 0.5) and well below (allow).
 BLOCKED = "hubble_deep_field"
 ALLOWED = "astronaut"
+TINY_MODEL = ModelInfo(name="peer-model", version="1", rules="peer-rules")
 
 
 def inferred(node: Node) -> float:
@@ -169,7 +170,7 @@ def test_peer_verdicts_from_the_lookup_hook_are_used_and_stored(tmp_path, tiny_c
 
         async def lookup(fingerprint_, deadline):
             asked.append(fingerprint_)
-            return [(verdict, doc)]
+            return PeerAnswers([(verdict, doc)])
         node.lookup_peers = lookup
         result = await node.pipeline.check(data)
         assert (result.decision, result.source, result.verdict_id) == ("reject", "peer", verdict.id)
@@ -298,3 +299,119 @@ def test_a_retraction_by_another_process_ends_a_memoised_decision(tmp_path, tiny
         again = await node.pipeline.check(data)
         assert (again.decision, again.source) == ("accept", "inference")
     run(_with_node(config, body))
+
+
+def test_media_flags_reach_the_answer_and_the_record_on_every_path(tmp_path, tiny_clip_spec):
+    """Trailing data, truncation and animation were flagged by `check` only: the answer and the decision
+    record carry them, whether the image was decoded, answered from an exact key, or memoised."""
+    from node.store import Store
+    from tests.hostile import gif_bytes, jpeg_with_zip
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+    glued, tail = jpeg_with_zip()
+    full = photo_bytes("coffee")
+    frames = [photo_image("coffee", size=64), photo_image("rocket", size=64)]
+
+    async def body(node: Node):
+        answers = [await node.pipeline.check(glued) for _ in range(3)]  # inference, exact key, memo
+        assert [a.source for a in answers] == ["inference", "cache", "cache"]
+        assert all(a.media_flags == {"trailing_bytes": tail} for a in answers), [a.media_flags for a in answers]
+        assert answers[0].as_json()["media"] == {"trailing_bytes": tail} and answers[0].decision == "accept"
+        cut = await node.pipeline.check(full[: len(full) * 6 // 10])
+        assert cut.media_flags == {"truncated": True}
+        animated = await node.pipeline.check(gif_bytes(frames), media_type="image/gif")
+        assert animated.media_flags == {"animated": True}
+        plain = await node.pipeline.check(full)
+        assert plain.media_flags == {} and plain.as_json()["media"] == {}
+    run(_with_node(config, body))
+    import json as _json
+
+    with Store(config.database_path) as store:
+        flags = [_json.loads(r["media_flags"]) for r in reversed(store.decisions())]
+    assert flags == [{"trailing_bytes": tail}] * 3 + [{"truncated": True}, {"animated": True}, {}]
+
+
+def test_on_trailing_data_reject_refuses_the_upload_but_keeps_the_outcome(tmp_path, tiny_clip_spec):
+    from tests.hostile import jpeg_with_zip
+
+    glued, tail = jpeg_with_zip()
+    strict = make_data_dir(tmp_path / "strict", model=tiny_clip_spec, media={"on_trailing_data": "reject"})
+
+    async def refused(node: Node):
+        for _ in range(2):  # decoded, then from the exact key
+            r = await node.pipeline.check(glued)
+            assert (r.decision, r.outcome) == ("reject", "allow"), r.reason
+            assert f"{tail} bytes of trailing data" in r.reason and "on_trailing_data is reject" in r.reason
+        assert (await node.pipeline.check(photo_bytes(ALLOWED))).decision == "accept"  # no trailing data
+    run(_with_node(strict, refused))
+
+    roomy = make_data_dir(tmp_path / "roomy", model=tiny_clip_spec,
+                          media={"on_trailing_data": "reject", "max_trailing_bytes": tail})
+    assert run(_with_node(roomy, lambda node: node.pipeline.check(glued))).decision == "accept"
+
+
+def test_an_answer_that_falls_back_names_the_verdicts_that_did_not_count(tmp_path, caplog):
+    """A model-none node holding a peer's verdict it may not use says so, naming the peer and the rule, in
+    the reason and in one log line, before 'no classifier'."""
+    import logging
+
+    from scanners.fingerprint import fingerprint
+
+    peer_actor = "https://a.example/actor"
+    config = make_data_dir(tmp_path, peers=[{"actor": peer_actor, "trust": "full"}],
+                           policy={"trust_issuer_models": False})
+    data = photo_bytes("rocket")
+    other = type(TINY_MODEL)(name="open_nsfw", version="1", rules="open_nsfw-prob")
+
+    async def body(node: Node):
+        verdict = Verdict(id=new_verdict_id(peer_actor), issuer=peer_actor, fingerprint=fingerprint(data),
+                          scores={"csam": 0.01, "nsfw": 0.9}, label="nsfw", model=other, published=utc_timestamp())
+        node.add_verdict(verdict, None, own=False)
+        with caplog.at_level(logging.INFO, logger="verdict_node.pipeline"):
+            r = await node.pipeline.check(data)
+        line = f"1 verdict from {peer_actor} not used: model open_nsfw@open_nsfw-prob is not in known_models"
+        assert r.source == "unavailable" and r.reason.startswith(line), r.reason
+        assert "no classifier (classifier.model is none)" in r.reason
+        assert [rec.getMessage() for rec in caplog.records if line in rec.getMessage()], caplog.text
+        assert node.retract_verdict(verdict.id, "false positive on review")
+        again = await node.pipeline.check(data)
+        assert again.reason.startswith(f"1 verdict from {peer_actor} not used: retracted: false positive on review")
+    run(_with_node(config, body))
+
+
+def test_a_lookup_answer_is_told_from_a_pushed_verdict(tmp_path):
+    from node.store import Store
+    from scanners.fingerprint import fingerprint
+
+    peer_actor = "https://peer.example/actor"
+    config = make_data_dir(tmp_path, peers=[{"actor": peer_actor, "trust": "full"}])
+    peer_key = ed25519.Ed25519PrivateKey.generate()
+    looked_up, pushed = photo_bytes("rocket"), photo_bytes("coffee")
+
+    def signed(data: bytes) -> tuple[Verdict, dict]:
+        verdict = Verdict(id=new_verdict_id(peer_actor), issuer=peer_actor, fingerprint=fingerprint(data),
+                          scores={"csam": 0.01, "nsfw": 0.1, "underage": 0.1}, label="safe", model=TINY_MODEL,
+                          published=utc_timestamp())
+        return verdict, sign_verdict(verdict, peer_key, f"{peer_actor}#ed25519-key")
+
+    async def body(node: Node):
+        answer = signed(looked_up)
+
+        async def lookup(fingerprint_, deadline):
+            return PeerAnswers([answer] if fingerprint_.sha256 == answer[0].fingerprint.sha256 else [],
+                               ("lookup at https://other.example refused: not a peer of that node",))
+        node.lookup_peers = lookup
+        node.add_verdict(*signed(pushed), own=False, origin="push")
+        first, second = await node.pipeline.check(looked_up), await node.pipeline.check(looked_up)
+        assert [(r.source, r.origin) for r in (first, second)] == [("peer", "lookup")] * 2
+        assert first.as_json()["origin"] == "lookup"
+        from_push = await node.pipeline.check(pushed)
+        assert (from_push.source, from_push.origin) == ("peer", "push")
+        miss = await node.pipeline.check(photo_bytes("chelsea"))
+        assert "lookup at https://other.example refused: not a peer of that node" in miss.reason
+        sample = node.metrics.registry.get_sample_value
+        assert sample("verdictnode_peer_decisions_total", {"origin": "lookup"}) == 2
+        assert sample("verdictnode_peer_decisions_total", {"origin": "push"}) == 1
+    run(_with_node(config, body))
+    with Store(config.database_path) as store:
+        assert [r["verdict_origin"] for r in reversed(store.decisions())] == ["lookup", "lookup", "push", None]

@@ -1,5 +1,7 @@
 """node.policy: trust levels x match kinds x distances at the boundaries, quorum, models, per-peer thresholds,
-and two properties: lowering thresholds is monotone, and perceptual safe reuse needs the opt-in."""
+a node without a model of its own, both perceptual hashes for a block (a forged pHash alone reuses
+nothing), why each unused verdict did not count, and three properties: lowering thresholds is monotone,
+perceptual safe reuse needs the opt-in, and only trusted issuers ever decide."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.policy import Candidate, PeerTrust, PolicyConfig, Thresholds, decide, label_for, model_key
+from node.config import NodeConfig, PeerEntry
+from node.policy import (Candidate, PeerTrust, PolicyConfig, Thresholds, decide, label_for, model_key, policy_config_of,
+                         unused_lines)
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 
 OWN = "https://own.example/actor"
@@ -49,8 +53,10 @@ def verdict(issuer: str, scores: Mapping[str, float], model: ModelInfo = CLIP) -
 
 
 def candidate(issuer: str, scores: Mapping[str, float], match: str = "sha256", distance: int = 0,
-              model: ModelInfo = CLIP) -> Candidate:
-    return Candidate(verdict(issuer, scores, model), match, distance, own=issuer == OWN)  # type: ignore[arg-type]
+              model: ModelInfo = CLIP, distances: Mapping[str, int] | None = None,
+              retracted: str | None = None) -> Candidate:
+    return Candidate(verdict(issuer, scores, model), match, distance, own=issuer == OWN,  # type: ignore[arg-type]
+                     distances=distances, retracted=retracted)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -263,6 +269,134 @@ def test_own_model_counts_as_known() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# A node without a model of its own
+
+
+WITHOUT_MODEL = replace(BASE, known_models=frozenset(), use_issuer_models=True)
+
+
+def test_a_node_without_a_model_uses_full_and_block_only_peers_under_their_model() -> None:
+    # Today's rule first: the same verdicts, model unknown, are not compared.
+    assert decide(replace(WITHOUT_MODEL, use_issuer_models=False),
+                  [candidate(FULL, BLOCK_SCORES, model=OTHER_MODEL)]).outcome == "unknown"
+    block = decide(WITHOUT_MODEL, [candidate(FULL, BLOCK_SCORES, model=OTHER_MODEL)])
+    assert (block.outcome, block.source) == ("block", "peer") and "issuer's model" in block.reason
+    assert decide(WITHOUT_MODEL, [candidate(BLOCK_ONLY, BLOCK_SCORES, model=OTHER_MODEL)]).outcome == "block"
+    assert decide(WITHOUT_MODEL, [candidate(FULL, SAFE_SCORES, model=OTHER_MODEL)]).outcome == "allow"
+
+
+def test_trusting_the_issuers_model_trusts_no_one_else_more() -> None:
+    """What stays safe: an observe peer never counts, a stranger never counts, a block-only peer's safe verdict
+    never clears an image, a safe verdict still needs an exact key and every thresholded category."""
+    for fooling in (candidate(OBSERVE, BLOCK_SCORES, model=OTHER_MODEL),
+                    candidate(STRANGER, BLOCK_SCORES, model=OTHER_MODEL),
+                    candidate(BLOCK_ONLY, SAFE_SCORES, model=OTHER_MODEL),
+                    candidate(FULL, SAFE_SCORES, "phash64", 0, model=OTHER_MODEL),
+                    candidate(FULL, {"nsfw": 0.01}, model=OTHER_MODEL)):
+        decision = decide(WITHOUT_MODEL, [fooling])
+        assert decision.outcome == "unknown" and decision.used == (), decision.reason
+        assert [u.verdict_id for u in decision.unused] == [fooling.verdict.id]
+    assert [u.rule for u in decide(WITHOUT_MODEL, [candidate(OBSERVE, BLOCK_SCORES)]).unused] == ["observe"]
+
+
+def test_policy_config_of_compares_under_the_issuers_model_only_without_a_model() -> None:
+    peers = [PeerEntry(actor=FULL, trust="full")]
+    model_none = NodeConfig()
+    model_none.classifier.model = "none"
+    assert policy_config_of(model_none, peers).use_issuer_models is True
+    assert policy_config_of(model_none, peers, own_model=CLIP).use_issuer_models is False  # workers' model
+    assert policy_config_of(NodeConfig(), peers).use_issuer_models is False  # a model, even one not loaded
+    model_none.policy.trust_issuer_models = False
+    assert policy_config_of(model_none, peers).use_issuer_models is False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Why a verdict was not used
+
+
+def test_every_unused_verdict_names_its_issuer_and_rule() -> None:
+    config = replace(BASE, safe_quorum=2)
+    cases = [
+        (candidate(FULL, BLOCK_SCORES, model=OTHER_MODEL), "unknown_model",
+         f"1 verdict from {FULL} not used: model mystery-net@mystery-rules is not in known_models"),
+        (candidate(OBSERVE, BLOCK_SCORES), "observe", f"1 verdict from {OBSERVE} not used: the issuer is trusted to "
+                                                      "observe only"),
+        (candidate(STRANGER, BLOCK_SCORES), "not_a_peer", f"1 verdict from {STRANGER} not used: the issuer is not a "
+                                                          "peer in peers.yaml"),
+        (candidate(FULL, SAFE_SCORES), "quorum", f"1 verdict from {FULL} not used: safe, but safe_quorum is 2 and 1 "
+                                                 "full peer(s) say so"),
+        (candidate(FULL, BLOCK_SCORES, "phash64", 9), "too_far", f"1 verdict from {FULL} not used: it blocks, but "
+                                                                 "phash64 distance 9 is beyond the block radius 8"),
+        (candidate(BLOCK_ONLY, SAFE_SCORES), "blocks_only", f"1 verdict from {BLOCK_ONLY} not used: safe, but the "
+                                                            "issuer is trusted for blocks only"),
+        (candidate(FULL, BLOCK_SCORES, retracted="false positive on review"), "retracted",
+         f"1 verdict from {FULL} not used: retracted: false positive on review"),
+        (candidate(OWN, {"nsfw": 0.2}), "cannot_vouch", "1 own verdict not used: it cannot vouch: no score for csam"),
+    ]
+    for c, rule, line in cases:
+        decision = decide(config, [c])
+        assert decision.outcome == "unknown", decision.reason
+        assert [(u.verdict_id, u.issuer, u.rule) for u in decision.unused] == [(c.verdict.id, c.verdict.issuer, rule)]
+        assert unused_lines(decision.unused)[0].startswith(line), unused_lines(decision.unused)
+        assert line in decision.reason
+    two = decide(BASE, [candidate(OBSERVE, BLOCK_SCORES), candidate(OBSERVE, SAFE_SCORES)])
+    assert unused_lines(two.unused) == [f"2 verdicts from {OBSERVE} not used: the issuer is trusted to observe only "
+                                        "(trust: observe)"]
+
+
+def test_a_retracted_verdict_never_counts() -> None:
+    for issuer in (OWN, FULL):
+        decision = decide(BASE, [candidate(issuer, BLOCK_SCORES, retracted="reviewed")], own=Inference(SAFE_SCORES))
+        assert (decision.outcome, decision.source, decision.used) == ("allow", "inference", ())
+        assert [u.rule for u in decision.unused] == ["retracted"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Both perceptual hashes for a block
+
+
+def test_a_phash_collision_with_pdq_far_apart_reuses_no_block() -> None:
+    forged = candidate(FULL, BLOCK_SCORES, "phash64", 0, distances={"phash64": 0, "pdq256": 118})
+    decision = decide(BASE, [forged])
+    assert decision.outcome == "unknown"
+    assert [u.rule for u in decision.unused] == ["too_far"]
+    assert "pdq256 distance 118 is beyond the block radius 31" in decision.reason
+    assert "block_match is both" in decision.reason
+    assert decide(replace(BASE, block_match="either"), [forged]).outcome == "block"  # the opt-in
+
+
+def test_block_match_both_at_the_boundaries() -> None:
+    def outcome(distances: dict[str, int], **kw) -> str:
+        kind = min(distances, key=lambda k: distances[k])
+        return decide(replace(BASE, **kw), [candidate(FULL, BLOCK_SCORES, kind, distances[kind],
+                                                      distances=distances)]).outcome
+    assert outcome({"phash64": 8, "pdq256": 31}) == "block"
+    assert outcome({"phash64": 8, "pdq256": 32}) == "unknown"
+    assert outcome({"phash64": 9, "pdq256": 0}) == "unknown"     # PDQ alone within is not enough either
+    assert outcome({"phash64": 9, "pdq256": 0}, block_match="either") == "block"
+    assert outcome({"phash64": 9, "pdq256": 32}, block_match="either") == "unknown"
+    assert outcome({"phash64": 3}) == "block"                     # only one hash on both sides: it counts
+    assert outcome({"pdq256": 31}) == "block"
+    assert outcome({"pdq256": 32}) == "unknown"
+
+
+def test_safe_perceptual_reuse_needs_every_hash_within_the_safe_radius() -> None:
+    config = replace(BASE, reuse_safe_perceptual=True)
+    close = candidate(FULL, SAFE_SCORES, "phash64", 1, distances={"phash64": 1, "pdq256": 6})
+    forged = candidate(FULL, SAFE_SCORES, "phash64", 0, distances={"phash64": 0, "pdq256": 90})
+    assert decide(config, [close]).outcome == "allow"
+    assert decide(config, [forged]).outcome == "unknown"
+    assert decide(replace(config, block_match="either"), [forged]).outcome == "unknown"
+
+
+def test_a_bad_block_match_is_refused() -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(block_match="any")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Candidate(verdict(FULL, SAFE_SCORES), "phash64", 0, False, distances={"pdq256": 300})
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Per-peer thresholds
 
 
@@ -334,7 +468,12 @@ def candidates_st(draw, matches=match_st) -> list[Candidate]:
         issuer = draw(st.sampled_from(ISSUERS))
         match, distance = draw(matches)
         model = draw(st.sampled_from([CLIP, OTHER_MODEL]))
-        out.append(candidate(issuer, draw(scores_st), match, distance, model))
+        distances = None
+        if match in ("phash64", "pdq256") and draw(st.booleans()):  # the other hash measured too
+            other, bits = ("pdq256", 256) if match == "phash64" else ("phash64", 64)
+            distances = {match: distance, other: draw(st.integers(0, bits))}
+        retracted = draw(st.one_of(st.none(), st.just("retracted by its issuer")))
+        out.append(candidate(issuer, draw(scores_st), match, distance, model, distances, retracted))
     return out
 
 
@@ -344,7 +483,8 @@ def configs_st(draw) -> PolicyConfig:
     return replace(BASE, thresholds=draw(thresholds_st),
                    peers={i: replace(t, thresholds=peer_thresholds[i]) for i, t in PEERS.items()},
                    reuse_safe_perceptual=draw(st.booleans()), safe_quorum=draw(st.integers(1, 3)),
-                   compare_unknown_models=draw(st.booleans()))
+                   compare_unknown_models=draw(st.booleans()), use_issuer_models=draw(st.booleans()),
+                   block_match=draw(st.sampled_from(["both", "either"])))
 
 
 def lowered(draw, thresholds: Thresholds | None) -> Thresholds | None:
@@ -392,3 +532,23 @@ def test_allow_rests_only_on_trusted_full_issuers(config: PolicyConfig, candidat
     if decision.outcome == "block":
         assert all(v.issuer in (OWN, FULL, FULL2, BLOCK_ONLY) for v in decision.used)
     assert all(v.issuer == OBSERVE for v in decision.observed)
+    retracted = {c.verdict.id for c in candidates if c.retracted is not None}
+    assert not retracted & {v.id for v in decision.used}
+    # every candidate either decided or is accounted for (unused), never silently dropped
+    accounted = {v.id for v in decision.used} | {u.verdict_id for u in decision.unused}
+    if decision.outcome == "unknown":
+        assert accounted == {c.verdict.id for c in candidates}
+
+
+@given(configs_st(), candidates_st(matches=perceptual_only))
+@settings(max_examples=300, deadline=None)
+def test_with_both_hashes_a_perceptual_block_needs_both_within_unless_either(config: PolicyConfig,
+                                                                            candidates) -> None:
+    decision = decide(config, candidates, own_model=CLIP)
+    if decision.outcome != "block" or config.block_match == "either":
+        return
+    by_id = {c.verdict.id: c for c in candidates}
+    for used in decision.used:
+        distances = by_id[used.id].perceptual_distances()
+        assert distances.get("phash64", 0) <= config.block_phash_distance, distances
+        assert distances.get("pdq256", 0) <= config.block_pdq_distance, distances

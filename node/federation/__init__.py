@@ -12,11 +12,13 @@ peers.yaml are accepted as followers automatically. Modules, in the order an act
   intake        peers' verdicts and retractions: verified, then stored and indexed
   outbox        our change log (pages, the collector) and retracting our verdicts
   delivery      signed HTTP requests and the durable per-inbox delivery queue
-  backfill      reading followed peers' logs from our cursor
+  backfill      reading followed peers' logs from our cursor, moved on by their pushes
   lookup        answering and asking about one image
+  retractions   the Deletes of issuers whose verdicts we hold without following them
   records       the package's SQL
   identity      the actor document, WebFinger, NodeInfo
   service       the parts wired to one Node, and the serving node's background work
+  adding        `peers add`: what a peer announces (keys, model), for its admin to confirm
   commands      `verdict-node peers ...` and `verdict-node verdicts ...`
 """
 from __future__ import annotations
@@ -37,6 +39,7 @@ def install(node: Node) -> Federation:
     node.on_close.append(federation.close)
     node.app_setups.append(lambda app, _node: add_routes(app, federation))
     node.on_own_verdict.append(federation.outbox.on_own_verdict)
+    node.on_peers_changed.append(federation.apply_peers)
     node.background.append(federation.run)
     if federation.settings.lookup_peers:
         node.lookup_peers = federation.lookup_client.lookup_peers

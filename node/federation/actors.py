@@ -188,6 +188,15 @@ class ActorDirectory:
         self.refresh_interval = refresh_interval
         self._cache: dict[str, PeerActor] = {}
 
+    def set_pins(self, pins: Mapping[str, KeyPin | None]) -> None:
+        """The pins of a new peers.yaml: a cached document held under another pin (or none) is dropped, so
+        the next use reads it again and holds it to the new pin."""
+        new = {k: v for k, v in pins.items() if v}
+        for actor_id in set(self.pins) | set(new):
+            if self.pins.get(actor_id) != new.get(actor_id):
+                self._cache.pop(actor_id, None)
+        self.pins = new
+
     def bound_rsa(self, actor_id: str) -> str | None:
         """The RSA fingerprint bound for this actor under its current pin (None: nothing bound yet)."""
         pin = self.pins.get(actor_id)

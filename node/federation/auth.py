@@ -44,7 +44,10 @@ class Access:
         return self.records.states(actor)[0] == "accepted"
 
     def may_read(self, actor: str) -> bool:
-        """Approved followers, and peers.yaml entries we share with, may read our outbox and lookups."""
+        """The one rule for who may read here: our outbox (the whole log, or only its Deletes) and lookups.
+        A peers.yaml entry with ``share: true``, or a follower the admin approved; nobody else is given the
+        hashes of positives. (Removing an entry from peers.yaml leaves an approved follow in place:
+        ``verdict-node peers remove`` ends it.)"""
         entry = self.configured_peer(actor)
         return self.is_approved_follower(actor) or (entry is not None and entry.share)
 

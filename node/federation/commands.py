@@ -1,20 +1,25 @@
 """`verdict-node peers ...` and `verdict-node verdicts ...`: the admin's federation commands.
 
-They act on the data directory (the database), not on a running server: a running server sends what they
-queued within ``federation.poll_seconds`` and reads the new states on its next request.
+They act on the data directory (the database, peers.yaml), not on a running server: a running server sends
+what they queued within ``federation.poll_seconds``, reads the new states on its next request, and puts a
+peers.yaml that `peers add` wrote in force within a second.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from typing import Any
 
 from node.config import NodeConfig, load_peers
 from node.datadir import resolve_config
+from node.federation.adding import AddError, Announced, chosen_pin, fetch_announced, new_entry
+from node.federation.delivery import SignedClient
 from node.federation.follows import PeerCommandError, approve, forget_key, reject, remove
 from node.federation.outbox import retract
 from node.federation.records import FederationRecords
+from node.peers_file import add_entry
 from node.store import Store
 from protocol import keys
 
@@ -62,11 +67,58 @@ def _show_key(config: NodeConfig) -> None:
     print(f"rsa_fingerprint: {keys.key_fingerprint(rsa_key)}   # RSA (HTTP signatures)")
 
 
+def _fetch(config: NodeConfig, actor: str) -> Announced:
+    client = SignedClient(config.actor_id, keys.load_private_key(config.rsa_key_path),
+                          total_timeout=config.federation.request_timeout_seconds)
+
+    async def fetch() -> Announced:
+        try:
+            return await fetch_announced(client, actor)
+        finally:
+            await client.close()
+
+    return asyncio.run(fetch())
+
+
+def _add(config: NodeConfig, args: argparse.Namespace) -> int:
+    """`peers add`: show what the peer announces, pin its key once the admin confirmed, append to peers.yaml."""
+    actor = args.actor.rstrip("/")
+    try:
+        announced: Announced | None = _fetch(config, actor)
+    except AddError as exc:
+        if args.key_fingerprint is None:
+            print(f"error: {exc}; nothing written (with --key-fingerprint it is added unread)", file=sys.stderr)
+            return 1
+        print(f"warning: {exc}; pinning the fingerprint given (checked at the first contact)", file=sys.stderr)
+        announced = None
+    if announced is not None:
+        print("\n".join(announced.lines()))
+    try:
+        pin = chosen_pin(announced, args.key_fingerprint)
+        if args.key_fingerprint is None:
+            if not sys.stdin.isatty():
+                raise AddError(f"nothing written: check {pin} with the peer's admin, then run again with "
+                               f"--key-fingerprint {pin}")
+            if input("Pin this key and add the peer? [y/N] ").strip().lower() not in ("y", "yes"):
+                raise AddError("nothing written")
+        entry = new_entry(actor, pin, args.trust, share=args.share, follow=args.follow)
+    except AddError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    add_entry(config.peers_path, entry)  # a ConfigError (the file in place is broken) exits with 2
+    print(f"added {actor} to {config.peers_path} (trust: {args.trust}, follow: {str(args.follow).lower()}, "
+          f"share: {str(args.share).lower()}); a running `verdict-node serve` puts it in force within a second "
+          f"(or at `kill -HUP`)")
+    return 0
+
+
 def cmd_peers(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     if args.peers_command == "show-key":
         _show_key(config)
         return 0
+    if args.peers_command == "add":
+        return _add(config, args)
     store = Store(config.database_path)
     try:
         if args.peers_command == "list":

@@ -227,6 +227,9 @@ class DeliveryQueue:
         self._supervisor: asyncio.Task[None] | None = None
         # (result, entries): "delivered", "retry" or "dropped"; federation counts them in /metrics.
         self.on_result: Callable[[str, int], None] = lambda result, entries: None
+        # (inbox, outbox seqs): the peer refused these for good (a 4xx); federation.follows learns of its
+        # refused Follows there, so it can ask again later.
+        self.on_refused: Callable[[str, list[int]], None] = lambda inbox, seqs: None
 
     # public ---------------------------------------------------------------------------------------
 
@@ -394,6 +397,8 @@ class DeliveryQueue:
             log.warning("delivery to %s dropped (%s): %s", inbox, "refused" if permanent else "gave up", error)
             self._write("DELETE FROM deliveries WHERE id = ?", ids)
             self.on_result("dropped", len(batch))
+            if permanent:
+                self.on_refused(inbox, [item.seq for item in batch])
             return
         delay = backoff_seconds(attempts, self.retry_base, self.retry_cap)
         log.info("delivery to %s failed (attempt %d, retry in %.0f s): %s", inbox, attempts, delay, error)

@@ -3,9 +3,12 @@
 State lives in the ``peers`` table (``follower_state``: they follow us; ``following_state``: we follow
 them: none | pending | accepted | rejected). A peers.yaml entry with ``share: true`` that asks to follow is
 accepted at once; anyone else waits for ``verdict-node peers approve``. We follow every entry with
-``follow: true``. Every answer to a peer (Accept, Reject, Undo) is queued in the outbox/deliveries tables,
-so the admin's commands work on the data directory whether or not the server runs: a running server sends
-what they queued within ``federation.poll_seconds``.
+``follow: true``; a Follow the peer refused outright (a 4xx: most often it does not list us yet, because
+its admin has not added us) or answered with a Reject is sent again after ``retry_refused`` seconds, so
+two admins may add each other in either order, and a refusal is not answered with a Follow a second.
+Every answer to a peer (Accept, Reject, Undo) is queued in the outbox/deliveries tables, so the admin's
+commands work on the data directory whether or not the server runs: a running server sends what they
+queued within ``federation.poll_seconds``.
 
 Trust levels themselves (full / block-only / observe) are set in peers.yaml, not here: approving a
 follower only lets it receive our verdicts and ask lookups; its own verdicts count only if peers.yaml
@@ -14,6 +17,7 @@ lists it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
 from node.federation.actors import ActorDirectory, ActorError, PeerActor
@@ -32,13 +36,15 @@ class Follows:
     """The server side: follow activities from peers, and following the peers in peers.yaml."""
 
     def __init__(self, actor_id: str, access: Access, actors: ActorDirectory, records: FederationRecords,
-                 delivery: DeliveryQueue, start_backfill: Callable[[str], None]) -> None:
+                 delivery: DeliveryQueue, start_backfill: Callable[[str], None], retry_refused: float) -> None:
         self.actor_id = actor_id
         self.access = access
         self.actors = actors
         self.records = records
         self.delivery = delivery
         self.start_backfill = start_backfill
+        self.retry_refused = retry_refused
+        self._refused_at: dict[str, float] = {}
 
     async def on_follow(self, actor: PeerActor, activity: Activity) -> dict[str, Any]:
         if activity.object_id != self.actor_id:
@@ -75,6 +81,8 @@ class Follows:
         self.records.set_following(self.records.conn, actor.id, state)
         if state == "accepted":
             self.start_backfill(actor.id)
+        else:
+            self._refused_at[actor.id] = time.monotonic()  # asked again after retry_refused, not at once
         log.info("%s %s our follow", actor.id, state)
         return {"following": state}
 
@@ -94,16 +102,25 @@ class Follows:
         for entry in self.access.peers.values():
             self.records.ensure_listed(entry.actor, entry.trust)
 
+    def on_refused(self, inbox: str, seqs: list[int]) -> None:
+        """Deliveries to ``inbox`` were refused for good: a Follow of ours among them is not pending any more,
+        and is asked again after ``retry_refused`` seconds (ensure_follows)."""
+        for actor in self.records.our_follows_among(seqs):
+            self.records.set_following(self.records.conn, actor, NONE)
+            self._refused_at[actor] = time.monotonic()
+            log.warning("%s refused our follow request (it does not list this node in its peers.yaml, or its "
+                        "admin refused); asking again in %.0f s", actor, self.retry_refused)
+
     async def ensure_follows(self) -> None:
-        """Follow every peers.yaml entry with ``follow: true`` that we do not follow yet; backfill those we do."""
+        """Follow every peers.yaml entry with ``follow: true`` that we do not follow yet (backfills run at
+        start, on accept, on a gap and at their interval: not here)."""
         for entry in self.access.peers.values():
             if not entry.follow or entry.actor == self.actor_id:
                 continue
             following = self.records.states(entry.actor)[1]
-            if following == "accepted":
-                self.start_backfill(entry.actor)
+            if following in ("accepted", "pending"):
                 continue
-            if following == "pending":
+            if time.monotonic() - self._refused_at.get(entry.actor, float("-inf")) < self.retry_refused:
                 continue
             try:
                 actor = await self.actors.get(entry.actor)

@@ -3,8 +3,9 @@
 A body is read up to 1 MB and parsed strictly before anything else; the signature is checked against
 the key that speaks for the activity's actor (federation.auth), and the activity id is remembered so a
 retried delivery changes nothing. Follow, Accept, Reject and Undo go to the follow state machine; Create,
-Update and Announce carry verdicts, Delete retracts one (federation.intake). A forged or malformed
-activity is refused with a 4xx and stores nothing.
+Update and Announce carry verdicts, Delete retracts one (federation.intake); a Create batch from a peer we
+follow also moves our backfill cursor over it (federation.backfill). A forged or malformed activity is
+refused with a 4xx and stores nothing.
 """
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ from protocol.errors import ProtocolError
 MAX_INBOX_BYTES = 1_000_000
 
 Handler = Callable[[PeerActor, Activity], Awaitable[dict[str, Any]]]
+PushedBatch = Callable[[PeerActor, str], None]
 
 
 class Inbox:
     def __init__(self, auth: Authenticator, follows: Follows, intake: Intake, records: FederationRecords,
-                 delivery: DeliveryQueue, give_up_after_hours: float) -> None:
+                 delivery: DeliveryQueue, give_up_after_hours: float, on_batch: PushedBatch) -> None:
         self.auth = auth
+        self.on_batch = on_batch
         self.intake = intake
         self.records = records
         self.delivery = delivery
@@ -70,6 +73,8 @@ class Inbox:
         """protocol.activities already refused a Create/Update carrying another issuer's verdict; an
         Announce relays other issuers' verdicts, each trusted only as its issuer is."""
         received = await self.intake.take_verdicts(activity.verdicts, parsed=activity.parsed_verdicts)
+        if activity.type == "Create":
+            self.on_batch(actor, activity.id)
         return {"stored": received.stored, "duplicates": received.duplicates}
 
     async def on_delete(self, actor: PeerActor, activity: Activity) -> dict[str, Any]:

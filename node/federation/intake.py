@@ -98,16 +98,16 @@ class Intake:
         return await asyncio.to_thread(work) if len(docs) > 8 else work()
 
     async def take_verdicts(self, docs: Sequence[Mapping[str, Any]], *, each: bool = False,
-                            parsed: Sequence[Verdict] | None = None) -> Received:
+                            parsed: Sequence[Verdict] | None = None, origin: str = "push") -> Received:
         """Verify, then store and index verdicts received from peers. From the inbox a batch is all or
         nothing (the sender learns at once that something was forged); ``each`` (backfill) keeps the
         verdicts that verify and counts the others, so one bad entry cannot hide a hundred good ones.
-        ``parsed``: see verify_verdicts."""
+        ``parsed``: see verify_verdicts. ``origin``: how they reached us (push, backfill), stored with them."""
         if not docs:
             return Received()
         if not each:
             verdicts = await self.verify_verdicts(docs, parsed)
-            return self._store_verdicts([(v, dict(d)) for v, d in zip(verdicts, docs)])
+            return self._store_verdicts([(v, dict(d)) for v, d in zip(verdicts, docs)], origin)
         good: list[tuple[Verdict, dict[str, Any]]] = []
         for index, doc in enumerate(docs):
             try:
@@ -116,16 +116,16 @@ class Intake:
             except Refusal as refusal:
                 self.metrics.received.labels("refused").inc()
                 log.warning("verdict %s refused: %s", str(doc.get("id"))[:200], refusal.for_log())
-        return self._store_verdicts(good)
+        return self._store_verdicts(good, origin)
 
-    def _store_verdicts(self, pairs: Sequence[tuple[Verdict, dict[str, Any]]]) -> Received:
+    def _store_verdicts(self, pairs: Sequence[tuple[Verdict, dict[str, Any]]], origin: str) -> Received:
         stored = duplicates = 0
         with self.node.store.transaction() as conn:
             for verdict, doc in pairs:
                 if verdict.issuer == self.node.actor_id:
                     duplicates += 1  # our own verdicts come only from our store
                     continue
-                _, inserted = self.node.add_verdict(verdict, doc, own=False)
+                _, inserted = self.node.add_verdict(verdict, doc, own=False, origin=origin)
                 if not inserted:
                     duplicates += 1
                     continue
@@ -143,10 +143,10 @@ class Intake:
 
     async def take_retraction(self, activity: Activity, *, signed_by: str) -> bool:
         """Apply a verdict's Delete: the verdict stops counting at once (store and indexes) and the reason
-        is recorded. Only the issuer may retract (protocol.activities checked that the verdict id is on
-        the actor's origin); a Delete relayed by someone else must carry the issuer's proof, and so must
-        any Delete by a pinned issuer: an HTTP signature (an RSA key bound on first contact) is not enough
-        to take its blocks away."""
+        is recorded; False when it was known already (a Delete read again changes nothing). Only the issuer
+        may retract (protocol.activities checked that the verdict id is on the actor's origin); a Delete
+        relayed by someone else must carry the issuer's proof, and so must any Delete by a pinned issuer: an
+        HTTP signature (an RSA key bound on first contact) is not enough to take its blocks away."""
         issuer, verdict_id = activity.actor, activity.object_id
         assert verdict_id is not None
         if self.access.configured_peer(issuer) is None:
@@ -162,9 +162,12 @@ class Intake:
         if held is not None and held.verdict.issuer != issuer:
             raise Refusal(403, "only a verdict's issuer may retract it")
         reason = activity.reason or "retracted by its issuer"
-        self.metrics.retractions.inc()
-        return self.record_retraction(verdict_id, issuer, reason, activity.id)
+        news = self.record_retraction(verdict_id, issuer, reason, activity.id)
+        if news:
+            self.metrics.retractions.inc()
+        return news
 
     def record_retraction(self, verdict_id: str, issuer: str, reason: str, activity_id: str | None) -> bool:
-        self.records.record_retraction(verdict_id, issuer, reason, activity_id)
-        return self.node.retract_verdict(verdict_id, reason)
+        """Record a retraction and stop using the verdict; True when either is new."""
+        recorded = self.records.record_retraction(verdict_id, issuer, reason, activity_id)
+        return self.node.retract_verdict(verdict_id, reason) or recorded

@@ -15,6 +15,10 @@ class FederationMetrics:
                                    "Retractions received from peers' issuers and applied.", registry=registry)
         self.outbox_entries = Counter("verdictnode_federation_outbox_entries_total",
                                       "Entries appended to the outbox log, by type.", ["type"], registry=registry)
+        self.outbox_reads = Counter("verdictnode_federation_outbox_pages_served_total",
+                                    "Pages of our change log served to peers: part=log (everything, backfill) or "
+                                    "part=deletes (retractions only, for nodes that only look up).", ["part"],
+                                    registry=registry)
         self.deliveries = Counter("verdictnode_federation_deliveries_total",
                                   "Outbox entries sent to peers' inboxes, by result (delivered, retry, dropped).",
                                   ["result"], registry=registry)

@@ -5,7 +5,11 @@ paged to approved followers with a cursor; the collector that appends what any p
   process); the collector copies those not yet in the log into it, and queues them for every approved
   follower, in one transaction, so nothing is published twice or lost across restarts.
 - ``GET /outbox?since=<cursor>`` pages the log oldest first, 100 entries a page, for approved readers
-  only; consecutive verdicts are grouped into Creates exactly as deliveries group them.
+  only (federation.auth.Access.may_read: who may look up may read); consecutive verdicts are grouped into
+  Creates exactly as deliveries group them. ``&type=Delete`` pages the retractions alone: what a node that
+  only looks verdicts up needs, to stop using those we took back. A page's ``next`` is the reader's cursor;
+  at the end of the log it points past every entry so far (answers addressed to one peer included), so the
+  next pushed batch continues that cursor with no gap.
 - ``retract`` (the `verdicts retract` command, and `release` of a sweep's positive) appends a signed
   Delete of our verdict and queues it for every approved follower.
 """
@@ -24,7 +28,7 @@ from node.federation.auth import Authenticator
 from node.federation.delivery import ACTIVITY_JSON, DeliveryQueue, enqueue
 from node.federation.identity import NodeUrls
 from node.federation.metrics import FederationMetrics
-from node.federation.records import VERDICT_ENTRY, FederationRecords
+from node.federation.records import LOG_TYPES, VERDICT_ENTRY, FederationRecords
 from node.config import NodeConfig
 from node.store import Store
 from node.web import Refusal, json_response
@@ -36,6 +40,8 @@ log = logging.getLogger("verdict_node.federation")
 PAGE_SIZE = 100
 AS_PUBLIC_CONTEXT = "https://www.w3.org/ns/activitystreams"
 _COLLECTED = "collected_rowid"
+#: ``?type=`` values a reader may ask for: one part of the log instead of all of it.
+LOG_PARTS = {"Delete": ("Delete",)}
 
 
 def create_text(urls: NodeUrls, verdict_texts: Sequence[str], first_seq: int, last_seq: int) -> str:
@@ -96,9 +102,11 @@ class Outbox:
 
     # -- reading the log ----------------------------------------------------------------------------------
 
-    def page(self, since: int) -> dict[str, Any]:
-        """Up to PAGE_SIZE log entries after the cursor ``since``, oldest first."""
-        rows = self.records.log_page(since, PAGE_SIZE)
+    def page(self, since: int, part: str | None = None) -> dict[str, Any]:
+        """Up to PAGE_SIZE log entries after the cursor ``since``, oldest first (only ``part``'s types when
+        given, see LOG_PARTS)."""
+        top = self.records.last_seq()  # read first: an entry appended meanwhile has a higher seq
+        rows = self.records.log_page(since, PAGE_SIZE, LOG_PARTS[part] if part else LOG_TYPES, upto=top)
         items: list[Any] = []
         run: list[tuple[int, str]] = []
         for seq, kind, document in [*rows, (None, None, None)]:
@@ -110,17 +118,20 @@ class Outbox:
                 run = []
             if document is not None:
                 items.append(json.loads(document))
+        extra = {"type": part} if part else {}
         page: dict[str, Any] = {
             "@context": AS_PUBLIC_CONTEXT,
-            "id": f"{self.urls.outbox}?{urlencode({'since': since})}",
+            "id": f"{self.urls.outbox}?{urlencode({'since': since, **extra})}",
             "type": "OrderedCollectionPage",
             "partOf": self.urls.outbox,
             "orderedItems": items,
         }
-        if rows:
-            # Always a next link after a non-empty page: it is the reader's cursor, and an empty page
-            # behind it says "you are up to date" (FIRES pages the same way).
-            page["next"] = f"{self.urls.outbox}?{urlencode({'since': rows[-1][0]})}"
+        # The next link is the reader's cursor (an empty page behind it says "you are up to date", FIRES
+        # pages the same way). A page that reaches the end of the log moves it to the last seq of all,
+        # past entries the reader never sees (Accepts and Follows addressed to one peer).
+        cursor = rows[-1][0] if len(rows) == PAGE_SIZE else top
+        if cursor > since:
+            page["next"] = f"{self.urls.outbox}?{urlencode({'since': cursor, **extra})}"
         return page
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -133,7 +144,11 @@ class Outbox:
                                  content_type=ACTIVITY_JSON)
         if not since_text.isdigit() or len(since_text) > 18:
             raise Refusal(400, "since must be a cursor from a previous page")
-        return json_response(self.page(int(since_text)), content_type=ACTIVITY_JSON)
+        part = request.query.get("type")
+        if part is not None and part not in LOG_PARTS:
+            raise Refusal(400, f"type must be one of {', '.join(LOG_PARTS)}")
+        self.metrics.outbox_reads.labels("deletes" if part else "log").inc()
+        return json_response(self.page(int(since_text), part), content_type=ACTIVITY_JSON)
 
 
 def retract(store: Store, config: NodeConfig, ed25519_key: Any, verdict_id: str, reason: str) -> str:

@@ -64,6 +64,15 @@ class FederationRecords:
                                 (actor,)).fetchone()
         return (row[0], row[1] or NONE) if row else (None, NONE)
 
+    def our_follows_among(self, seqs: Sequence[int]) -> list[str]:
+        """Actors whose pending Follow from us is among these outbox entries."""
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        return [row[0] for row in self.conn.execute(
+            f"SELECT p.actor FROM outbox o JOIN peers p ON p.our_follow_id = o.activity_id "
+            f"WHERE o.seq IN ({marks}) AND o.type = 'Follow' AND p.following_state = 'pending'", list(seqs))]
+
     def their_follow_id(self, actor: str) -> str | None:
         row = self.conn.execute("SELECT their_follow_id FROM peers WHERE actor = ?", (actor,)).fetchone()
         return row[0] if row else None
@@ -154,10 +163,12 @@ class FederationRecords:
         return self.conn.execute("SELECT 1 FROM retractions WHERE verdict_id = ?", (verdict_id,)).fetchone() is not None
 
     def record_retraction(self, verdict_id: str, issuer: str, reason: str, activity_id: str | None,
-                          conn: sqlite3.Connection | None = None) -> None:
-        (conn or self.conn).execute(
+                          conn: sqlite3.Connection | None = None) -> bool:
+        """Remember a retraction (it may arrive before its verdict, or without it); False when it was
+        already recorded (a Delete read again by a backfill is not news)."""
+        return (conn or self.conn).execute(
             "INSERT OR IGNORE INTO retractions (verdict_id, issuer, reason, retracted_at, activity_id) "
-            "VALUES (?,?,?,?,?)", (verdict_id, issuer, reason, time.time(), activity_id))
+            "VALUES (?,?,?,?,?)", (verdict_id, issuer, reason, time.time(), activity_id)).rowcount == 1
 
     # -- the outbox log and its collector ----------------------------------------------------------------
 
@@ -190,12 +201,18 @@ class FederationRecords:
             "AND p.inbox IS NOT NULL WHERE o.seq > ? ORDER BY o.seq", (now, seq_before))
         return last, added
 
-    def log_page(self, since: int, size: int) -> list[tuple[int, str, str]]:
-        """(seq, type, document) of public log entries after ``since``, oldest first."""
+    def last_seq(self) -> int:
+        """The highest outbox seq (log entries and the answers addressed to one peer alike)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0])
+
+    def log_page(self, since: int, size: int, types: Sequence[str] = LOG_TYPES,
+                 upto: int | None = None) -> list[tuple[int, str, str]]:
+        """(seq, type, document) of public log entries of ``types`` after ``since`` (and at most ``upto``),
+        oldest first."""
         return self.conn.execute(
-            f"SELECT seq, type, document FROM outbox WHERE seq > ? AND audience IS NULL "
-            f"AND type IN ({','.join('?' * len(LOG_TYPES))}) ORDER BY seq LIMIT ?",
-            (since, *LOG_TYPES, size)).fetchall()
+            f"SELECT seq, type, document FROM outbox WHERE seq > ? AND seq <= ? AND audience IS NULL "
+            f"AND type IN ({','.join('?' * len(types))}) ORDER BY seq LIMIT ?",
+            (since, upto if upto is not None else 2 ** 62, *types, size)).fetchall()
 
     def log_size(self) -> int:
         return self.conn.execute(
@@ -209,7 +226,27 @@ class FederationRecords:
         return int(row[0]) if row and row[0] else 0
 
     def set_backfill_cursor(self, actor: str, cursor: int) -> None:
-        self.conn.execute("UPDATE peers SET backfill_cursor = ? WHERE actor = ?", (str(cursor), actor))
+        """Move the cursor forward only: a push and a backfill may both advance it, in either order, and
+        each says "everything up to here is held"."""
+        self.conn.execute("UPDATE peers SET backfill_cursor = ? WHERE actor = ? AND "
+                          "COALESCE(CAST(backfill_cursor AS INTEGER), 0) < ?", (str(cursor), actor, cursor))
+
+    # -- retraction cursors (issuers whose verdicts we hold without following them) --------------------
+
+    _DELETES_CURSOR = "deletes_cursor "
+
+    def deletes_cursor(self, issuer: str) -> int | None:
+        """Where we are in the issuer's Deletes; None when we do not read them."""
+        value = self.state(self._DELETES_CURSOR + issuer, "")
+        return int(value) if value.isdigit() else None
+
+    def set_deletes_cursor(self, issuer: str, cursor: int) -> None:
+        self.set_state(self._DELETES_CURSOR + issuer, str(cursor))
+
+    def watched_issuers(self) -> list[str]:
+        """Issuers whose Deletes we read (each has a cursor, so the list survives a restart)."""
+        return [row[0][len(self._DELETES_CURSOR):] for row in self.conn.execute(
+            "SELECT key FROM federation_state WHERE key LIKE ? ORDER BY key", (self._DELETES_CURSOR + "%",))]
 
     # -- verdicts as the `verdicts` command lists them ---------------------------------------------------
 

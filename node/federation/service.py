@@ -4,8 +4,9 @@ work of a serving node (collector, delivery, follows, periodic backfill).
 Verdict flow (a FIRES-style change log, pushed and pulled):
   own verdict stored -> outbox collector -> log + deliveries -> follower inboxes (batches of 100, or 1 s)
   follower: inbox -> intake (proofs verified, issuer listed) -> store + indexes -> policy
-  follower, at start / on accept / every backfill_interval_seconds: backfill from its cursor
+  follower, at start / on accept / on a gap after a push / every backfill_interval_seconds: backfill
   cache miss on a node with lookup_peers: lookup client -> peers' /lookup -> intake
+  issuers whose verdicts we hold without following them: their Deletes, every poll_seconds
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from node.config import PeerEntry
 from node.federation.actors import ActorDirectory, KeyPin
 from node.federation.auth import Access, Authenticator
 from node.federation.backfill import Backfill
@@ -29,6 +31,7 @@ from node.federation.outbox import Outbox, create_text
 from node.federation.public_fetch import (FETCH_SECONDS, MAX_DOCUMENT_BYTES, allow_loopback_from_env,
                                           check_stranger_url, stranger_connector)
 from node.federation.records import FederationRecords
+from node.federation.retractions import RetractionReader
 from node.runtime import Node
 
 log = logging.getLogger("verdict_node.federation")
@@ -53,8 +56,7 @@ class Federation:
             connector=lambda: stranger_connector(allow_loopback=self.allow_loopback))
         self.actors = actors = ActorDirectory(
             records, self._fetch_listed,
-            pins={p.actor: KeyPin(p.key_fingerprint, p.rsa_fingerprint) for p in node.peers if p.key_fingerprint},
-            fetch_stranger=self._fetch_stranger)
+            pins=pins_of(node.peers), fetch_stranger=self._fetch_stranger)
         self.access = access = Access({p.actor: p for p in node.peers}, records)
         self.auth = auth = Authenticator(access, actors, scheme=urlsplit(urls.base).scheme,
                                          open_follow_requests=settings.open_follow_requests)
@@ -67,14 +69,29 @@ class Federation:
         delivery.on_result = lambda result, entries: metrics.deliveries.labels(result).inc(entries)
         self.intake = intake = Intake(node, access, actors, records, metrics)
         self.backfill = Backfill(actors, self.client, intake, records)
-        self.follows = Follows(node.actor_id, access, actors, records, delivery, self.backfill.start)
-        self.inbox = Inbox(auth, self.follows, intake, records, delivery, settings.give_up_after_hours)
+        self.follows = Follows(node.actor_id, access, actors, records, delivery, self.backfill.start,
+                               retry_refused=settings.backfill_interval_seconds)
+        delivery.on_refused = self.follows.on_refused
+        self.inbox = Inbox(auth, self.follows, intake, records, delivery, settings.give_up_after_hours,
+                           self.backfill.after_push)
         self.outbox = Outbox(urls, records, delivery, auth, metrics, settings.poll_seconds)
         self.identity = Identity(node, urls)
         self.lookup_server = LookupServer(node, auth, settings.lookup_rate_per_second)
+        self.retractions = RetractionReader(access, actors, self.client, intake, records, settings.lookup_peers,
+                                            settings.poll_seconds)
         self.lookup_client = LookupClient(node.actor_id, settings.lookup_peers, settings.lookup_timeout_seconds,
-                                          actors, self.client, intake, records, metrics)
+                                          actors, self.client, intake, records, metrics,
+                                          on_issuer=self.retractions.watch)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._peers_changed = asyncio.Event()
+
+    def apply_peers(self, peers: list[PeerEntry]) -> None:
+        """A new peers.yaml is in force (Node.reload_peers): who may read and be followed, and the key pins,
+        all swapped before the next request; new entries get their rows and are followed at once."""
+        self.access.peers = {p.actor: p for p in peers}
+        self.actors.set_pins(pins_of(peers))
+        self.follows.sync_peers()
+        self._peers_changed.set()
 
     async def _fetch_listed(self, url: str) -> Any:
         return await self.client.get_json(url, timeout=self.settings.request_timeout_seconds)
@@ -91,8 +108,10 @@ class Federation:
         self.delivery.start()
         try:
             self._tasks.append(asyncio.create_task(self.outbox.collect_loop(), name="outbox-collector"))
-            next_backfill = time.monotonic() + self.settings.backfill_interval_seconds
+            self._tasks.append(asyncio.create_task(self.retractions.run(), name="retractions"))
+            next_backfill = time.monotonic()  # at start, then every backfill_interval_seconds
             while True:
+                self._peers_changed.clear()
                 await self.follows.ensure_follows()
                 if time.monotonic() >= next_backfill:
                     next_backfill = time.monotonic() + self.settings.backfill_interval_seconds
@@ -100,7 +119,11 @@ class Federation:
                         if self.records.states(entry.actor)[1] == "accepted":
                             self.backfill.start(entry.actor)
                     self.inbox.forget_old_activity_ids()
-                await asyncio.sleep(min(10.0, self.settings.backfill_interval_seconds))
+                try:  # a new peers.yaml is followed at once, not at the next round
+                    await asyncio.wait_for(self._peers_changed.wait(),
+                                           min(10.0, self.settings.backfill_interval_seconds))
+                except asyncio.TimeoutError:
+                    pass
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -113,3 +136,8 @@ class Federation:
         """Close the HTTP clients (a CLI command that only asked lookups has no run loop to do it)."""
         await self.client.close()
         await self.stranger_client.close()
+
+
+def pins_of(peers: list[PeerEntry]) -> dict[str, KeyPin]:
+    """The key pins peers.yaml sets (entries with ``key_fingerprint``)."""
+    return {p.actor: KeyPin(p.key_fingerprint, p.rsa_fingerprint) for p in peers if p.key_fingerprint}
