@@ -233,20 +233,24 @@ ALTER TABLE peers ADD COLUMN bound_rsa_fingerprint TEXT;  -- the RSA key bound u
 ALTER TABLE peers ADD COLUMN bound_under_pin TEXT;        -- the Ed25519 pin in force when it was bound
 ALTER TABLE peers ADD COLUMN bound_at REAL;
 """),
+    # The md5 of the bytes joins the fingerprint (it is what hash lists carry); older verdicts have none.
+    Migration("fingerprint md5", """
+ALTER TABLE verdicts ADD COLUMN md5 TEXT;
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
-                    "model_name, model_version, model_rules, published, supersedes")
+                    "model_name, model_version, model_rules, published, supersedes, md5")
 
 
 def verdict_from_row(row: Sequence[Any]) -> Verdict:
     """Rebuild a Verdict from the columns in `_VERDICT_COLUMNS` order (the proof stays in `document`)."""
     (_rowid, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label,
-     model_name, model_version, model_rules, published, supersedes) = row
+     model_name, model_version, model_rules, published, supersedes, md5) = row
     return Verdict(
         id=verdict_id, issuer=issuer,
         fingerprint=Fingerprint(sha256=sha256, pixel_sha256=pixel_sha256, phash64=phash64 or "",
-                                preprocessing=preprocessing or "", pdq256=pdq256),
+                                preprocessing=preprocessing or "", pdq256=pdq256, md5=md5),
         scores=json.loads(scores), label=label,
         model=ModelInfo(name=model_name, version=model_version, rules=model_rules),
         published=published, supersedes=supersedes)
@@ -392,11 +396,11 @@ class Store:
         cur = conn.execute(
             "INSERT OR IGNORE INTO verdicts (verdict_id, issuer, own, received_at, sha256, pixel_sha256, phash64, "
             "pdq256, preprocessing, scores, label, model_name, model_version, model_rules, published, supersedes, "
-            "document) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "document, md5) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (verdict.id, verdict.issuer, int(own), time.time(), fp.sha256, fp.pixel_sha256, fp.phash64 or None,
              fp.pdq256, fp.preprocessing, json.dumps(dict(verdict.scores), sort_keys=True), verdict.label,
              verdict.model.name, verdict.model.version, verdict.model.rules, verdict.published, verdict.supersedes,
-             json.dumps(document, sort_keys=True) if document is not None else None))
+             json.dumps(document, sort_keys=True) if document is not None else None, fp.md5))
         if cur.rowcount == 1:
             self.generation += 1
             return int(cur.lastrowid), True
