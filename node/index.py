@@ -283,8 +283,18 @@ class HammingIndex:
 
     def add_many(self, refs: Iterable[int], codes_hex: Iterable[str]) -> None:
         """Add many entries at once (loading from the store). Later duplicates of a ref win."""
-        ref_array = self._check_refs(refs)
         codes = self._parse_many(codes_hex if isinstance(codes_hex, (list, tuple)) else list(codes_hex))
+        self._add_codes(self._check_refs(refs), codes)
+
+    def add_many_raw(self, refs: Iterable[int], codes: bytes) -> None:
+        """add_many for codes as raw bytes, one after the other (``bits // 8`` bytes each, most significant
+        first, as a database keeps them): millions of codes load without a hex string per code."""
+        if len(codes) % (self.bits // 8):
+            raise ValueError(f"{len(codes)} bytes are not a whole number of {self.bits}-bit codes")
+        words = np.frombuffer(codes, dtype=">u8").astype(np.uint64).reshape(-1, self._words)
+        self._add_codes(self._check_refs(refs), words)
+
+    def _add_codes(self, ref_array: np.ndarray, codes: np.ndarray) -> None:
         if len(ref_array) != len(codes):
             raise ValueError(f"{len(ref_array)} refs but {len(codes)} codes")
         if not len(ref_array):

@@ -1,9 +1,10 @@
 """One image in, one decision out (docs/architecture.md draws the flow), without HTTP (pict-rs hook, sweeps and
 `check` all call `Pipeline.check`).
 
-    bytes -> exact keys (no decode) -> stored verdicts -> policy
+    bytes -> [node.bank_check] sha256 / md5 in a hash bank: block (no decode)
+          -> exact keys (no decode) -> stored verdicts -> policy
           -> decode -> video / unreadable per config
-          -> fingerprint -> perceptual index -> policy
+          -> fingerprint -> [node.bank_check] PDQ / pHash in a hash bank: block -> perceptual index -> policy
           -> [node.lookup_peers] -> policy
           -> inference (singleflight per sha256, bounded by the budget) -> sign own verdict -> store
              -> [node.on_own_verdict] -> policy -> answer
@@ -11,6 +12,9 @@
 Every answer comes within the budget: when there is no classifier, its queue is full, or the budget
 runs out, an undecided image gets `on_unavailable` (reject by default) and source "unavailable"; an
 inference that finishes late still stores its verdict, so the next upload of that image is a cache hit.
+
+A hash bank acts like a block-only source that never becomes a verdict: its match blocks before inference and
+is recorded (the bank's name and the matched entry) but nothing is signed, stored as a verdict or published.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
 from node.config import is_model_none
 from node.policy import Candidate, Decision, PolicyConfig, decide, label_for
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("verdict_node.pipeline")
 
 Answer = Literal["accept", "reject"]
-Source = Literal["cache", "peer", "inference", "unavailable", "media"]
+Source = Literal["cache", "peer", "inference", "unavailable", "media", "bank"]
 
 # Bodies above this are hashed in a worker thread, so one big upload does not stall the event loop.
 _INLINE_HASH_BYTES = 256 * 1024
@@ -64,14 +68,42 @@ class Result:
     inferred: bool = False
     elapsed_ms: float = 0.0
     media_format: str | None = None
+    bank: str | None = None
 
     @property
     def verdict_id(self) -> str | None:
         return self.verdict_ids[0] if self.verdict_ids else None
 
     def as_json(self) -> dict[str, Any]:
-        return {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
-                "verdict": self.verdict_id, "scores": self.scores, "elapsed_ms": round(self.elapsed_ms, 3)}
+        answer = {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
+                  "verdict": self.verdict_id, "scores": self.scores, "elapsed_ms": round(self.elapsed_ms, 3)}
+        if self.bank is not None:
+            answer["bank"] = self.bank
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class BankHit:
+    """An image found in a hash bank: the bank's name and the entry that matched, the only bank content that
+    leaves the banks (into this image's answer, its decision row and the sweep report)."""
+
+    bank: str
+    kind: str        # md5 | sha256 | pdq | phash
+    entry: str       # the bank's hash, hex
+    distance: int = 0
+
+    def reason(self) -> str:
+        at = f" at distance {self.distance}" if self.kind in ("pdq", "phash") else ""
+        return f"in hash bank {self.bank}: {self.kind} {self.entry}{at}"
+
+
+class BankCheck(Protocol):
+    """What the pipeline asks the hash banks (the banks feature sets ``node.bank_check``): exact keys of the
+    bytes before anything is decoded, perceptual hashes once they are known. Neither raises for a miss."""
+
+    def match_bytes(self, sha256: str, data: bytes) -> BankHit | None: ...
+
+    def match_perceptual(self, fingerprint: Fingerprint) -> BankHit | None: ...
 
 
 @dataclass
@@ -167,6 +199,17 @@ class Pipeline:
             return self._result(work, self._answer(memo.outcome), memo.outcome, memo.reason, memo.source,
                                 verdict_ids=memo.verdict_ids, scores=memo.scores)
 
+        # 0b. the bytes in a hash bank (sha256, md5): blocked before anything is decoded. (A memoised decision
+        #     is only reused while nothing changed, banks included: their changes bump the store's generation.)
+        banks = node.bank_check
+        if banks is not None:
+            if big:
+                hit = await loop.run_in_executor(node.executor, banks.match_bytes, work.sha256, work.data)
+            else:
+                hit = banks.match_bytes(work.sha256, work.data)
+            if hit is not None:
+                return self._bank_result(work, hit)
+
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
         #    need no pixel key: the store knows it from our verdict.
         hits, complete = node.store.find_by_bytes(work.sha256)
@@ -182,6 +225,13 @@ class Pipeline:
             work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)
         if work.candidates:
             decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
+            if decision.outcome == "allow" and banks is not None:
+                # Verdicts on these very pixels carry their perceptual hashes: a bank imported after they were
+                # made still blocks the image.
+                known = [c.verdict.fingerprint for c in work.candidates.values()]
+                hit = banks.match_perceptual(next((f for f in known if f.pdq256), known[0]))
+                if hit is not None:
+                    return self._bank_result(work, hit)
             if decision.outcome != "unknown":
                 result = self._from_decision(work, decision)
                 self._remember(work, result)
@@ -200,6 +250,10 @@ class Pipeline:
             return self._media_result(work, "unreadable", accept, f"unreadable: {problem}; media.on_unreadable is "
                                       f"{node.config.media.on_unreadable}")
         work.fingerprint = fp
+        if banks is not None:
+            hit = banks.match_perceptual(fp)
+            if hit is not None:
+                return self._bank_result(work, hit)
 
         # 3. perceptual neighbours (block verdicts reuse on these; safe ones only if the admin opted in).
         self._add_perceptual_candidates(work)
@@ -224,6 +278,10 @@ class Pipeline:
         if own_hit is not None:
             return self._from_own_verdict(work, own_hit.verdict)
         return await self._infer_and_decide(work, media.frames)
+
+    def _bank_result(self, work: _Work, hit: BankHit) -> Result:
+        """Block on a bank match; no verdict is made, so nothing of the bank is signed or published."""
+        return self._result(work, "reject", "block", hit.reason(), "bank", bank=hit.bank)
 
     def _decide(self, work: _Work) -> Decision:
         return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
@@ -402,12 +460,13 @@ class Pipeline:
         return self._result(work, self._answer("unknown"), "unknown", reason, "unavailable")
 
     def _result(self, work: _Work, decision: Answer, outcome: str, reason: str, source: Source, *,
-                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False) -> Result:
+                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False,
+                bank: str | None = None) -> Result:
         elapsed = asyncio.get_running_loop().time() - work.started
         return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
                       fingerprint=work.fingerprint, verdict_ids=verdict_ids,
                       scores=dict(scores) if scores is not None else None, inferred=inferred,
-                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format)
+                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format, bank=bank)
 
     def _record(self, work: _Work, result: Result) -> None:
         node = self.node

@@ -4,6 +4,8 @@ policy, inference backend, keys, metrics — plus the hook points later features
 Hook points (all plain attributes, set by a feature package's `install(node)` or by tests):
   - `node.lookup_peers`: `async (fingerprint, deadline) -> list[(Verdict, signed_document)]`, verified
     peer verdicts for an image we cannot decide yet (federation). `deadline` is `loop.time()`-based.
+  - `node.bank_check`: a `node.pipeline.BankCheck` (hash banks): known-bad hashes that block before inference
+    and never become verdicts.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
     per new own verdict (federation publishes them to the outbox).
   - `node.app_setups`: `(app: aiohttp.web.Application, node) -> None`, called by `server.build_app` to
@@ -34,7 +36,7 @@ from node.datadir import open_identity
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
-from node.pipeline import Pipeline
+from node.pipeline import BankCheck, Pipeline
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 from scanners.batching import BatchingClassifier
@@ -127,6 +129,7 @@ class Node:
         self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
         # Hook points, see the module docstring.
         self.lookup_peers: PeerLookup | None = None
+        self.bank_check: BankCheck | None = None
         self.on_own_verdict: list[VerdictCallback] = []
         self.app_setups: list[AppSetup] = []
         self.background: list[BackgroundTask] = []

@@ -1,5 +1,6 @@
 """`verdict-node serve`: the composition root of a serving node. It opens the data directory, installs the
-features a serving node has (federation, remote workers) and runs the HTTP application until SIGTERM.
+features a serving node has (federation, hash banks and the exchange feed, remote workers) and runs the HTTP
+application until SIGTERM.
 
 This is one of the few places that may name feature packages: the core never does, and features never
 name each other (tests/test_import_rules.py holds that).
@@ -13,7 +14,7 @@ import sys
 
 from aiohttp import web
 
-from node import federation, workers
+from node import banks, federation, workers
 from node.config import NodeConfig
 from node.datadir import pictrs_urls, resolve_config
 from node.runtime import Node, on_stop_signals
@@ -24,10 +25,11 @@ log = logging.getLogger("verdict_node.server")
 
 
 def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
-    """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups) and, with
-    ``workers.enabled``, the remote worker queue."""
+    """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups), hash banks and
+    the exchange feed, and, with ``workers.enabled``, the remote worker queue."""
     node = Node.open(config, load_model=load_model)
     federation.install(node)
+    banks.install(node)
     workers.install(node)
     return node
 

@@ -237,6 +237,27 @@ ALTER TABLE peers ADD COLUMN bound_at REAL;
     Migration("fingerprint md5", """
 ALTER TABLE verdicts ADD COLUMN md5 TEXT;
 """),
+    # Hash banks (node/banks/): imported lists of known-bad hashes, never federated or exported.
+    Migration("hash banks", """
+CREATE TABLE banks (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE,                       -- NULL while an import with --replace is being written
+    source TEXT,                            -- the file it was imported from
+    format TEXT NOT NULL,                   -- te | csv
+    imported_at REAL NOT NULL,
+    counts TEXT NOT NULL DEFAULT '{}',      -- JSON {kind: entries}
+    first_entry INTEGER,                    -- its entries are the bank_entries ids first_entry..last_entry
+    last_entry INTEGER                      -- (one import is one transaction: its ids are consecutive)
+);
+CREATE TABLE bank_entries (
+    id INTEGER PRIMARY KEY,                 -- the key of the in-memory perceptual indexes
+    bank_id INTEGER NOT NULL,               -- banks.id (ranges are deleted with their bank)
+    kind TEXT NOT NULL,                     -- md5 | sha256 | pdq | phash
+    hash BLOB NOT NULL,                     -- the raw bytes (16, 32, 32 or 8)
+    note TEXT
+);
+CREATE UNIQUE INDEX bank_entries_hash ON bank_entries(hash, kind, bank_id);
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
