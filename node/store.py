@@ -258,6 +258,37 @@ CREATE TABLE bank_entries (
 );
 CREATE UNIQUE INDEX bank_entries_hash ON bank_entries(hash, kind, bank_id);
 """),
+    # The exchange feed (node/banks/exchange.py) pages exchange_log, which the triggers fill for every own
+    # csam verdict and its retraction, whichever process stored it; only token hashes are kept.
+    Migration("exchange feed", """
+CREATE TABLE exchange_tokens (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_used_at REAL
+);
+CREATE TABLE exchange_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the feed's cursor: never reused
+    verdict_rowid INTEGER NOT NULL,
+    change TEXT NOT NULL,                   -- add | delete
+    logged_at REAL NOT NULL
+);
+CREATE TRIGGER exchange_log_add AFTER INSERT ON verdicts
+WHEN NEW.own = 1 AND NEW.label = 'csam' AND NEW.retracted_at IS NULL
+BEGIN
+    INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    VALUES (NEW.id, 'add', (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER exchange_log_delete AFTER UPDATE OF retracted_at ON verdicts
+WHEN NEW.own = 1 AND NEW.label = 'csam' AND OLD.retracted_at IS NULL AND NEW.retracted_at IS NOT NULL
+BEGIN
+    INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    VALUES (NEW.id, 'delete', (julianday('now') - 2440587.5) * 86400.0);
+END;
+INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    SELECT id, 'add', received_at FROM verdicts
+    WHERE own = 1 AND label = 'csam' AND retracted_at IS NULL ORDER BY id;
+"""),
 ]
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "

@@ -9,15 +9,19 @@ exported (many lists are shared under access agreements).
   formats   reading bank files (python-threatexchange's local-file format, CSV) as hostile input
   records   the package's SQL: banks and entries, exchange tokens, the exchange log
   matcher   the pipeline's BankCheck: exact keys in the database, perceptual hashes in memory
-  commands  `verdict-node banks import|list|remove`
+  tokens    exchange tokens (only their hashes stored)
+  exchange  the /exchange/v1 feed
+  commands  `verdict-node banks import|list|remove` and `verdict-node exchange-tokens add|list|remove`
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 
+from node.banks.exchange import ExchangeFeed
 from node.banks.matcher import BankMatcher
 from node.banks.records import BankRecords
+from node.banks.tokens import ExchangeTokens
 from node.runtime import Node
 
 log = logging.getLogger("verdict_node.banks")
@@ -32,6 +36,7 @@ class Banks:
         self.node = node
         self.records = BankRecords(node.store)
         self.matcher = BankMatcher(self.records, node.config.banks, node.metrics.registry)
+        self.feed = ExchangeFeed(node.store, ExchangeTokens(node.store), node.actor_id, node.metrics.registry)
 
     async def keep_fresh(self, node: Node) -> None:
         """Pick up banks imported or removed by other processes; a change ends memoised decisions."""
@@ -47,10 +52,11 @@ class Banks:
 
 def install(node: Node) -> Banks:
     """Banks for a node that decides images (serve, scan): the pipeline's bank_check, loaded now (a bank is
-    matched from the first image on), and kept fresh in the background."""
+    matched from the first image on), kept fresh in the background, and the exchange feed's routes."""
     banks = Banks(node)
     banks.matcher.refresh()
     node.features.add(banks)
     node.bank_check = banks.matcher
     node.background.append(banks.keep_fresh)
+    node.app_setups.append(lambda app, _node: banks.feed.add_routes(app))
     return banks

@@ -1,7 +1,7 @@
-"""`verdict-node banks import|list|remove`.
+"""`verdict-node banks import|list|remove` and `verdict-node exchange-tokens add|list|remove`.
 
-They act on the data directory's database and work whether or not `serve` runs: a running server loads a new
-bank within seconds (node.banks.REFRESH_SECONDS).
+Both act on the data directory's database and work whether or not `serve` runs: a running server loads a new
+bank within seconds (node.banks.REFRESH_SECONDS), and a removed token is refused from its next request on.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from node.banks.formats import BadLines, read_entries
 from node.banks.records import BankRecords, ImportRefused
+from node.banks.tokens import ExchangeTokens
 from node.datadir import resolve_config
 from node.store import Store
 
@@ -85,3 +86,38 @@ def _import(records: BankRecords, args: argparse.Namespace) -> int:
     verb = "replaced" if args.replace else "imported"
     print(f"bank {args.name} {verb}: {kinds}{duplicates}{skipped}")
     return 0
+
+
+def cmd_exchange_tokens(args: argparse.Namespace) -> int:
+    config = resolve_config(args.config)
+    with Store(config.database_path) as store:
+        tokens = ExchangeTokens(store)
+        if args.tokens_command == "add":
+            try:
+                token = tokens.add(args.name)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(token)
+            print(f"exchange token {args.name} added. It is shown only this once; a reader sends it as\n"
+                  f"  Authorization: Bearer <token>   to {config.node.url}/exchange/v1/signals\n"
+                  f"(python-threatexchange and HMA: see README, Exchange for HMA / python-threatexchange)",
+                  file=sys.stderr)
+            return 0
+        if args.tokens_command == "remove":
+            if not tokens.remove(args.name):
+                print(f"error: no exchange token named {args.name!r}", file=sys.stderr)
+                return EXIT_REFUSED
+            print(f"exchange token {args.name} removed: its next request gets 401")
+            return 0
+        records = tokens.records()
+        if getattr(args, "json", False):
+            print(json.dumps([r.__dict__ for r in records], indent=2))
+            return 0
+        if not records:
+            print("no exchange tokens (add one with: verdict-node exchange-tokens add NAME)")
+            return 0
+        print(f"{'NAME':<24} {'CREATED':<22} LAST USED")
+        for r in records:
+            print(f"{r.name:<24} {_when(r.created_at):<22} {_when(r.last_used_at)}")
+        return 0
