@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -267,3 +268,24 @@ def test_serve_picks_up_an_import_and_a_removal_and_metrics_name_the_bank(tmp_pa
             status, answer = await pictrs_post(url, data)
             assert answer["source"] == "inference" and "bank" not in answer   # classified like any image
     run(body())
+
+
+def test_a_sweep_blocks_banked_files_and_the_report_shows_only_the_bank_and_the_matched_hash(tmp_path):
+    config = make_data_dir(tmp_path / "node")
+    storage = tmp_path / "files"
+    storage.mkdir()
+    banked = photo_bytes("rocket")
+    (storage / "banked.jpg").write_bytes(encode(photo_image("rocket", size=400), "png"))   # a resized copy
+    (storage / "other.jpg").write_bytes(photo_bytes(ALLOWED))
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"signal_type,signal,note\npdq,{_fp(banked).pdq256},confidential case note\n"
+                      f"md5,{'ab' * 16},another entry\n")
+    assert _cli(config, "banks", "import", "tc", str(listed)).returncode == 0
+    swept = _cli(config, "scan", str(storage), "--dry-run", "--json")
+    assert swept.returncode == 0, swept.stderr
+    report = _cli(config, "report", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (row,) = json.loads(report.stdout)
+    assert row["key"] == "banked.jpg" and row["verdict_from"] == "bank" and row["verdict_ids"] == []
+    assert row["reason"].startswith(f"in hash bank tc: pdq {_fp(banked).pdq256} at distance ")
+    assert "confidential" not in report.stdout and "ab" * 16 not in report.stdout

@@ -3,8 +3,10 @@
 - Exact keys (sha256 and md5 of the bytes) are looked up in the database on every call (one indexed query), so
   an import or a removal by `verdict-node banks ...` in another process counts from the next image on.
 - Perceptual hashes (PDQ, pHash) go through one in-memory ``HammingIndex`` per bank and kind, the index the
-  verdicts use. PDQ indexes use 12 chunks (21-22 bits, two bit flips probed per chunk at radius 31), the layout
-  bench/banks.py measured fastest at millions of entries. ``refresh`` loads banks imported since and drops
+  verdicts use. A PDQ bank of millions switches from the verdicts' 16 chunks (16 bits, one flip probed at
+  radius 31) to 12 (21-22 bits, two flips): a quarter of the candidates to verify, once the 21-22 bit bucket
+  tables pay for themselves (bench/index.py --alternatives measures both: 16 are faster at 2M, 12 from about
+  4M, twice as fast at 10M). ``refresh`` loads banks imported since and drops
   removed ones; a replaced bank is a new bank (a new id), so its index is built before the old one goes.
 
 A match is counted in ``verdictnode_bank_matches_total{bank,kind}``; nothing else of a bank leaves this module
@@ -27,9 +29,10 @@ from protocol.verdict import Fingerprint
 
 log = logging.getLogger("verdict_node.banks")
 
-PDQ_CHUNKS = 12
 EXACT_KINDS = ("sha256", "md5")
-PERCEPTUAL = {"pdq": (256, PDQ_CHUNKS), "phash": (64, None)}
+PERCEPTUAL_BITS = {"pdq": 256, "phash": 64}
+LARGE_PDQ_BANK = 4_000_000   # entries from which a PDQ index uses LARGE_PDQ_CHUNKS
+LARGE_PDQ_CHUNKS = 12
 # Perceptual hashes found in no bank since the banks last changed: a known image's next check costs a dict
 # lookup instead of an index search. Bounded like the pipeline's memo.
 _CLEAN_MAX = 100_000
@@ -83,10 +86,12 @@ class BankMatcher:
 
     def _load(self, info: BankInfo) -> _LoadedBank:
         indexes = {}
-        for kind, (bits, chunks) in PERCEPTUAL.items():
-            if not info.counts.get(kind):
+        for kind, bits in PERCEPTUAL_BITS.items():
+            count = info.counts.get(kind, 0)
+            if not count:
                 continue
             ids, hashes = self.records.perceptual_entries(info, kind)
+            chunks = LARGE_PDQ_CHUNKS if kind == "pdq" and count >= LARGE_PDQ_BANK else None
             index = HammingIndex(bits, chunks=chunks)
             index.add_many_raw(ids, hashes)
             indexes[kind] = index
@@ -103,6 +108,10 @@ class BankMatcher:
     @property
     def loaded(self) -> list[BankInfo]:
         return [held.info for held in self._banks.values()]
+
+    def index(self, bank: str, kind: str) -> HammingIndex | None:
+        """The in-memory index of one bank's entries of one kind (bench/banks.py measures it)."""
+        return next((held.indexes.get(kind) for held in self._banks.values() if held.info.name == bank), None)
 
     # -- BankCheck ------------------------------------------------------------------------------
 
