@@ -241,17 +241,19 @@ ALTER TABLE verdicts ADD COLUMN md5 TEXT;
     Migration("hash banks", """
 CREATE TABLE banks (
     id INTEGER PRIMARY KEY,
-    name TEXT UNIQUE,                       -- NULL while an import with --replace is being written
+    name TEXT UNIQUE,                       -- NULL unless state is ready: only ready banks are matched
+    state TEXT NOT NULL,                    -- importing | ready | deleting
+    importer_pid INTEGER,                   -- the importing process (a dead one's leftovers are deleted)
     source TEXT,                            -- the file it was imported from
     format TEXT NOT NULL,                   -- te | csv
     imported_at REAL NOT NULL,
     counts TEXT NOT NULL DEFAULT '{}',      -- JSON {kind: entries}
-    first_entry INTEGER,                    -- its entries are the bank_entries ids first_entry..last_entry
-    last_entry INTEGER                      -- (one import is one transaction: its ids are consecutive)
+    first_entry INTEGER,                    -- its entries lie among the bank_entries ids first_entry..last_entry
+    last_entry INTEGER
 );
 CREATE TABLE bank_entries (
     id INTEGER PRIMARY KEY,                 -- the key of the in-memory perceptual indexes
-    bank_id INTEGER NOT NULL,               -- banks.id (ranges are deleted with their bank)
+    bank_id INTEGER NOT NULL,               -- banks.id (deleted with their bank, by id range)
     kind TEXT NOT NULL,                     -- md5 | sha256 | pdq | phash
     hash BLOB NOT NULL,                     -- the raw bytes (16, 32, 32 or 8)
     note TEXT

@@ -153,6 +153,69 @@ def test_replace_swaps_atomically_and_a_refused_replace_keeps_the_old_list(tmp_p
             _import(store, "../etc", f"pdq {'cc' * 32}\n")
 
 
+def _count_transactions(monkeypatch, store: Store, before_each) -> None:
+    """Call ``before_each(n)`` before the n-th transaction ``store`` begins (when it holds no lock)."""
+    original, calls = store.transaction, [0]
+
+    def transaction():
+        calls[0] += 1
+        before_each(calls[0])
+        return original()
+    monkeypatch.setattr(store, "transaction", transaction)
+
+
+def test_a_long_import_leaves_the_database_to_other_writers(tmp_path, monkeypatch):
+    """A serving node keeps writing while `banks import` reads a big file: staging locks nothing of the node's
+    database, and the copy takes the write lock one chunk at a time."""
+    monkeypatch.setattr("node.banks.records.CHUNK", 100)
+    path = tmp_path / "db.sqlite"
+    lines = "".join(f"pdq {i:064x}\n" for i in range(1000)).encode()
+    with Store(path) as store, Store(path) as server:
+        server.conn.execute("PRAGMA busy_timeout = 0")   # a writer that cannot wait at all
+        writes = []
+
+        def write_now(*_: object) -> bool:
+            server.conn.execute("INSERT INTO federation_state (key, value) VALUES (?, 'x')", (f"probe{len(writes)}",))
+            writes.append(1)
+            return True
+
+        _count_transactions(monkeypatch, store, write_now)
+        bad = BadLines()
+        counts = BankRecords(store).import_entries("big", read_entries(io.BytesIO(lines), "te", bad), fmt="te",
+                                                   source=None, replace=False, accept=write_now)
+        assert counts.counts == {"pdq": 1000}
+        assert len(writes) >= 1 + 10   # after staging (accept), and between every two chunks of the copy
+
+
+def test_a_killed_import_stays_invisible_and_the_next_command_deletes_it(tmp_path, monkeypatch):
+    path = tmp_path / "db.sqlite"
+    with Store(path) as store:
+        _import(store, "list", f"pdq {'aa' * 32}\n")
+        monkeypatch.setattr("node.banks.records.CHUNK", 1)
+
+        def interrupt_the_second_chunk(n: int) -> None:
+            if n == 3:   # 1: the importing bank, 2: the first chunk, 3: the second
+                raise KeyboardInterrupt
+        _count_transactions(monkeypatch, store, interrupt_the_second_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            _import(store, "list", f"pdq {'bb' * 32}\nmd5 {'cc' * 16}\n", replace=True)
+        monkeypatch.undo()
+        records = BankRecords(store)
+        assert [b.counts for b in records.banks()] == [{"pdq": 1}]    # the old list, untouched
+        assert records.find_exact({"md5": bytes.fromhex("cc" * 16)}) is None
+        # What the interrupted copy wrote is invisible (a 'deleting' bank), and so is what a process killed
+        # outright leaves (an 'importing' bank whose process is gone): the next command deletes both.
+        store.conn.execute("INSERT INTO banks (name, state, importer_pid, format, imported_at, first_entry, "
+                           "last_entry) VALUES (NULL, 'importing', 999999999, 'te', 0, 100, 101)")
+        dead = store.conn.execute("SELECT MAX(id) FROM banks").fetchone()[0]
+        store.conn.execute("INSERT INTO bank_entries (id, bank_id, kind, hash) VALUES (100, ?, 'pdq', ?), "
+                           "(101, ?, 'md5', ?)", (dead, b"\1" * 32, dead, bytes.fromhex("dd" * 16)))
+        assert [b.name for b in records.banks()] == ["list"]
+        assert records.find_exact({"md5": bytes.fromhex("dd" * 16)}) is None
+        assert records.remove("list")
+        assert store.conn.execute("SELECT COUNT(*) FROM banks").fetchone()[0] == 0 and _bank_rows(store) == 0
+
+
 def test_cli_import_list_remove_speak_one_line_each(tmp_path):
     config = make_data_dir(tmp_path / "node")
     good = tmp_path / "list.txt"
