@@ -116,7 +116,7 @@ def main() -> int:
     cpu50, cpu99 = percentiles(cpu_samples)
     scan50, scan99 = percentiles(scan_samples)
     print(f"\n| PDQ bank, N={n:,}, r={RADIUS} | figure |\n|---|---|")
-    print(f"| import (`banks import`, te format, one transaction) | {import_s:.1f} s, {n / import_s:,.0f} lines/s |")
+    print(f"| import (`banks import`'s path, te format) | {import_s:.1f} s, {n / import_s:,.0f} lines/s |")
     print(f"| database | {db_bytes / n:.1f} B per entry (entries and their unique index) |")
     print(f"| load (matcher, what serve does at start) | {load_s:.1f} s |")
     print(f"| memory per entry | {rss_delta / n:.1f} B RSS delta; {index.nbytes / n:.1f} B index arrays "
