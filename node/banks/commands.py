@@ -27,6 +27,15 @@ def _when(timestamp: float | None) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _said(done: bool, success: str, failure: str) -> int:
+    """The one line a removal prints, and its exit code."""
+    if not done:
+        print(f"error: {failure}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(success)
+    return 0
+
+
 def cmd_banks(args: argparse.Namespace) -> int:
     config = resolve_config(args.config)
     with Store(config.database_path) as store:
@@ -34,11 +43,7 @@ def cmd_banks(args: argparse.Namespace) -> int:
         if args.banks_command == "import":
             return _import(records, args)
         if args.banks_command == "remove":
-            if not records.remove(args.name):
-                print(f"error: no bank named {args.name!r}", file=sys.stderr)
-                return EXIT_REFUSED
-            print(f"bank {args.name} removed")
-            return 0
+            return _said(records.remove(args.name), f"bank {args.name} removed", f"no bank named {args.name!r}")
         banks = records.banks()
         if getattr(args, "json", False):
             print(json.dumps([{"name": b.name, "entries": b.counts, "format": b.format, "source": b.source,
@@ -105,11 +110,8 @@ def cmd_exchange_tokens(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 0
         if args.tokens_command == "remove":
-            if not tokens.remove(args.name):
-                print(f"error: no exchange token named {args.name!r}", file=sys.stderr)
-                return EXIT_REFUSED
-            print(f"exchange token {args.name} removed: its next request gets 401")
-            return 0
+            return _said(tokens.remove(args.name), f"exchange token {args.name} removed: its next request gets 401",
+                         f"no exchange token named {args.name!r}")
         records = tokens.records()
         if getattr(args, "json", False):
             print(json.dumps([r.__dict__ for r in records], indent=2))
