@@ -133,6 +133,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.federation.commands", "cmd_verdicts"))
 
+    # -- hash banks and the exchange feed (node/banks/commands.py) --
+    p = sub.add_parser("banks", help="hash banks (known-bad hash lists): import, list, remove")
+    banks_sub = p.add_subparsers(dest="banks_command", required=True, metavar="ACTION")
+    q = banks_sub.add_parser("import", help="import a hash list as bank NAME (one transaction: all or nothing)")
+    q.add_argument("name", metavar="NAME")
+    q.add_argument("file", metavar="FILE", help="'<signal_type> <hash>' lines (python-threatexchange's local "
+                                                "file) or CSV with a header signal_type,signal[,note]")
+    q.add_argument("--format", choices=("te", "csv"), default=None, help="default: csv for *.csv, else te")
+    q.add_argument("--replace", action="store_true", help="swap an existing bank's entries for the file's")
+    q.add_argument("--skip-bad", action="store_true", help="import the good lines even if some are bad "
+                                                           "(default: a bad line refuses the whole file)")
+    _add_config_option(q)
+    q = banks_sub.add_parser("list", help="banks with their entries by kind")
+    q.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_config_option(q)
+    q = banks_sub.add_parser("remove", help="delete a bank and its entries")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.banks.commands", "cmd_banks"))
+
+    p = sub.add_parser("exchange-tokens", help="readers of the exchange feed (HMA, python-threatexchange)")
+    tokens_sub = p.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
+    q = tokens_sub.add_parser("add", help="issue a reader's bearer token (printed once; only its hash is kept)")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    q = tokens_sub.add_parser("list", help="readers with creation and last use")
+    q.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _add_config_option(q)
+    q = tokens_sub.add_parser("remove", help="revoke a reader: its next request gets 401")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.banks.commands", "cmd_exchange_tokens"))
+
     # -- storage sweeps (node/sweep.py, node/actions.py, node/report.py) --
     def source_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("--option", "-o", action="append", metavar="NAME=VALUE",

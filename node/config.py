@@ -386,6 +386,15 @@ class FederationSection:
 
 
 @dataclass
+class BanksSection:
+    pdq_distance: int = setting(31, "Largest PDQ distance (of 256) at which an entry of a hash bank blocks an image (31 is\n"
+                                    "the threshold the lists' publishers use). Banks are imported with\n"
+                                    "`verdict-node banks import`; a match blocks before inference.", min=0, max=64)
+    phash_distance: int = setting(8, "Largest pHash distance (of 64) at which a bank's phash entry blocks an image.",
+                                  min=0, max=16)
+
+
+@dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
 
@@ -397,6 +406,7 @@ class NodeConfig:
     policy: PolicySection = section(PolicySection, "How scores and verdicts become decisions.")
     workers: WorkersSection = section(WorkersSection, "Remote GPU workers (a GPU-less node, classification elsewhere).")
     federation: FederationSection = section(FederationSection, "Sharing verdicts with the peers in peers.yaml.")
+    banks: BanksSection = section(BanksSection, "Hash banks: imported lists of known-bad hashes (never shared with anyone).")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")

@@ -1,9 +1,10 @@
 """One image in, one decision out (docs/architecture.md draws the flow), without HTTP (pict-rs hook, sweeps and
 `check` all call `Pipeline.check`).
 
-    bytes -> exact keys (no decode) -> stored verdicts -> policy
+    bytes -> [node.bank_check] sha256 / md5 in a hash bank: block (no decode)
+          -> exact keys (no decode) -> stored verdicts -> policy
           -> decode -> video / unreadable per config
-          -> fingerprint -> perceptual index -> policy
+          -> fingerprint -> [node.bank_check] PDQ / pHash in a hash bank: block -> perceptual index -> policy
           -> [node.lookup_peers] -> policy
           -> inference (singleflight per sha256, bounded by the budget) -> sign own verdict -> store
              -> [node.on_own_verdict] -> policy -> answer
@@ -17,6 +18,8 @@ An answer that falls back to on_unavailable or to inference says which verdicts 
 reason and in one log line. Every answer carries the media flags a walk or a decode found (trailing data,
 truncation, animation); ``media.on_trailing_data: reject`` turns an accept into a reject when more than
 ``media.max_trailing_bytes`` follow the image, whatever decided it (the outcome, what sweeps act on, stays).
+A hash bank acts like a block-only source that never becomes a verdict: its match blocks before inference and
+is recorded (the bank's name and the matched entry) but nothing is signed, stored as a verdict or published.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
 
 from node.config import is_model_none
 from node.policy import PERCEPTUAL_BITS, Candidate, Decision, PolicyConfig, decide, label_for, unused_lines
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("verdict_node.pipeline")
 
 Answer = Literal["accept", "reject"]
-Source = Literal["cache", "peer", "inference", "unavailable", "media"]
+Source = Literal["cache", "peer", "inference", "unavailable", "media", "bank"]
 
 # Bodies above this are hashed in a worker thread, so one big upload does not stall the event loop.
 _INLINE_HASH_BYTES = 256 * 1024
@@ -75,6 +78,7 @@ class Result:
     media_format: str | None = None
     origin: str | None = None
     media_flags: dict[str, Any] | None = None
+    bank: str | None = None
 
     @property
     def verdict_id(self) -> str | None:
@@ -83,10 +87,37 @@ class Result:
     def as_json(self) -> dict[str, Any]:
         """The pict-rs answer's body. ``origin``: how the deciding verdict reached this node (own, push,
         backfill, lookup; null without one). ``media``: the flags found (trailing_bytes, truncated, animated)."""
-        return {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
-                "origin": self.origin, "verdict": self.verdict_id, "scores": self.scores,
-                "media": dict(self.media_flags) if self.media_flags is not None else None,
-                "elapsed_ms": round(self.elapsed_ms, 3)}
+        answer = {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
+                  "origin": self.origin, "verdict": self.verdict_id, "scores": self.scores,
+                  "media": dict(self.media_flags) if self.media_flags is not None else None,
+                  "elapsed_ms": round(self.elapsed_ms, 3)}
+        if self.bank is not None:
+            answer["bank"] = self.bank  # which hash bank blocked it (never the bank's other entries)
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class BankHit:
+    """An image found in a hash bank: the bank's name and the entry that matched, the only bank content that
+    leaves the banks (into this image's answer, its decision row and the sweep report)."""
+
+    bank: str
+    kind: str        # md5 | sha256 | pdq | phash
+    entry: str       # the bank's hash, hex
+    distance: int = 0
+
+    def reason(self) -> str:
+        at = f" at distance {self.distance}" if self.kind in ("pdq", "phash") else ""
+        return f"in hash bank {self.bank}: {self.kind} {self.entry}{at}"
+
+
+class BankCheck(Protocol):
+    """What the pipeline asks the hash banks (the banks feature sets ``node.bank_check``): exact keys of the
+    bytes before anything is decoded, perceptual hashes once they are known. Neither raises for a miss."""
+
+    def match_bytes(self, sha256: str, data: bytes) -> BankHit | None: ...
+
+    def match_perceptual(self, fingerprint: Fingerprint) -> BankHit | None: ...
 
 
 @dataclass
@@ -186,6 +217,17 @@ class Pipeline:
             return self._result(work, self._answer(memo.outcome), memo.outcome, memo.reason, memo.source,
                                 verdict_ids=memo.verdict_ids, scores=memo.scores, origin=memo.origin)
 
+        # 0b. the bytes in a hash bank (sha256, md5): blocked before anything is decoded. (A memoised decision
+        #     is only reused while nothing changed, banks included: their changes bump the store's generation.)
+        banks = node.bank_check
+        if banks is not None:
+            if big:
+                hit = await loop.run_in_executor(node.executor, banks.match_bytes, work.sha256, work.data)
+            else:
+                hit = banks.match_bytes(work.sha256, work.data)
+            if hit is not None:
+                return self._bank_result(work, hit)
+
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
         #    need no pixel key: the store knows it from our verdict. One walk of the container (no decode)
         #    gives the pixel key when it is needed, and the media flags of the answer.
@@ -199,6 +241,13 @@ class Pipeline:
             work.candidates[hit.rowid] = Candidate(hit.verdict, hit.match, 0, hit.own)
         if work.candidates:
             decision = decide(node.policy, list(work.candidates.values()), own_model=node.model)
+            if decision.outcome == "allow" and banks is not None:
+                # Verdicts on these very pixels carry their perceptual hashes: a bank imported after they were
+                # made still blocks the image.
+                known = [c.verdict.fingerprint for c in work.candidates.values()]
+                hit = banks.match_perceptual(next((f for f in known if f.pdq256), known[0]))
+                if hit is not None:
+                    return self._bank_result(work, hit)
             if decision.outcome != "unknown":
                 if work.media_flags is None:
                     work.media_flags = (await self._walk(work, want_pixel_key=False))[1]
@@ -220,6 +269,10 @@ class Pipeline:
             return self._media_result(work, "unreadable", accept, f"unreadable: {problem}; media.on_unreadable is "
                                       f"{node.config.media.on_unreadable}")
         work.fingerprint = fp
+        if banks is not None:
+            hit = banks.match_perceptual(fp)
+            if hit is not None:
+                return self._bank_result(work, hit)
 
         # 3. perceptual neighbours (block verdicts reuse on these; safe ones only if the admin opted in).
         self._add_perceptual_candidates(work)
@@ -257,6 +310,10 @@ class Pipeline:
             return await asyncio.get_running_loop().run_in_executor(self.node.executor, _walk_keys, work.data,
                                                                     want_pixel_key)
         return _walk_keys(work.data, want_pixel_key)
+
+    def _bank_result(self, work: _Work, hit: BankHit) -> Result:
+        """Block on a bank match; no verdict is made, so nothing of the bank is signed or published."""
+        return self._result(work, "reject", "block", hit.reason(), "bank", bank=hit.bank)
 
     def _decide(self, work: _Work) -> Decision:
         return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
@@ -472,13 +529,13 @@ class Pipeline:
 
     def _result(self, work: _Work, decision: Answer, outcome: str, reason: str, source: Source, *,
                 verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False,
-                origin: str | None = None) -> Result:
+                origin: str | None = None, bank: str | None = None) -> Result:
         elapsed = asyncio.get_running_loop().time() - work.started
         return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
                       fingerprint=work.fingerprint, verdict_ids=verdict_ids,
                       scores=dict(scores) if scores is not None else None, inferred=inferred,
                       elapsed_ms=elapsed * 1000.0, media_format=work.media_format, origin=origin,
-                      media_flags=dict(work.media_flags) if work.media_flags is not None else None)
+                      media_flags=dict(work.media_flags) if work.media_flags is not None else None, bank=bank)
 
     def _record(self, work: _Work, result: Result) -> None:
         node = self.node

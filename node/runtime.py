@@ -5,6 +5,8 @@ Hook points (all plain attributes, set by a feature package's `install(node)` or
   - `node.lookup_peers`: `async (fingerprint, deadline) -> PeerAnswers`, verified peer verdicts for an image
     we cannot decide yet, and one line per peer that gave no usable answer (federation). `deadline` is
     `loop.time()`-based.
+  - `node.bank_check`: a `node.pipeline.BankCheck` (hash banks): known-bad hashes that block before inference
+    and never become verdicts.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
     per new own verdict (federation publishes them to the outbox).
   - `node.app_setups`: `(app: aiohttp.web.Application, node) -> None`, called by `server.build_app` to
@@ -39,7 +41,7 @@ from node.peers_file import Signature, signature
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
-from node.pipeline import Pipeline
+from node.pipeline import BankCheck, Pipeline
 from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 from scanners.batching import BatchingClassifier
@@ -154,6 +156,7 @@ class Node:
         self.executor = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="decode")
         # Hook points, see the module docstring.
         self.lookup_peers: PeerLookup | None = None
+        self.bank_check: BankCheck | None = None
         self.on_own_verdict: list[VerdictCallback] = []
         self.app_setups: list[AppSetup] = []
         self.background: list[BackgroundTask] = []

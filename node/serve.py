@@ -1,7 +1,7 @@
 """`verdict-node serve`: the composition root of a serving node. It opens the data directory, installs the
-features a serving node has (federation, remote workers) and runs the HTTP application until SIGTERM;
-SIGHUP, or any change to peers.yaml, puts the new peers.yaml in force without a restart
-(Node.reload_peers, node.peers_file).
+features a serving node has (federation, hash banks and the exchange feed, remote workers) and runs the HTTP
+application until SIGTERM; SIGHUP, or any change to peers.yaml, puts the new peers.yaml in force without a
+restart (Node.reload_peers, node.peers_file).
 
 This is one of the few places that may name feature packages: the core never does, and features never
 name each other (tests/test_import_rules.py holds that).
@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from node import federation, peers_file, workers
+from node import banks, federation, peers_file, workers
 from node.config import NodeConfig
 from node.datadir import pictrs_urls, resolve_config
 from node.runtime import Node, on_reload_signal, on_stop_signals
@@ -26,10 +26,11 @@ log = logging.getLogger("verdict_node.server")
 
 
 def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
-    """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups) and, with
-    ``workers.enabled``, the remote worker queue."""
+    """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups), hash banks and
+    the exchange feed, and, with ``workers.enabled``, the remote worker queue."""
     node = Node.open(config, load_model=load_model)
     federation.install(node)
+    banks.install(node)
     workers.install(node)
     node.background.append(watch_peers_file)
     return node

@@ -233,6 +233,64 @@ ALTER TABLE peers ADD COLUMN bound_rsa_fingerprint TEXT;  -- the RSA key bound u
 ALTER TABLE peers ADD COLUMN bound_under_pin TEXT;        -- the Ed25519 pin in force when it was bound
 ALTER TABLE peers ADD COLUMN bound_at REAL;
 """),
+    # The md5 of the bytes joins the fingerprint (it is what hash lists carry); older verdicts have none.
+    Migration("fingerprint md5", """
+ALTER TABLE verdicts ADD COLUMN md5 TEXT;
+"""),
+    # Hash banks (node/banks/): imported lists of known-bad hashes, never federated or exported.
+    Migration("hash banks", """
+CREATE TABLE banks (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE,                       -- NULL unless state is ready: only ready banks are matched
+    state TEXT NOT NULL,                    -- importing | ready | deleting
+    importer_pid INTEGER,                   -- the importing process (a dead one's leftovers are deleted)
+    source TEXT,                            -- the file it was imported from
+    format TEXT NOT NULL,                   -- te | csv
+    imported_at REAL NOT NULL,
+    counts TEXT NOT NULL DEFAULT '{}',      -- JSON {kind: entries}
+    first_entry INTEGER,                    -- its entries lie among the bank_entries ids first_entry..last_entry
+    last_entry INTEGER
+);
+CREATE TABLE bank_entries (
+    id INTEGER PRIMARY KEY,                 -- the key of the in-memory perceptual indexes
+    bank_id INTEGER NOT NULL,               -- banks.id (deleted with their bank, by id range)
+    kind TEXT NOT NULL,                     -- md5 | sha256 | pdq | phash
+    hash BLOB NOT NULL,                     -- the raw bytes (16, 32, 32 or 8)
+    note TEXT
+);
+CREATE UNIQUE INDEX bank_entries_hash ON bank_entries(hash, kind, bank_id);
+"""),
+    # The exchange feed (node/banks/exchange.py) pages exchange_log, which the triggers fill for every own
+    # csam verdict and its retraction, whichever process stored it; only token hashes are kept.
+    Migration("exchange feed", """
+CREATE TABLE exchange_tokens (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    last_used_at REAL
+);
+CREATE TABLE exchange_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the feed's cursor: never reused
+    verdict_rowid INTEGER NOT NULL,
+    change TEXT NOT NULL,                   -- add | delete
+    logged_at REAL NOT NULL
+);
+CREATE TRIGGER exchange_log_add AFTER INSERT ON verdicts
+WHEN NEW.own = 1 AND NEW.label = 'csam' AND NEW.retracted_at IS NULL
+BEGIN
+    INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    VALUES (NEW.id, 'add', (julianday('now') - 2440587.5) * 86400.0);
+END;
+CREATE TRIGGER exchange_log_delete AFTER UPDATE OF retracted_at ON verdicts
+WHEN NEW.own = 1 AND NEW.label = 'csam' AND OLD.retracted_at IS NULL AND NEW.retracted_at IS NOT NULL
+BEGIN
+    INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    VALUES (NEW.id, 'delete', (julianday('now') - 2440587.5) * 86400.0);
+END;
+INSERT INTO exchange_log (verdict_rowid, change, logged_at)
+    SELECT id, 'add', received_at FROM verdicts
+    WHERE own = 1 AND label = 'csam' AND retracted_at IS NULL ORDER BY id;
+"""),
     # How each verdict reached this node (own, push, backfill, lookup), and per decision the origin of the
     # deciding verdict and the media flags (trailing data, truncation, animation): answers and records
     # tell a lookup from a pushed verdict, and show what was glued to an image.
@@ -248,17 +306,17 @@ ALTER TABLE decisions ADD COLUMN media_flags TEXT;        -- JSON {trailing_byte
 VERDICT_ORIGINS = ("own", "push", "backfill", "lookup")
 
 _VERDICT_COLUMNS = ("id, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label, "
-                    "model_name, model_version, model_rules, published, supersedes")
+                    "model_name, model_version, model_rules, published, supersedes, md5")
 
 
 def verdict_from_row(row: Sequence[Any]) -> Verdict:
     """Rebuild a Verdict from the columns in `_VERDICT_COLUMNS` order (the proof stays in `document`)."""
     (_rowid, verdict_id, issuer, sha256, pixel_sha256, phash64, pdq256, preprocessing, scores, label,
-     model_name, model_version, model_rules, published, supersedes) = row
+     model_name, model_version, model_rules, published, supersedes, md5) = row
     return Verdict(
         id=verdict_id, issuer=issuer,
         fingerprint=Fingerprint(sha256=sha256, pixel_sha256=pixel_sha256, phash64=phash64 or "",
-                                preprocessing=preprocessing or "", pdq256=pdq256),
+                                preprocessing=preprocessing or "", pdq256=pdq256, md5=md5),
         scores=json.loads(scores), label=label,
         model=ModelInfo(name=model_name, version=model_version, rules=model_rules),
         published=published, supersedes=supersedes)
@@ -409,11 +467,11 @@ class Store:
         cur = conn.execute(
             "INSERT OR IGNORE INTO verdicts (verdict_id, issuer, own, received_at, sha256, pixel_sha256, phash64, "
             "pdq256, preprocessing, scores, label, model_name, model_version, model_rules, published, supersedes, "
-            "document, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "document, md5, origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (verdict.id, verdict.issuer, int(own), time.time(), fp.sha256, fp.pixel_sha256, fp.phash64 or None,
              fp.pdq256, fp.preprocessing, json.dumps(dict(verdict.scores), sort_keys=True), verdict.label,
              verdict.model.name, verdict.model.version, verdict.model.rules, verdict.published, verdict.supersedes,
-             json.dumps(document, sort_keys=True) if document is not None else None, origin))
+             json.dumps(document, sort_keys=True) if document is not None else None, fp.md5, origin))
         if cur.rowcount == 1:
             self.generation += 1
             return int(cur.lastrowid), True

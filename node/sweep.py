@@ -439,13 +439,14 @@ def parse_options(pairs: list[str] | None) -> dict[str, str]:
 def open_node(config_path: str | None, *, load_model: bool) -> Any:
     """The node a command works with: same data directory, verdicts and keys as `serve`. Peer lookups are
     installed when configured; delivery is left to `serve` (it publishes our new verdicts from the store)."""
-    from node import federation, workers
+    from node import banks, federation, workers
     from node.datadir import resolve_config
     from node.runtime import Node
 
     config = resolve_config(config_path)
     node = Node.open(config, load_model=load_model)
     if load_model:
+        banks.install(node)  # known-bad hash lists block before inference here too
         if config.federation.lookup_peers:
             federation.install(node)
         workers.install_submitter(node)  # workers.enabled: share serve's worker queue

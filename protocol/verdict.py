@@ -32,13 +32,15 @@ class Fingerprint:
     """Keys of one image. ``sha256`` is of the bytes; ``pixel_sha256`` of the decoded pixels, so it survives
     metadata stripping (pict-rs runs exiftool) but not a changed pixel; ``phash64`` is 16 hex digits and
     ``pdq256`` 64 hex digits. ``preprocessing`` names the pinned decode+hash recipe that produced them:
-    perceptual hashes from different recipes are not comparable."""
+    perceptual hashes from different recipes are not comparable. ``md5`` (of the bytes, 32 hex digits) is
+    optional: it is the key the industry's hash lists carry, and verdicts signed before it existed have none."""
 
     sha256: str
     pixel_sha256: str
     phash64: str
     preprocessing: str
     pdq256: str | None = None
+    md5: str | None = None
 
     def to_as2(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -50,6 +52,8 @@ class Fingerprint:
         }
         if self.pdq256 is not None:
             doc["pdq256"] = self.pdq256
+        if self.md5 is not None:
+            doc["md5"] = self.md5
         return doc
 
     @classmethod
@@ -57,13 +61,14 @@ class Fingerprint:
         """Strict parse of the AS2 form; raises ProtocolError naming the field."""
         obj = require_object(doc, where)
         _expect_type(obj, "Fingerprint", where, required=False)
-        pdq = obj.get("pdq256")
+        pdq, md5 = obj.get("pdq256"), obj.get("md5")
         return cls(
             sha256=_hex(obj, "sha256", 64, where),
             pixel_sha256=_hex(obj, "pixelSha256", 64, where),
             phash64=_hex(obj, "phash64", 16, where),
             preprocessing=_text(obj, "preprocessing", where, max_len=128),
             pdq256=None if pdq is None else _hex(obj, "pdq256", 64, where),
+            md5=None if md5 is None else _hex(obj, "md5", 32, where),
         )
 
 
@@ -170,6 +175,7 @@ VERDICT_TERMS: dict[str, Any] = {
     "pixelSha256": "vn:pixelSha256",
     "phash64": "vn:phash64",
     "pdq256": "vn:pdq256",
+    "md5": "vn:md5",
     "preprocessing": "vn:preprocessing",
     "scores": {"@id": "vn:scores", "@type": "@json"},
     "label": "vn:label",

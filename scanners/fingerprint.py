@@ -1,7 +1,8 @@
 """Fingerprints of one image: exact keys to answer repeat images without decoding, perceptual hashes to
 find near-duplicates of blocked ones.
 
-- ``sha256``: of the bytes as received.
+- ``sha256``: of the bytes as received; ``md5`` of the same bytes, because that is the key the industry's
+  hash lists (NCMEC's among them) carry.
 - ``pixel_sha256``: an exact key that survives metadata stripping (pict-rs runs exiftool before storing,
   so the same federated image has a different byte sha256 on every instance) and changes with any pixel.
   For JPEG, PNG, WebP and GIF it hashes the container's image-data structure, skipping metadata, WITHOUT
@@ -150,6 +151,7 @@ def fingerprint(data: bytes, media: Media | None = None, *, pdq: bool = True) ->
         phash64=phash64(frame),
         preprocessing=PREPROCESSING_ID,
         pdq256=pdq256(frame) if pdq and _pdqhash is not None else None,
+        md5=hashlib.md5(data).hexdigest(),
     )
 
 

@@ -234,7 +234,7 @@ def synthetic_verdict(actor_id: str, ed25519_key: Any, index: int, *, csam: floa
     """A signed verdict about a made-up image (distinct keys per index), as the pipeline would sign it."""
     digest = f"{index:064x}"
     fp = Fingerprint(sha256=digest, pixel_sha256=digest[::-1], phash64=f"{(index * 0x9E3779B97F4A7C15) % 2**64:016x}",
-                     preprocessing="synthetic-1")
+                     preprocessing="synthetic-1", md5=digest[:32])
     verdict = Verdict(id=new_verdict_id(actor_id), issuer=actor_id, fingerprint=fp,
                       scores={"csam": csam, "nsfw": 0.2, "underage": 0.1},
                       label="csam" if csam >= 0.5 else "safe", model=model, published=utc_timestamp())

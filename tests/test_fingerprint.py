@@ -307,3 +307,9 @@ def test_hamming() -> None:
     assert hamming("8000000000000001", "0000000000000000") == 2
     with pytest.raises(ValueError):
         hamming("00", "000")
+
+
+def test_md5_is_of_the_bytes_as_received() -> None:
+    """md5 is the key hash lists carry: it must be the md5 of exactly the bytes we were given."""
+    data = photo_bytes("coffee")
+    assert fingerprint(data, decode(data)).md5 == hashlib.md5(data).hexdigest()

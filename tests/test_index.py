@@ -95,6 +95,23 @@ def test_add_many_last_duplicate_wins_and_replaces_existing() -> None:
     assert index.search("f" * 16, 0) == [(1, 0)]
 
 
+def test_raw_codes_load_like_hex_codes() -> None:
+    """add_many_raw (how banks load millions of PDQs from the database) builds the same index as add_many."""
+    rng = random.Random(5)
+    codes = [rng.getrandbits(256).to_bytes(32, "big") for _ in range(3000)]
+    refs = list(range(10, 3010))
+    from_hex, from_raw = HammingIndex(256, chunks=12), HammingIndex(256, chunks=12)
+    from_hex.add_many(refs, [c.hex() for c in codes])
+    from_raw.add_many_raw(refs, b"".join(codes))
+    for code in codes[:50]:
+        query = (int.from_bytes(code, "big") ^ (1 << rng.randrange(256))).to_bytes(32, "big").hex()
+        assert from_raw.search(query, 31) == from_hex.search(query, 31)
+    with pytest.raises(ValueError, match="whole number"):
+        from_raw.add_many_raw([1], b"\0" * 31)
+    with pytest.raises(ValueError, match="refs but"):
+        from_raw.add_many_raw([1, 2], b"\0" * 32)
+
+
 def test_compaction_after_many_removals(small_delta: None) -> None:
     rng = random.Random(9)
     index = HammingIndex(64, strategy="probe")

@@ -324,6 +324,28 @@ def test_pdq_is_optional():
     assert Verdict.from_as2(doc) == verdict
 
 
+def test_md5_is_optional_signed_and_strict():
+    """md5 joined the fingerprint later: a verdict without it (every verdict signed before) still parses and
+    verifies as it was signed; one with it covers it by the proof and refuses a malformed value."""
+    old = sign_verdict(make_verdict(), ED_KEY, VM)
+    assert "md5" not in old["fingerprint"]
+    assert verify_verdict(json.loads(json.dumps(old)), lambda vm: ED_KEY.public_key()).fingerprint.md5 is None
+    fp = Fingerprint("ab" * 32, "cd" * 32, "0123456789abcdef", "pil-rgb-v1", "ef" * 32, md5="12" * 16)
+    signed = sign_verdict(make_verdict(fingerprint=fp), ED_KEY, VM)
+    assert signed["fingerprint"]["md5"] == "12" * 16
+    assert verify_verdict(copy.deepcopy(signed), lambda vm: ED_KEY.public_key()).fingerprint == fp
+    forged = copy.deepcopy(signed)
+    forged["fingerprint"]["md5"] = "34" * 16
+    with pytest.raises(ProofError):
+        verify_verdict(forged, lambda vm: ED_KEY.public_key())
+    for bad in ("12" * 15, "AB" * 16, 5):
+        doc = make_verdict().to_as2()
+        doc["fingerprint"]["md5"] = bad
+        with pytest.raises(ProtocolError) as info:
+            Verdict.from_as2(doc)
+        assert info.value.field == "fingerprint.md5"
+
+
 def test_new_ids_are_unique_and_time_ordered():
     ids = [new_verdict_id(ACTOR) for _ in range(50)]
     assert len(set(ids)) == 50 and all(i.startswith("https://verdicts.example/verdicts/") for i in ids)

@@ -1,6 +1,7 @@
 """Store: schema migrations, verdict queries, batched decision rows that survive a reopen."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -75,6 +76,28 @@ def test_verdict_roundtrip_exact_and_rowid_queries(tmp_path):
     assert store.retract_verdict(v.id, "again") is None
     assert store.find_exact(v.fingerprint.sha256, None) == []
     assert list(store.active_perceptual()) == []
+    store.close()
+
+
+def test_md5_is_stored_and_a_database_from_before_it_keeps_its_verdicts(tmp_path):
+    """A database migrated before the md5 column existed gains it; its old verdicts read back without md5."""
+    path = tmp_path / "db.sqlite"
+    before = MIGRATIONS[:[m.name for m in MIGRATIONS].index("fingerprint md5")]
+    store = Store(path, migrations=before)
+    old = make_verdict(1)
+    store.conn.execute("INSERT INTO verdicts (verdict_id, issuer, received_at, sha256, pixel_sha256, scores, label, "
+                       "model_name, model_version, model_rules, published) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (old.id, old.issuer, 0.0, old.fingerprint.sha256, old.fingerprint.pixel_sha256, "{}",
+                        "safe", "tiny", "1", "test", old.published))
+    store.close()
+    store = Store(path)
+    (hit,) = store.find_exact(old.fingerprint.sha256, None)
+    assert hit.verdict.fingerprint.md5 is None
+    new = make_verdict(2)
+    new = dataclasses.replace(new, fingerprint=dataclasses.replace(new.fingerprint, md5="ab" * 16))
+    store.insert_verdict(new, None, own=True)
+    (hit,) = store.find_exact(new.fingerprint.sha256, None)
+    assert hit.verdict == new and hit.verdict.fingerprint.md5 == "ab" * 16
     store.close()
 
 
