@@ -1,10 +1,14 @@
 """What happens to a storage item once it is decided: quarantine (the default: reversible, evidence kept),
 delete, or nothing (dry run); applying a dry run's positives later; releasing a false positive.
 
-Every action is written down BEFORE it touches storage (action `quarantining` / `deleting`) and again
-after, so a sweep killed in between leaves a row that says what was under way: the next sweep treats
-the item as unsettled and finishes the job (from the stored verdict, without inference), and an item
-already moved away still has its record (and its sidecar in the quarantine) for the report.
+Every action is written down BEFORE it touches storage (action `quarantining` / `deleting`, with the
+location the source will use) and again right after, so a process killed in between leaves a row that
+says what was under way and where: `node.recovery.reconcile` settles it on the next start (finished,
+undone for the next sweep to redo, or marked for the admin's review).
+
+The source is told which bytes were judged (their sha256) and acts on that file or on nothing: a file
+swapped, rewritten, linked elsewhere or turned into a FIFO after it was classified is refused and the
+refusal recorded (action `refused`, the reason in `action_error`).
 """
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ import logging
 import time
 from typing import Any
 
-from node.sweep_records import ItemRecord, SweepRecords
-from scanners.sources import Item, ItemError, ItemGone, Source, SourceError
+from node.recovery import reconcile
+from node.sweep_records import ItemRecord, SweepRecords, UNDER_WAY_ACTIONS
+from scanners.sources import Item, ItemError, ItemGone, ItemRefused, Source, SourceError
 
 log = logging.getLogger("verdict_node.actions")
 
@@ -35,10 +40,6 @@ def evidence(record: ItemRecord, actor_id: str, run_id: int | None) -> dict[str,
                              "decided_at": record.decided_at}}
 
 
-def item_of(record: ItemRecord) -> Item:
-    return Item(record.key, size=record.size, mtime=record.mtime, etag=record.etag)
-
-
 async def act(source: Source, item: Item, record: ItemRecord, action: str, records: SweepRecords, *,
               actor_id: str) -> ItemRecord:
     """Apply `action` (quarantine / delete / dry-run / leave) to one decided item; returns its record with
@@ -50,18 +51,27 @@ async def act(source: Source, item: Item, record: ItemRecord, action: str, recor
     if action not in ("quarantine", "delete"):
         raise ValueError(f"unknown action {action!r}")
     under_way = "quarantining" if action == "quarantine" else "deleting"
-    await asyncio.to_thread(records.commit, [dataclasses.replace(record, action=under_way)])
+    planned = source.plan(item, action)
+    await asyncio.to_thread(records.commit, [dataclasses.replace(record, action=under_way, location=planned)])
     try:
         if action == "quarantine":
-            location = await source.quarantine(item, evidence(record, actor_id, record.run_id))
-            return dataclasses.replace(record, action="quarantined", location=location, action_error=None)
-        await source.delete(item)
-        return dataclasses.replace(record, action="deleted", action_error=None)
+            location = await source.quarantine(item, evidence(record, actor_id, record.run_id),
+                                               sha256=record.sha256, location=planned)
+            done = dataclasses.replace(record, action="quarantined", location=location, action_error=None)
+        else:
+            await source.delete(item, sha256=record.sha256, location=planned)
+            done = dataclasses.replace(record, action="deleted", action_error=None)
     except ItemGone as exc:
-        return dataclasses.replace(record, action="gone", action_error=str(exc))
+        done = dataclasses.replace(record, action="gone", action_error=str(exc))
+    except ItemRefused as exc:
+        log.warning("%s %s refused: %s", action, item.key, exc.reason)
+        done = dataclasses.replace(record, action="refused", action_error=exc.reason)
     except (ItemError, SourceError, OSError) as exc:
         log.warning("%s %s failed: %s", action, item.key, exc)
-        return dataclasses.replace(record, action="failed", action_error=f"{type(exc).__name__}: {exc}")
+        done = dataclasses.replace(record, action="failed", action_error=f"{type(exc).__name__}: {exc}")
+    # On record at once: a kill after the move must not leave the row under way.
+    await asyncio.to_thread(records.commit, [done])
+    return done
 
 
 async def apply_run(records: SweepRecords, run_id: int, source: Source, *, action: str = "quarantine",
@@ -70,10 +80,16 @@ async def apply_run(records: SweepRecords, run_id: int, source: Source, *, actio
     those judged (sha256) is left alone and counted as `changed` (scan it again)."""
     if action not in ("quarantine", "delete"):
         raise ValueError("apply acts with quarantine or delete")
+    run = records.get_run(run_id)
+    if run is not None:
+        await reconcile(records, source, run["source"])
     counts = {"positives": 0, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 0, "failed": 0}
-    for record in records.run_items(run_id, outcome="block", action="dry-run"):
+    # Also the positives an earlier apply left failed (an interrupted one among them, once reconciled).
+    unacted = records.run_items(run_id, outcome="block", action="dry-run") + \
+        records.run_items(run_id, outcome="block", action="failed")
+    for record in sorted(unacted, key=lambda r: r.key):
         counts["positives"] += 1
-        item = item_of(record)
+        item = record.as_item()
         try:
             data = await source.read(item)
         except ItemGone:
@@ -88,7 +104,6 @@ async def apply_run(records: SweepRecords, run_id: int, source: Source, *, actio
             counts["changed"] += 1
             continue
         done = await act(source, item, record, action, records, actor_id=actor_id)
-        records.commit([done])
         key = {"quarantined": "quarantined", "deleted": "deleted", "gone": "gone"}.get(done.action, "failed")
         counts[key] += 1
     return counts
@@ -101,6 +116,9 @@ async def release(records: SweepRecords, ref: str, source: Source, *, reason: st
     (`retract(verdict_id, reason) -> str`, federation's: our own is withdrawn at every peer).
 
     `ref`: the quarantine location, the storage key, or the sha256."""
+    interrupted = [r for r in records.find(ref) if r.action in UNDER_WAY_ACTIONS]
+    if interrupted:
+        await reconcile(records, source, rows=interrupted)
     record = quarantined_record(records, ref)
     restored = await source.release(record.location or "")
     now = time.time()

@@ -16,7 +16,7 @@ from typing import Any
 from node.sweep_records import ItemRecord, SweepRecords, source_identity
 
 FIELDS = ("source", "key", "decided_at", "action", "location", "sha256", "pixel_sha256", "phash64", "pdq256",
-          "scores", "verdict_from", "issuers", "verdict_ids", "reason")
+          "scores", "verdict_from", "issuers", "verdict_ids", "reason", "action_error")
 
 
 def utc(ts: float) -> str:
@@ -71,6 +71,8 @@ def report_rows(records: SweepRecords, since: float | None = None, source: str |
             "phash64": record.phash64, "pdq256": record.pdq256, "scores": record.scores or {},
             "verdict_from": verdict_from(record, issuers), "issuers": sorted({i for i, _ in issuers}),
             "verdict_ids": list(record.verdict_ids), "reason": record.reason,
+            # why an action was refused, failed, or needs the admin's review after an interruption
+            "action_error": record.action_error,
         })
     return rows
 

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import IO, Any, Awaitable, Callable, Literal
 
 from node.actions import ACTIONS, MEDIA_ACTIONS, act
-from node.sweep_records import ItemRecord, SweepRecords, public_url, source_identity
-from scanners.sources import Item, ItemError, ItemGone, Source, SourceError
+from node.recovery import reconcile
+from node.sweep_records import UNDER_WAY_ACTIONS, ItemRecord, SweepRecords, public_url, source_identity
+from scanners.sources import Item, ItemError, ItemGone, NotRegularFile, Source, SourceError
 
 log = logging.getLogger("verdict_node.sweep")
 
@@ -87,7 +88,10 @@ class SweepStats:
     unknown: int = 0       # no classifier / queue full: tried again next sweep
     errors: int = 0        # read failures
     gone: int = 0          # vanished between listing and reading
+    skipped: int = 0       # not a regular file when read (FIFO, socket, device, symlink): recorded, never read
     action_failures: int = 0
+    refused: int = 0       # not acted on: the file changed after it was judged, or has another hard link
+    recovered: int = 0     # actions a crash had cut short, settled before this run
     listing_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -102,7 +106,8 @@ class SweepStats:
         return (f"scanned {self.listed}, known {self.known}, from store {self.cache}, from peers {self.peer}, "
                 f"inferred {self.inferred}, positives {self.positives} (quarantined {self.quarantined}, "
                 f"deleted {self.deleted}, dry-run {self.dry_run}), unreadable {self.unreadable}, video {self.video}, "
-                f"undecided {self.unknown}, errors {self.errors + self.action_failures + self.listing_errors}")
+                f"undecided {self.unknown}, skipped {self.skipped}, refused {self.refused}, "
+                f"errors {self.errors + self.action_failures + self.listing_errors}")
 
 
 class Progress:
@@ -171,6 +176,21 @@ class _Checkpoints:
             self._open.popitem(last=False)
 
 
+async def _stop(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. A cancellation is repeated until it takes:
+    before Python 3.12, ``asyncio.wait_for`` (the pipeline's inference budget uses it) loses one that
+    arrives just as the awaited inference completes, and a worker that lost it would keep a stopped
+    sweep waiting for it forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved, so not logged as "never retrieved": the pass is ending anyway
+
+
 class Sweep:
     """One source swept with one node. `await run()` does the passes that the options ask for."""
 
@@ -194,11 +214,16 @@ class Sweep:
 
     async def run(self) -> SweepStats:
         opts = self.options
+        # Actions a killed run left under way are settled first: their rows and files say where things are.
+        settled = await reconcile(self.records, self.source, self.source_id)
+        recovered = sum(n for state, n in settled.items() if state != "left")
+        self.stats.recovered += recovered
         if opts.mode == "all":
             resumed = self.records.unfinished_run(self.source_id, "all")
             if resumed is not None:
                 self.run_id = int(resumed["id"])
                 self.stats = SweepStats.from_dict(json.loads(resumed["stats"] or "{}"))
+                self.stats.recovered += recovered
                 self.source.resume(resumed["cursor"])
                 log.info("resuming sweep run %d of %s", self.run_id, self.source_id)
             else:
@@ -275,9 +300,7 @@ class Sweep:
                 await queue.put(None)
             await asyncio.gather(*workers)
         except BaseException:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await _stop(workers)
             stats.listing_errors += len(self.source.listing_errors) - errors_before
             await self._commit(checkpoints.ready)  # what is recorded so far is kept; the cursor covers it
             raise
@@ -316,6 +339,9 @@ class Sweep:
         except ItemGone:
             stats.gone += 1
             return None
+        except NotRegularFile as exc:  # a FIFO, socket, device or link: never read, never CSAM
+            stats.skipped += 1
+            return self._record(item, outcome="skipped", origin="read", reason=exc.reason)
         except ItemError as exc:
             stats.errors += 1
             return self._record(item, outcome="error", origin="read", reason=exc.reason)
@@ -370,6 +396,8 @@ class Sweep:
             stats.dry_run += 1
         elif done.action == "failed":
             stats.action_failures += 1
+        elif done.action == "refused":
+            stats.refused += 1
         return done
 
     def _fingerprint_from_verdicts(self, result: Any) -> Any:
@@ -632,7 +660,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         return federation_retract(node.store, node.config, node.ed25519_key, verdict_id, reason)
 
     async def main(records: SweepRecords) -> int:
-        record = quarantined_record(records, args.item)
+        # An item whose quarantine a crash cut short is released too: release() settles it first.
+        record = next((r for r in records.find(args.item) if r.action in UNDER_WAY_ACTIONS and r.location),
+                      None) or quarantined_record(records, args.item)
         run = records.get_run(record.run_id) if record.run_id is not None else None
         local_dir = _quarantine_dir_of(record.location)
         if "quarantine_dir" not in options and local_dir is not None:

@@ -16,9 +16,18 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from node.store import Store
+from scanners.sources import Item
 
-#: Outcomes that are final for an unchanged item: a later sweep skips it without reading it.
+#: Outcomes that are final for an unchanged item: a later sweep skips it without reading it. Not
+#: `skipped` (a FIFO or link where a file was listed): the file may be back under the same stat.
 FINAL_OUTCOMES = ("block", "allow", "video", "unreadable")
+
+#: Actions written before storage is touched: a row left in one of these was cut short by a crash, and
+#: `node.recovery.reconcile` settles it.
+UNDER_WAY_ACTIONS = ("quarantining", "deleting")
+#: Actions a sweep does again on an unchanged item: under way, failed, or refused (a second hard link,
+#: a swapped file: tried again, so it is acted on once the cause is gone, and stays in the report).
+REDO_ACTIONS = (*UNDER_WAY_ACTIONS, "failed", "refused")
 
 #: Query parameters never written to the database (they are passed again by option or environment).
 SECRET_PARAMETERS = frozenset({"secret_key", "api_key", "passphrase", "token", "password", "session_token"})
@@ -74,6 +83,10 @@ class ItemRecord:
     action: str = "none"
     location: str | None = None
     action_error: str | None = None
+
+    def as_item(self) -> Item:
+        """The storage item as it was listed when decided."""
+        return Item(self.key, size=self.size, mtime=self.mtime, etag=self.etag)
 
     def row(self) -> tuple:
         return (self.source, self.key, self.size, self.mtime, self.etag, self.run_id, self.decided_at, self.outcome,
@@ -155,7 +168,7 @@ class SweepRecords:
         interrupted or failed, and with ``redo_dry_run`` the positives of a dry run (a real sweep acts
         on them)."""
         marks = ",".join("?" * len(FINAL_OUTCOMES))
-        unsettled = ["quarantining", "deleting", "failed"] + (["dry-run"] if redo_dry_run else [])
+        unsettled = [*REDO_ACTIONS] + (["dry-run"] if redo_dry_run else [])
         rows = self.store.conn.execute(
             f"SELECT key, size, mtime, etag FROM sweep_items WHERE source = ? AND outcome IN ({marks}) "
             f"AND action NOT IN ({','.join('?' * len(unsettled))})",
@@ -179,6 +192,13 @@ class SweepRecords:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def under_way(self, source: str) -> list[ItemRecord]:
+        """Rows of this source whose action was cut short (see UNDER_WAY_ACTIONS)."""
+        rows = self.store.conn.execute(
+            f"SELECT {_ITEM_COLUMNS} FROM sweep_items WHERE source = ? AND action IN "
+            f"({','.join('?' * len(UNDER_WAY_ACTIONS))}) ORDER BY key", (source, *UNDER_WAY_ACTIONS)).fetchall()
+        return [record_of(r) for r in rows]
 
     def item(self, source: str, key: str) -> ItemRecord | None:
         row = self.store.conn.execute(f"SELECT {_ITEM_COLUMNS} FROM sweep_items WHERE source = ? AND key = ?",

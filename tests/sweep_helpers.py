@@ -3,6 +3,12 @@ and small queries over what a sweep recorded."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -11,6 +17,7 @@ from node.sweep import Sweep, SweepOptions, SweepStats
 from node.sweep_records import SweepRecords
 from tests.hostile import hostile_corpus
 from tests.images import photo_bytes, photo_names
+from tests.node_helpers import ROOT
 
 #: Hostile items that decode (or fail) fast; the full corpus is swept once in test_sweep.py.
 QUICK_HOSTILE = ("empty", "random_bytes", "truncated_png", "html_named_jpg", "svg_named_jpg", "mp4_header",
@@ -71,3 +78,38 @@ def own_verdicts(node: Node) -> list[dict]:
 
 def records(node: Node) -> SweepRecords:
     return SweepRecords(node.store)
+
+
+def scan_process(config: Any, root: Path, quarantine: Path, *extra: str, workers: int = 3,
+                 python: tuple[str, ...] = ("-m", "node.cli")) -> subprocess.Popen:
+    """`verdict-node scan ROOT --all` as a subprocess, as an admin runs it (``python``: what runs instead of
+    the CLI module, e.g. a script that wraps it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, *python, "scan", str(root), "--all", "--workers", str(workers), "--json",
+                             "--quarantine-dir", str(quarantine), "--config", str(config.data_dir / "node.yaml"),
+                             *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def count(db: Path, sql: str, params: tuple = ()) -> int:
+    """One number from the node's database while another process writes it."""
+    with sqlite3.connect(db, timeout=30) as conn:
+        try:
+            return conn.execute(sql, params).fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def wait_for_count(proc: subprocess.Popen, db: Path, sql: str, at_least: int, timeout: float = 240) -> None:
+    """Wait until ``sql`` counts ``at_least`` rows, while ``proc`` (the scan writing them) is still running."""
+    deadline = time.monotonic() + timeout
+    while count(db, sql) < at_least:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{sql} stayed below {at_least} for {timeout} s"
+        time.sleep(0.01)
+
+
+def kill_when(proc: subprocess.Popen, db: Path, sql: str, at_least: int) -> None:
+    """SIGKILL ``proc`` as soon as ``sql`` counts ``at_least`` rows (an admin's kill -9, a power cut)."""
+    wait_for_count(proc, db, sql, at_least)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

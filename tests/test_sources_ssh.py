@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scanners.sources import SourceError, open_source
+from scanners.sources import NotRegularFile, SourceError, open_source
 from scanners.sources.ssh import SSHSource
 from tests.storage_servers import PASSPHRASE, assert_deleted, collect, make_tree, read_all, run, sshd_server  # noqa: F401
 
@@ -35,7 +35,7 @@ def test_list_read_nested_and_skips(sshd_server, tree):
     async def go():
         async with src:
             items = await collect(src)
-            datas = await asyncio.gather(*(src.read(i) for i in items))  # parallel, bounded
+            datas = await asyncio.gather(*(src.read(i) for i in items), return_exceptions=True)  # parallel, bounded
             connections = set(sshd_server.connection_pids())
             return items, datas, connections
     before = set(sshd_server.connection_pids())
@@ -43,7 +43,11 @@ def test_list_read_nested_and_skips(sshd_server, tree):
     assert len(connections - before) == 1  # one SSH connection for the whole sweep, not one per file
     assert sorted(i.key for i in items) == sorted(files)
     assert [i.key for i in items] == [i.key for i in run(collect_local(root))]
-    assert all(d == files[i.key] for i, d in zip(items, datas))
+    # A symlink is listed (its target is inside the root) but never followed: the target is read under
+    # its own name, and reading the link says what it is.
+    read = dict(zip((i.key for i in items), datas))
+    assert isinstance(read.pop("inside-link"), NotRegularFile)
+    assert all(d == files[k] for k, d in read.items())
     assert any("escape-link" in e for e in src.listing_errors)
     assert src.reconnects == 0
 
@@ -112,11 +116,14 @@ def test_reconnects_after_connection_drop(sshd_server, tree):
                 if len(seen) in (3, 9):
                     assert sshd_server.drop_connections() >= 1
                     await asyncio.sleep(0.1)
-                datas[item.key] = await src.read(item)
+                try:
+                    datas[item.key] = await src.read(item)
+                except NotRegularFile:  # the symlink: listed, never followed
+                    datas[item.key] = None
         return seen, datas
     seen, datas = run(go())
     assert sorted(seen) == sorted(files)
-    assert datas == files
+    assert datas == {**files, "inside-link": None}
     assert src.reconnects >= 2
 
 
@@ -162,7 +169,9 @@ def test_per_item_errors_do_not_stop(sshd_server, tree):
         async with src:
             return await read_all(src)
     ok, errors = run(go())
-    assert ok + len(errors) == len(files) and errors and all("too large" in e.reason for e in errors)
+    links = [e for e in errors if isinstance(e, NotRegularFile)]
+    assert [e.key for e in links] == ["inside-link"]  # listed, never followed
+    assert ok + len(errors) == len(files) and errors and all("too large" in e.reason for e in errors if e not in links)
 
 
 def test_unreachable_host_gives_clear_error(sshd_server, tree):

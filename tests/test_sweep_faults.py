@@ -13,23 +13,8 @@ from pathlib import Path
 
 from tests.images import photo_bytes, synthetic_image_bytes
 from tests.node_helpers import ROOT, make_data_dir
-from tests.sweep_helpers import hostile_items, write_tree
+from tests.sweep_helpers import count, hostile_items, kill_when, scan_process, write_tree
 from tests.tiny_clip import tiny_clip_spec  # noqa: F401 - session fixture
-
-
-def scan(config, root: Path, quarantine: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "node.cli", "scan", str(root), "--all", "--workers", "3", "--json",
-                             "--quarantine-dir", str(quarantine), "--config", str(config.data_dir / "node.yaml")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def count(db: Path, sql: str) -> int:
-    with sqlite3.connect(db, timeout=30) as conn:
-        try:
-            return conn.execute(sql).fetchone()[0]
-        except sqlite3.OperationalError:  # tables not created yet
-            return 0
 
 
 def test_scan_all_killed_midway_resumes_without_classifying_twice(tmp_path, tiny_clip_spec):
@@ -43,19 +28,13 @@ def test_scan_all_killed_midway_resumes_without_classifying_twice(tmp_path, tiny
     write_tree(root, items)
     db = config.database_path
 
-    first = scan(config, root, quarantine)
-    deadline = time.monotonic() + 240
-    while count(db, "SELECT COUNT(*) FROM sweep_items") < 10:
-        assert first.poll() is None, first.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    first = scan_process(config, root, quarantine)
+    kill_when(first, db, "SELECT COUNT(*) FROM sweep_items", 10)
     at_kill = count(db, "SELECT COUNT(*) FROM sweep_items")
     assert at_kill < len(items)  # it really was mid-way
     assert count(db, "SELECT COUNT(*) FROM sweep_runs WHERE finished_at IS NULL") == 1
 
-    second = scan(config, root, quarantine)
+    second = scan_process(config, root, quarantine)
     out, err = second.communicate(timeout=280)
     assert second.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])

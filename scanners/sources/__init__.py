@@ -9,9 +9,11 @@ import inspect
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .base import Cursor, Item, ItemError, ItemGone, Source, SourceError
+from .base import (Cursor, Item, ItemChanged, ItemError, ItemGone, ItemRefused, NotRegularFile, Recovered, Source,
+                   SourceError)
 
-__all__ = ["Cursor", "Item", "ItemError", "ItemGone", "Source", "SourceError", "open_source"]
+__all__ = ["Cursor", "Item", "ItemChanged", "ItemError", "ItemGone", "ItemRefused", "NotRegularFile", "Recovered",
+           "Source", "SourceError", "open_source"]
 
 
 def open_source(url: str, **options: Any) -> Source:

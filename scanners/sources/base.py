@@ -12,6 +12,9 @@ not care, so the contract is kept tiny (in the manner of python-threatexchange's
 * Per-item failures (vanished, unreadable, too large) raise :class:`ItemError` from ``read``/``delete``
   and never end a listing; directory-level listing failures are logged and collected in
   ``listing_errors`` so the walk goes on.
+* Storage changes between any two operations. ``quarantine`` and ``delete`` are told what was judged
+  (the sha256 of the bytes classified) and act on that file or on nothing (:class:`ItemRefused`); an
+  action cut short by a crash is named beforehand (``plan``) so that ``recover`` can finish it or undo it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar
@@ -58,6 +62,40 @@ class ItemError(SourceError):
 
 class ItemGone(ItemError):
     """The item vanished between listing and acting on it (someone else deleted it: not a failure of ours)."""
+
+
+class ItemRefused(ItemError):
+    """The source declined to act: acting would have touched something other than the file that was judged
+    (bytes changed, a second hard link shares them, the name now holds a link or a FIFO). Nothing was
+    changed, or what was moved is back in place; ``reason`` says which."""
+
+
+class ItemChanged(ItemRefused):
+    """The item's bytes (or the file behind its name) are no longer those that were judged."""
+
+
+class NotRegularFile(ItemRefused):
+    """The name holds a symbolic link, FIFO, socket, device or directory: never read, moved or deleted,
+    because following or opening it could reach outside the storage or block forever. ``mode``: the
+    ``st_mode`` seen, where the storage tells it."""
+
+    def __init__(self, key: str, reason: str, mode: int | None = None):
+        super().__init__(key, reason)
+        self.mode = mode
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What an action that was under way when the process died turned out to be, once looked at.
+
+    ``state``: ``quarantined`` (bytes and sidecar at ``location``, the name gone from the storage),
+    ``deleted``, ``pending`` (the storage still holds the judged bytes: partial traces were undone and the
+    action is to be done again), ``gone`` (the judged bytes left the storage without our doing) or
+    ``review`` (neither finished nor undone safely: ``reason`` tells the admin what to look at)."""
+
+    state: str
+    reason: str = ""
+    location: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +140,12 @@ class Cursor:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def quarantine_name() -> str:
+    """A fresh name for a quarantined item: UTC time (so a quarantine lists in order) plus 48 random bits
+    (so two quarantines of the same key in the same second never collide)."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
 
 
 def build_sidecar(item: Item, data: bytes, extra: dict[str, Any], source: str) -> dict[str, Any]:
@@ -264,17 +308,67 @@ class Source(abc.ABC):
     # -- item operations -------------------------------------------------------------------------
     @abc.abstractmethod
     async def read(self, item: Item) -> bytes:
-        """The item's bytes. Raises ItemGone / ItemError (too large, unreadable)."""
+        """The item's bytes. Raises ItemGone / NotRegularFile / ItemError (too large, unreadable)."""
 
     @abc.abstractmethod
-    async def delete(self, item: Item) -> None:
-        """Remove the item from the storage for good. Raises ItemGone if it was already gone."""
+    async def delete(self, item: Item, *, sha256: str | None = None, location: str | None = None) -> None:
+        """Remove the item from the storage for good. Raises ItemGone if it was already gone, ItemRefused
+        (nothing removed) when its bytes are not ``sha256`` (those judged). ``location``: what
+        :meth:`plan` returned for this delete, if anything."""
 
     @abc.abstractmethod
-    async def quarantine(self, item: Item, sidecar: dict[str, Any]) -> str:
+    async def quarantine(self, item: Item, sidecar: dict[str, Any], *, sha256: str | None = None,
+                         location: str | None = None) -> str:
         """Move the item out of the served storage into a private (0700) quarantine, with a JSON sidecar
         (``sidecar`` + original key/size/mtime/etag, sha256, time). Returns the location string that
-        :meth:`release` takes."""
+        :meth:`release` takes (``location`` when given: what :meth:`plan` returned). Only the bytes
+        ``sha256`` (those judged) are quarantined: anything else raises ItemRefused and stays in place."""
+
+    def plan(self, item: Item, action: str) -> str | None:
+        """Where an action (``quarantine`` / ``delete``) on ``item`` will leave its traces, chosen before
+        it starts and recorded before storage is touched, so that :meth:`recover` knows where to look
+        after a crash. Pure: no I/O. For a quarantine: the location it will have."""
+        if action != "quarantine":
+            return None
+        return self._new_quarantine_location()
+
+    def _new_quarantine_location(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} does not quarantine")
+
+    async def recover(self, item: Item, action: str, location: str | None, sha256: str | None) -> Recovered:
+        """Settle an action (``quarantining`` / ``deleting``) that a crash interrupted: finish it when its
+        effect is complete, undo its partial traces when the storage still holds the judged bytes, or say
+        why neither is safe. Idempotent: recovering a settled action again changes nothing."""
+        present = await self._holds(item, sha256)
+        if action == "deleting":
+            return Recovered("pending" if present else "deleted")
+        if location is None:
+            if present:
+                return Recovered("pending")
+            return Recovered("review", "interrupted before a quarantine location was recorded, and the "
+                                       "storage no longer holds the judged bytes: look in the quarantine")
+        if await self._quarantine_holds(location, sha256):
+            if present:  # a copy-then-remove was cut short after the copy
+                await self.delete(item, sha256=sha256)
+            return Recovered("quarantined", location=location)
+        await self._discard_quarantine(location)
+        return Recovered("pending") if present else Recovered("gone", "vanished before it was quarantined")
+
+    async def _holds(self, item: Item, sha256: str | None) -> bool:
+        """Whether the storage still holds the judged bytes under the item's key."""
+        try:
+            data = await self.read(item)
+        except (ItemGone, ItemRefused):
+            return False
+        return sha256 is None or sha256_hex(data) == sha256
+
+    async def _quarantine_holds(self, location: str, sha256: str | None) -> bool:
+        """Whether ``location`` holds a complete quarantined item: the judged bytes and their sidecar."""
+        raise NotImplementedError(f"{type(self).__name__} does not quarantine")
+
+    async def _discard_quarantine(self, location: str) -> None:
+        """Remove what an unfinished quarantine left at ``location`` (a sidecar without its bytes)."""
+        raise NotImplementedError(f"{type(self).__name__} does not quarantine")
 
     @abc.abstractmethod
     async def release(self, location: str) -> Item:

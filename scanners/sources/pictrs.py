@@ -27,8 +27,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from .base import Item, ItemError, ItemGone, Source, SourceError, build_sidecar, sha256_hex
-from .local import DEFAULT_MAX_BYTES, QuarantineDir
+from .base import Item, ItemChanged, ItemError, ItemGone, Source, SourceError, build_sidecar, quarantine_name, sha256_hex
+from .local import DEFAULT_MAX_BYTES
+from .quarantine_dir import QuarantineDir
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +195,18 @@ class PictrsSource(Source):
             raise ItemGone(key, "no such alias")
         return aliases
 
-    async def delete(self, item: Item) -> None:
+    async def delete(self, item: Item, *, sha256: str | None = None, location: str | None = None) -> None:
+        # No second download to compare: an alias names one hash (the content) until it is purged.
         await self._purge(item.key)
 
-    async def quarantine(self, item: Item, sidecar: dict[str, Any]) -> str:
+    def _new_quarantine_location(self) -> str:
+        return self.quarantine_dir.location_of(quarantine_name())
+
+    async def quarantine(self, item: Item, sidecar: dict[str, Any], *, sha256: str | None = None,
+                         location: str | None = None) -> str:
         data = await self.read(item)
+        if sha256 is not None and sha256_hex(data) != sha256:
+            raise ItemChanged(item.key, "its bytes are no longer those that were judged: not quarantined")
         try:
             aliases = (await self._request("GET", f"/internal/aliases?alias={quote(item.key)}",
                                            key=item.key)).get("aliases")
@@ -207,22 +215,25 @@ class PictrsSource(Source):
         extra = {**sidecar, "pictrs": {"base_url": self.base_url, "hash": item.etag, "aliases": aliases or [item.key]}}
 
         def store() -> str:
-            location = self.quarantine_dir.new_location()
-            self.quarantine_dir.write_sidecar(location, build_sidecar(item, data, extra, self.base_url))
-            self.quarantine_dir.write_bytes(location, data)
-            return str(location)
-        location = await asyncio.to_thread(store)
+            where = location or self._new_quarantine_location()
+            self.quarantine_dir.write_sidecar(where, build_sidecar(item, data, extra, self.base_url))
+            self.quarantine_dir.write_bytes(where, data)
+            return where
+        where = await asyncio.to_thread(store)
         try:
             await self._purge(item.key)
         except ItemGone:
             pass  # someone purged it meanwhile; our copy and sidecar stand
-        return location
+        return where
+
+    async def _quarantine_holds(self, location: str, sha256: str | None) -> bool:
+        return await asyncio.to_thread(self.quarantine_dir.holds, location, sha256)
+
+    async def _discard_quarantine(self, location: str) -> None:
+        await asyncio.to_thread(self.quarantine_dir.discard, location)
 
     async def release(self, location: str) -> Item:
-        path, sidecar = await asyncio.to_thread(self.quarantine_dir.locate, location)
-        data = await asyncio.to_thread(path.read_bytes)
-        if sha256_hex(data) != sidecar.get("sha256"):
-            raise SourceError(f"{location}: quarantined bytes do not match the sidecar's sha256")
+        sidecar, data = await asyncio.to_thread(self.quarantine_dir.read, location)
         old_key = sidecar["original"]["key"]
 
         def form() -> aiohttp.FormData:
@@ -237,6 +248,6 @@ class PictrsSource(Source):
         except (KeyError, IndexError, TypeError):
             raise SourceError(f"pict-rs upload: unexpected response {str(body)[:200]}") from None
         created = (uploaded.get("details") or {}).get("created_at")
-        await asyncio.to_thread(self.quarantine_dir.discard, path)
+        await asyncio.to_thread(self.quarantine_dir.discard, location)
         log.info("released %s from quarantine as new alias %s (was %s)", location, alias, old_key)
         return Item(key=alias, size=len(data), mtime=parse_rfc3339(created) if created else None, etag=None)

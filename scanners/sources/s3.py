@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import json
 import logging
-import secrets
-import time
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
 
-from .base import Item, ItemError, ItemGone, Source, SourceError, build_sidecar
+from .base import Item, ItemChanged, ItemError, ItemGone, Source, SourceError, build_sidecar, quarantine_name, sha256_hex
 from .local import DEFAULT_MAX_BYTES
 
 log = logging.getLogger(__name__)
@@ -180,36 +177,73 @@ class S3Source(Source):
         data, _ = await self._call("get", lambda: self._get(self.bucket, item.key), key=item.key)
         return data
 
-    async def delete(self, item: Item) -> None:
-        # DeleteObject succeeds on a missing key; HEAD first so a vanished item is reported as such.
-        await self._call("head", lambda: self.client.head_object(Bucket=self.bucket, Key=item.key), key=item.key)
+    async def delete(self, item: Item, *, sha256: str | None = None, location: str | None = None) -> None:
+        if sha256 is not None:
+            data, _ = await self._call("get", lambda: self._get(self.bucket, item.key), key=item.key)
+            if sha256_hex(data) != sha256:
+                raise ItemChanged(item.key, "its bytes are no longer those that were judged: not deleted")
+        else:  # DeleteObject succeeds on a missing key; HEAD first so a vanished item is reported as such.
+            await self._call("head", lambda: self.client.head_object(Bucket=self.bucket, Key=item.key), key=item.key)
         await self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=item.key),
                          key=item.key)
 
-    async def quarantine(self, item: Item, sidecar: dict[str, Any]) -> str:
+    def _new_quarantine_location(self) -> str:
+        return f"s3://{self.quarantine_bucket}/{self.quarantine_prefix}{quarantine_name()}"
+
+    def _quarantine_key(self, location: str) -> str:
+        prefix = f"s3://{self.quarantine_bucket}/{self.quarantine_prefix}"
+        if not location.startswith(prefix) or "/" in location[len(prefix):] or location.endswith(".json"):
+            raise SourceError(f"{location} is not inside the quarantine {prefix}")
+        return location[len(f"s3://{self.quarantine_bucket}/"):]
+
+    async def quarantine(self, item: Item, sidecar: dict[str, Any], *, sha256: str | None = None,
+                         location: str | None = None) -> str:
         data, resp = await self._call("get", lambda: self._get(self.bucket, item.key), key=item.key)
+        if sha256 is not None and sha256_hex(data) != sha256:
+            raise ItemChanged(item.key, "its bytes are no longer those that were judged: not quarantined")
+        etag = str(resp.get("ETag", "")).strip('"')
         current = Item(item.key, size=len(data),
                        mtime=resp["LastModified"].timestamp() if resp.get("LastModified") else item.mtime,
-                       etag=str(resp.get("ETag", "")).strip('"') or item.etag)
-        name = f"{self.quarantine_prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
+                       etag=etag or item.etag)
+        location = location or self._new_quarantine_location()
+        name = self._quarantine_key(location)
         payload = json.dumps(build_sidecar(current, data, sidecar, f"s3://{self.bucket}"), indent=2,
                              sort_keys=True).encode()
         qb = self.quarantine_bucket
+        # The copy is of the version that was read and checked, or of nothing.
+        condition = {"CopySourceIfMatch": resp["ETag"]} if resp.get("ETag") else {}
         # Sidecar, then copy, then delete: a crash at any point leaves the original or a full copy.
         await self._call("put sidecar", lambda: self.client.put_object(
             Bucket=qb, Key=name + ".json", Body=payload, ContentType="application/json"))
-        await self._call("copy", lambda: self.client.copy_object(
-            Bucket=qb, Key=name, CopySource={"Bucket": self.bucket, "Key": item.key}),
-            key=item.key)
+        try:
+            await self._call("copy", lambda: self.client.copy_object(
+                Bucket=qb, Key=name, CopySource={"Bucket": self.bucket, "Key": item.key}, **condition),
+                key=item.key)
+        except ItemError as exc:
+            await self._discard_quarantine(location)
+            if "PreconditionFailed" in exc.reason or "412" in exc.reason:
+                raise ItemChanged(item.key, "overwritten while being quarantined: not quarantined") from None
+            raise
         await self._call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=item.key),
                          key=item.key)
-        return f"s3://{qb}/{name}"
+        return location
+
+    async def _quarantine_holds(self, location: str, sha256: str | None) -> bool:
+        qkey, qb = self._quarantine_key(location), self.quarantine_bucket
+        try:
+            await self._call("head sidecar", lambda: self.client.head_object(Bucket=qb, Key=qkey + ".json"), key=qkey)
+            data, _ = await self._call("get", lambda: self._get(qb, qkey), key=qkey)
+        except ItemGone:
+            return False
+        return sha256 is None or sha256_hex(data) == sha256
+
+    async def _discard_quarantine(self, location: str) -> None:
+        qkey, qb = self._quarantine_key(location), self.quarantine_bucket
+        for k in (qkey, qkey + ".json"):
+            await self._call("delete quarantined", lambda k=k: self.client.delete_object(Bucket=qb, Key=k))
 
     async def release(self, location: str) -> Item:
-        prefix = f"s3://{self.quarantine_bucket}/{self.quarantine_prefix}"
-        if not location.startswith(prefix) or "/" in location[len(prefix):]:
-            raise SourceError(f"{location} is not inside the quarantine {prefix}")
-        qkey = location[len(f"s3://{self.quarantine_bucket}/"):]
+        qkey = self._quarantine_key(location)
         qb = self.quarantine_bucket
         try:
             raw, _ = await self._call("get sidecar", lambda: self._get(qb, qkey + ".json", 1 << 20), key=qkey)
@@ -222,7 +256,7 @@ class S3Source(Source):
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{location}: unreadable sidecar ({exc})") from None
         data, _ = await self._call("get", lambda: self._get(qb, qkey), key=qkey)
-        if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+        if sha256_hex(data) != sidecar.get("sha256"):
             raise SourceError(f"{location}: quarantined bytes do not match the sidecar's sha256")
         try:
             existing, _ = await self._call("get", lambda: self._get(self.bucket, key), key=key)

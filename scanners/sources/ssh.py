@@ -11,18 +11,18 @@ Walk order, hidden-file and symlink rules are the same as :mod:`scanners.sources
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import posixpath
-import secrets
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
 
-from .base import Item, ItemError, ItemGone, Source, SourceError, TreeEntry, build_sidecar, walk_tree
+from .base import (Item, ItemChanged, ItemError, ItemGone, ItemRefused, NotRegularFile, Recovered, Source, SourceError,
+                   TreeEntry, build_sidecar, quarantine_name, sha256_hex, walk_tree)
+from .blocking import CallTimedOut, within
 from .local import DEFAULT_MAX_BYTES, check_key
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ _SFTP_CONNECTION_CODES = (asyncssh.sftp.FX_NO_CONNECTION, asyncssh.sftp.FX_CONNE
 _FILE_TYPE_DIR = asyncssh.sftp.FILEXFER_TYPE_DIRECTORY
 _FILE_TYPE_LINK = asyncssh.sftp.FILEXFER_TYPE_SYMLINK
 _FILE_TYPE_REGULAR = asyncssh.sftp.FILEXFER_TYPE_REGULAR
+_SPECIAL_TYPES = (asyncssh.sftp.FILEXFER_TYPE_FIFO, asyncssh.sftp.FILEXFER_TYPE_SOCKET,
+                  asyncssh.sftp.FILEXFER_TYPE_CHAR_DEVICE, asyncssh.sftp.FILEXFER_TYPE_BLOCK_DEVICE,
+                  asyncssh.sftp.FILEXFER_TYPE_SPECIAL)
 
 
 class SSHSource(Source):
@@ -47,7 +50,7 @@ class SSHSource(Source):
     line, pins it instead of a known_hosts file), ``insecure_skip_host_check`` (never do this outside a
     lab), ``concurrency`` (parallel SFTP reads, default 8), ``retries`` (reconnect attempts, default 5),
     ``quarantine_dir`` (remote, default ``<root>/../verdict-quarantine``), ``max_bytes``,
-    ``connect_timeout`` (s).
+    ``connect_timeout`` (s), ``op_timeout`` (s one operation on one item may take, default 120).
     """
 
     scheme = "ssh"
@@ -57,13 +60,14 @@ class SSHSource(Source):
                  known_hosts: str | None = None, host_key: str | None = None,
                  insecure_skip_host_check: bool = False, concurrency: int = 8, retries: int = 5,
                  backoff: float = 0.2, quarantine_dir: str | None = None,
-                 max_bytes: int = DEFAULT_MAX_BYTES, connect_timeout: float = 15.0):
+                 max_bytes: int = DEFAULT_MAX_BYTES, connect_timeout: float = 15.0, op_timeout: float = 120.0):
         super().__init__()
         self.host, self.port, self.username = host, int(port), username
         self.root = posixpath.normpath(root) if root else "."
         self.max_bytes = int(max_bytes)
         self.retries, self.backoff = int(retries), float(backoff)
         self.connect_timeout = float(connect_timeout)
+        self.op_timeout = float(op_timeout)
         self.quarantine_dir = quarantine_dir or posixpath.join(posixpath.dirname(self.root), "verdict-quarantine")
         self._limit = asyncio.Semaphore(int(concurrency))
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -212,8 +216,8 @@ class SSHSource(Source):
                     continue
             if attrs.type == _FILE_TYPE_DIR:
                 out.append((name, True, None))
-            elif attrs.type == _FILE_TYPE_REGULAR:
-                out.append((name, False, attrs))
+            elif attrs.type == _FILE_TYPE_REGULAR or attrs.type in _SPECIAL_TYPES:
+                out.append((name, False, attrs))  # a FIFO, socket or device: listed so the sweep records it
         out.sort(key=lambda e: e[0])
         return out
 
@@ -233,6 +237,12 @@ class SSHSource(Source):
                            mtime=float(attrs.mtime) if attrs.mtime is not None else None, etag=None)
 
     # -- item operations -------------------------------------------------------------------------
+    # SFTP has no descriptors for directories and no O_NOFOLLOW: what can be done is to lstat before every
+    # step (a link or FIFO is refused before it is opened), open only what lstat called a regular file and
+    # compare the open handle's stat with it, move a name into a private staging directory before trusting
+    # it, count its links there (the server's `ls -l` line), and chmod through an open handle, never a
+    # path. OpenSSH's rename never replaces an existing name, which makes putting things back safe.
+
     def _path(self, key: str) -> str:
         return posixpath.join(self.root, check_key(key))
 
@@ -242,101 +252,323 @@ class SSHSource(Source):
             return ItemGone(key, "vanished")
         return ItemError(key, f"{doing}: {exc.reason}")
 
-    async def _read_path(self, key: str, path: str) -> bytes:
+    async def _item_op(self, key: str, what: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+                       doing: str = "unreadable") -> T:
+        """One SFTP operation on one item, with the item's deadline: a server stuck on it (a FIFO opened in
+        the instant after its lstat) costs this item and the connection, which is rebuilt, not the sweep."""
+        async def bounded(sftp: asyncssh.SFTPClient) -> T:
+            try:
+                return await within(fn(sftp), self.op_timeout, what)
+            except CallTimedOut:
+                raise _ItemTimeout() from None
+
+        try:
+            return await self._op(what, bounded)
+        except _ItemTimeout:
+            await self._drop(self._generation)
+            raise ItemError(key, f"{what}: no answer within {self.op_timeout:g} s (a FIFO or a hung file?); "
+                                 f"connection rebuilt") from None
+        except asyncssh.SFTPError as exc:
+            raise self._item_error(key, exc, doing) from None
+
+    async def _lstat(self, key: str, path: str, doing: str = "skipped") -> asyncssh.SFTPAttrs:
+        """lstat of a name that must be a regular file (NotRegularFile otherwise, naming what it is)."""
+        attrs = await self._item_op(key, f"lstat {path}", lambda sftp: sftp.lstat(path))
+        if attrs.type != _FILE_TYPE_REGULAR:
+            raise NotRegularFile(key, f"not a regular file but {_describe(attrs.type)}: {doing}")
+        return attrs
+
+    async def _check_parents(self, key: str, *, create: bool = False) -> None:
+        """Every directory between the root and the key must be a real directory, not a link out of the
+        root (``create``: make missing ones, for a file put back)."""
+        directory = self.root
+        for part in check_key(key).split("/")[:-1]:
+            directory = posixpath.join(directory, part)
+            try:
+                attrs = await self._item_op(key, f"lstat {directory}", lambda sftp, d=directory: sftp.lstat(d))
+            except ItemGone:
+                if not create:
+                    raise
+                await self._item_op(key, f"mkdir {directory}", lambda sftp, d=directory: sftp.mkdir(d), "cannot restore")
+                continue
+            if attrs.type != _FILE_TYPE_DIR:
+                raise NotRegularFile(key, f"{directory} is not a directory but {_describe(attrs.type)}: not followed")
+
+    async def _read_checked(self, key: str, path: str, doing: str = "skipped") -> tuple[bytes, asyncssh.SFTPAttrs]:
+        """The bytes of ``path`` if it is a regular file (lstat), and the handle opened sees the same
+        size and mtime (a name swapped between the two is refused)."""
+        before = await self._lstat(key, path, doing)
+
         async def read(sftp: asyncssh.SFTPClient) -> bytes:
             async with sftp.open(path, "rb") as fh:
                 attrs = await fh.stat()
-                if attrs.type not in (_FILE_TYPE_REGULAR, None):
-                    raise ItemError(key, "not a regular file")
+                if attrs.type not in (_FILE_TYPE_REGULAR, None) or (attrs.size, attrs.mtime) != (before.size, before.mtime):
+                    raise ItemChanged(key, f"changed between its lstat and its open: {doing}")
                 if attrs.size is not None and attrs.size > self.max_bytes:
                     raise ItemError(key, f"too large ({attrs.size} bytes > {self.max_bytes})")
                 return await fh.read(self.max_bytes + 1)
 
         async with self._limit:
-            try:
-                return await self._op(f"read {path}", read)
-            except asyncssh.SFTPError as exc:
-                raise self._item_error(key, exc, "unreadable") from None
+            return await self._item_op(key, f"read {path}", read), before
+
+    async def _read_path(self, key: str, path: str) -> bytes:
+        return (await self._read_checked(key, path))[0]
 
     async def read(self, item: Item) -> bytes:
+        await self._check_parents(item.key)
         return await self._read_path(item.key, self._path(item.key))
 
-    async def delete(self, item: Item) -> None:
+    async def _judged(self, item: Item, sha256: str | None, doing: str) -> tuple[bytes, asyncssh.SFTPAttrs]:
+        """The item's bytes and lstat, if they are those judged (sha256; else the listed size and mtime)."""
+        await self._check_parents(item.key)
+        data, attrs = await self._read_checked(item.key, self._path(item.key), f"not {doing}")
+        if sha256 is not None:
+            if sha256_hex(data) != sha256:
+                raise ItemChanged(item.key, f"its bytes are no longer those that were judged: not {doing}")
+        elif (item.size is not None and attrs.size != item.size) or \
+                (item.mtime is not None and attrs.mtime is not None and float(attrs.mtime) != item.mtime):
+            raise ItemChanged(item.key, f"changed since it was listed: not {doing}")
+        return data, attrs
+
+    async def delete(self, item: Item, *, sha256: str | None = None, location: str | None = None) -> None:
+        await self._judged(item, sha256, "deleted")
         path = self._path(item.key)
-        try:
-            await self._op(f"remove {path}", lambda sftp: sftp.remove(path))
-        except asyncssh.SFTPError as exc:
-            raise self._item_error(item.key, exc, "cannot delete") from None
+        await self._lstat(item.key, path, "not deleted")  # the last look before the unlink (which follows nothing)
+        await self._item_op(item.key, f"remove {path}", lambda sftp: sftp.remove(path), "cannot delete")
 
     async def _ensure_quarantine_dir(self) -> None:
         async def make(sftp: asyncssh.SFTPClient) -> None:
             await sftp.makedirs(self.quarantine_dir, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
-            await sftp.chmod(self.quarantine_dir, 0o700)  # umask, or an existing lax directory
+            attrs = await sftp.lstat(self.quarantine_dir)
+            if attrs.type != _FILE_TYPE_DIR:
+                raise SourceError(f"remote quarantine directory {self.quarantine_dir} is "
+                                  f"{_describe(attrs.type)}; refusing to put evidence through it")
+            await _chmod_nofollow(sftp, self.quarantine_dir, 0o700)  # umask, or an existing lax directory
         await self._op("mkdir quarantine", make)
 
     async def _write(self, path: str, data: bytes, mode: int = 0o600) -> None:
+        """A new file (never through a link: exclusive create), chmodded through its handle."""
         async def write(sftp: asyncssh.SFTPClient) -> None:
-            async with sftp.open(path, "wb", attrs=asyncssh.SFTPAttrs(permissions=mode)) as fh:
+            async with sftp.open(path, "xb", attrs=asyncssh.SFTPAttrs(permissions=mode)) as fh:
                 await fh.write(data)
-            await sftp.chmod(path, mode)
+                await fh.chmod(mode)
         await self._op(f"write {path}", write)
 
-    async def quarantine(self, item: Item, sidecar: dict[str, Any]) -> str:
-        path = self._path(item.key)
-        data = await self.read(item)
+    def _new_quarantine_location(self) -> str:
+        return posixpath.join(self.quarantine_dir, quarantine_name())
+
+    def _quarantine_name(self, location: str) -> str:
+        location = posixpath.normpath(location)
+        name = posixpath.basename(location)
+        if posixpath.dirname(location) != posixpath.normpath(self.quarantine_dir) or name.startswith(".") \
+                or name.endswith(".json"):
+            raise SourceError(f"{location} is not inside the quarantine directory {self.quarantine_dir}")
+        return name
+
+    def _staging(self, name: str) -> str:
+        return posixpath.join(self.quarantine_dir, f".incoming-{name}")
+
+    async def _link_count(self, key: str, directory: str, name: str) -> int | None:
+        """The link count of ``directory/name`` from the server's ``ls -l`` style listing (SFTP v3 has no
+        such attribute); None when the server's listing does not show it."""
+        entries = await self._item_op(key, f"list {directory}", lambda sftp: sftp.readdir(directory))
+        for entry in entries:
+            if entry.filename == name:
+                fields = str(entry.longname or "").split()
+                return int(fields[1]) if len(fields) > 2 and fields[1].isdigit() else None
+        return None
+
+    async def _rename(self, key: str, old: str, new: str, doing: str) -> bool:
+        """rename (never replacing an existing name); False if the server refused it."""
         try:
-            attrs = await self._op("stat", lambda sftp: sftp.stat(path))
-        except asyncssh.SFTPError as exc:
-            raise self._item_error(item.key, exc, "cannot stat") from None
+            await self._item_op(key, f"rename {old}", lambda sftp: sftp.rename(old, new), doing)
+        except ItemGone:
+            raise
+        except ItemError:
+            return False
+        return True
+
+    async def _verify_staged(self, key: str, staged: str, sha256: str, doing: str) -> bytes | None:
+        """The staged entry's bytes if it is a regular file with one link holding ``sha256``, else None."""
+        try:
+            data, _ = await self._read_checked(key, staged, f"not {doing}")
+        except (NotRegularFile, ItemChanged):
+            return None
+        links = await self._link_count(key, posixpath.dirname(staged), posixpath.basename(staged))
+        if links is not None and links != 1:
+            raise ItemRefused(key, f"has {links} hard links: another name shares these bytes; not {doing}")
+        return data if sha256_hex(data) == sha256 else None
+
+    async def quarantine(self, item: Item, sidecar: dict[str, Any], *, sha256: str | None = None,
+                         location: str | None = None) -> str:
+        data, attrs = await self._judged(item, sha256, "quarantined")
+        judged = sha256 or sha256_hex(data)
+        path = self._path(item.key)
+        location = location or self._new_quarantine_location()
+        name = self._quarantine_name(location)
         current = Item(item.key, size=len(data), mtime=float(attrs.mtime or 0) or None, etag=item.etag)
         await self._ensure_quarantine_dir()
-        name = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(6)}"
-        location = posixpath.join(self.quarantine_dir, name)
-        # Sidecar first: a crash after it leaves the original in place, nothing lost.
+        # Sidecar first: a crash after it leaves the original in place (or in the staging directory the
+        # recorded location names), nothing lost.
         payload = json.dumps(build_sidecar(current, data, sidecar, repr(self)), indent=2, sort_keys=True)
         await self._write(location + ".json", payload.encode())
+        staging = self._staging(name)
+        staged = posixpath.join(staging, "item")
         try:
-            await self._op("rename", lambda sftp: sftp.rename(path, location))  # same fs: keeps mtime
-            await self._op("chmod", lambda sftp: sftp.chmod(location, 0o600))
-        except asyncssh.SFTPError:
-            # rename across filesystems is refused by SFTP: copy the bytes we hold, then remove.
-            await self._write(location, data)
-            await self.delete(item)
+            await self._op("mkdir staging", lambda sftp: sftp.mkdir(staging, asyncssh.SFTPAttrs(permissions=0o700)))
+            if not await self._rename(item.key, path, staged, "cannot quarantine"):
+                # another filesystem (SFTP will not rename across): copy the bytes checked, then remove
+                # the name if it still looks like the file that was read
+                await self._write(location, data)
+                await self._lstat(item.key, path, "not removed")
+                await self._item_op(item.key, f"remove {path}", lambda sftp: sftp.remove(path), "cannot remove")
+                await self._op("rmdir staging", lambda sftp: sftp.rmdir(staging))
+                return location
+            try:
+                if await self._verify_staged(item.key, staged, judged, "quarantined") is None:
+                    raise ItemChanged(item.key, "was swapped for another file right before the move; put back, "
+                                                "not quarantined")
+                await self._finish_quarantine(staged, location)
+            except BaseException:
+                if not await self._rename(item.key, staged, path, "cannot put back"):
+                    raise ItemRefused(item.key, f"swapped during the move and the name was taken again; what "
+                                                f"was moved is in {staging}") from None
+                raise
+            await self._op("rmdir staging", lambda sftp: sftp.rmdir(staging))
+        except BaseException:
+            await self._discard_quarantine(location)
+            await self._remove_staging(staging)
+            raise
         return location
+
+    async def _remove_staging(self, staging: str) -> None:
+        """rmdir, quietly: a staging directory that still holds something is left for recovery or the admin."""
+        try:
+            await self._op("rmdir staging", lambda sftp: sftp.rmdir(staging))
+        except asyncssh.SFTPError:
+            pass
+
+    async def _finish_quarantine(self, staged: str, location: str) -> None:
+        """The staged file (private now, checked) becomes the quarantined item, 0600 via its handle."""
+        async def seal(sftp: asyncssh.SFTPClient) -> None:
+            async with sftp.open(staged, "rb") as fh:
+                await fh.chmod(0o600)
+            await sftp.rename(staged, location)
+        await self._op("seal quarantined item", seal)
+
+    async def recover(self, item: Item, action: str, location: str | None, sha256: str | None) -> Recovered:
+        if action == "quarantining" and location is not None:
+            name = self._quarantine_name(location)
+            staging = self._staging(name)
+            staged = posixpath.join(staging, "item")
+            try:
+                await self._item_op(item.key, f"lstat {staged}", lambda sftp: sftp.lstat(staged))
+            except ItemGone:
+                pass
+            else:  # died between staging and sealing: finish it, or put back what is not the judged file
+                try:
+                    judged = sha256 is not None and await self._verify_staged(item.key, staged, sha256,
+                                                                              "quarantined") is not None
+                except ItemRefused:  # a second hard link: not ours to quarantine after all
+                    judged = False
+                has_sidecar = await self._op("exists", lambda sftp: sftp.exists(location + ".json"))
+                if judged and has_sidecar:
+                    await self._finish_quarantine(staged, location)
+                elif not await self._rename(item.key, staged, self._path(item.key), "cannot put back"):
+                    return Recovered("review", f"the name {item.key} was taken again while the file judged was "
+                                               f"staged for moving; it is in {staging}")
+            await self._remove_staging(staging)
+        return await super().recover(item, action, location, sha256)
+
+    async def _quarantine_holds(self, location: str, sha256: str | None) -> bool:
+        name = self._quarantine_name(location)
+        try:
+            await self._lstat(name, location + ".json", "not read")
+            data = await self._read_path(name, location)
+        except (ItemGone, NotRegularFile, ItemChanged):
+            return False
+        return sha256 is None or sha256_hex(data) == sha256
+
+    async def _discard_quarantine(self, location: str) -> None:
+        for path in (location, location + ".json"):
+            try:
+                await self._op(f"remove {path}", lambda sftp, p=path: sftp.remove(p))
+            except asyncssh.SFTPError:
+                pass
 
     async def release(self, location: str) -> Item:
         location = posixpath.normpath(location)
-        if posixpath.dirname(location) != posixpath.normpath(self.quarantine_dir):
-            raise SourceError(f"{location} is not inside the quarantine directory {self.quarantine_dir}")
+        name = self._quarantine_name(location)
         try:
-            raw = await self._op("read sidecar", lambda sftp: _read_all(sftp, location + ".json"))
+            raw, _ = await self._read_checked(name, location + ".json", "not read")
             sidecar = json.loads(raw)
             original = sidecar["original"]
             key = check_key(original["key"])
-        except asyncssh.SFTPError as exc:
-            raise SourceError(f"{location}: no quarantined item ({exc.reason})") from None
+        except ItemGone:
+            raise SourceError(f"{location}: no quarantined item (sidecar missing)") from None
+        except ItemError as exc:
+            raise SourceError(f"{location}: no usable sidecar ({exc.reason})") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise SourceError(f"{location}: unreadable sidecar ({exc})") from None
         target = self._path(key)
-        data = await self._read_path(key, location)
-        if hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+        try:
+            data, held = await self._read_checked(key, location, "not released")
+            await self._check_parents(key, create=True)
+        except ItemError as exc:
+            raise SourceError(f"{location}: {exc.reason}") from None
+        if sha256_hex(data) != sidecar.get("sha256"):
             raise SourceError(f"{location}: quarantined bytes do not match the sidecar's sha256")
-        exists = await self._op("exists", lambda sftp: sftp.exists(target))
-        if exists:
-            current = await self._read_path(key, target)
+        try:
+            current, there = await self._read_checked(key, target, "not overwritten")
+        except ItemGone:
+            current = None
+        except ItemError as exc:
+            raise SourceError(f"{key}: {exc.reason}; not overwriting") from None
+        if current is not None:
             if current != data:
                 raise SourceError(f"{key}: a different file now exists there; not overwriting")
             await self._op("remove", lambda sftp: sftp.remove(location))
-        else:
-            await self._op("makedirs", lambda sftp: sftp.makedirs(posixpath.dirname(target), exist_ok=True))
-            await self._op("rename", lambda sftp: sftp.rename(location, target))
-            await self._op("chmod", lambda sftp: sftp.chmod(target, 0o644))
-        if original.get("mtime") is not None:
-            mtime = int(original["mtime"])
-            await self._op("utime", lambda sftp: sftp.utime(target, (int(time.time()), mtime)))
+            held = there
+        elif not await self._rename(key, location, target, "cannot restore"):
+            raise SourceError(f"{key}: cannot restore there (a file appeared meanwhile?); not overwriting")
+        mtime = int(original["mtime"]) if original.get("mtime") is not None else None
+
+        async def settle(sftp: asyncssh.SFTPClient) -> asyncssh.SFTPAttrs:
+            async with sftp.open(target, "rb") as fh:
+                opened = await fh.stat()
+                if opened.type not in (_FILE_TYPE_REGULAR, None) or (opened.size, opened.mtime) != (held.size, held.mtime):
+                    raise SourceError(f"{key}: swapped right after it was restored; its mode and time are left alone")
+                await fh.chmod(0o644)
+                if mtime is not None:
+                    await fh.utime((int(time.time()), mtime))
+                return await fh.stat()
+        await self._lstat(key, target, "not released")  # what we opened is what we put there
+        attrs = await self._op("settle restored", settle)
         await self._op("remove sidecar", lambda sftp: sftp.remove(location + ".json"))
-        attrs = await self._op("stat", lambda sftp: sftp.stat(target))
         return Item(key, size=attrs.size, mtime=float(attrs.mtime) if attrs.mtime is not None else None)
+
+
+class _ItemTimeout(Exception):
+    """An item's operation ran past its deadline (kept apart from connection timeouts, which are retried)."""
+
+
+_TYPE_NAMES = {_FILE_TYPE_LINK: "a symbolic link", _FILE_TYPE_DIR: "a directory",
+               asyncssh.sftp.FILEXFER_TYPE_FIFO: "a FIFO (named pipe)", asyncssh.sftp.FILEXFER_TYPE_SOCKET: "a socket",
+               asyncssh.sftp.FILEXFER_TYPE_CHAR_DEVICE: "a character device",
+               asyncssh.sftp.FILEXFER_TYPE_BLOCK_DEVICE: "a block device", _FILE_TYPE_REGULAR: "a regular file"}
+
+
+def _describe(file_type: int | None) -> str:
+    return _TYPE_NAMES.get(file_type, "an unknown kind of file")  # type: ignore[arg-type]
+
+
+async def _chmod_nofollow(sftp: asyncssh.SFTPClient, path: str, mode: int) -> None:
+    """chmod that does not follow a link (OpenSSH's lsetstat), or a plain one where the server lacks it
+    (the caller lstat'ed ``path`` as a directory just before)."""
+    try:
+        await sftp.chmod(path, mode, follow_symlinks=False)
+    except asyncssh.sftp.SFTPOpUnsupported:
+        await sftp.chmod(path, mode)
 
 
 async def _read_all(sftp: asyncssh.SFTPClient, path: str) -> bytes:
