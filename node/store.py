@@ -233,6 +233,14 @@ ALTER TABLE peers ADD COLUMN bound_rsa_fingerprint TEXT;  -- the RSA key bound u
 ALTER TABLE peers ADD COLUMN bound_under_pin TEXT;        -- the Ed25519 pin in force when it was bound
 ALTER TABLE peers ADD COLUMN bound_at REAL;
 """),
+    # How each verdict reached this node (own, push, backfill, lookup), and per decision the origin of the
+    # deciding verdict and the media flags (trailing data, truncation, animation): answers and records
+    # tell a lookup from a pushed verdict, and show what was glued to an image.
+    Migration("verdict origins and media flags", """
+ALTER TABLE verdicts ADD COLUMN origin TEXT;              -- own | push | backfill | lookup (null: before this)
+ALTER TABLE decisions ADD COLUMN verdict_origin TEXT;     -- the deciding verdict's origin, as the answer says
+ALTER TABLE decisions ADD COLUMN media_flags TEXT;        -- JSON {trailing_bytes, truncated, animated}
+"""),
     # The md5 of the bytes joins the fingerprint (it is what hash lists carry); older verdicts have none.
     Migration("fingerprint md5", """
 ALTER TABLE verdicts ADD COLUMN md5 TEXT;
@@ -290,14 +298,6 @@ END;
 INSERT INTO exchange_log (verdict_rowid, change, logged_at)
     SELECT id, 'add', received_at FROM verdicts
     WHERE own = 1 AND label = 'csam' AND retracted_at IS NULL ORDER BY id;
-"""),
-    # How each verdict reached this node (own, push, backfill, lookup), and per decision the origin of the
-    # deciding verdict and the media flags (trailing data, truncation, animation): answers and records
-    # tell a lookup from a pushed verdict, and show what was glued to an image.
-    Migration("verdict origins and media flags", """
-ALTER TABLE verdicts ADD COLUMN origin TEXT;              -- own | push | backfill | lookup (null: before this)
-ALTER TABLE decisions ADD COLUMN verdict_origin TEXT;     -- the deciding verdict's origin, as the answer says
-ALTER TABLE decisions ADD COLUMN media_flags TEXT;        -- JSON {trailing_bytes, truncated, animated}
 """),
 ]
 
