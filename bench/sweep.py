@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.sweep import Sweep, SweepOptions  # noqa: E402
-from node.sweep_records import ItemRecord, SweepRecords, source_identity  # noqa: E402
+from node.sweeps.engine import Sweep, SweepOptions  # noqa: E402
+from node.sweeps.records import ItemRecord, SweepRecords, source_identity  # noqa: E402
 
 
 def make_tree(root: Path, files: int, per_dir: int = 500) -> None:

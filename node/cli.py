@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.banks.commands", "cmd_exchange_tokens"))
 
-    # -- storage sweeps (node/sweep.py, node/actions.py, node/report.py) --
+    # -- storage sweeps (node/sweeps/) --
     def source_options(q: argparse.ArgumentParser) -> None:
         q.add_argument("--option", "-o", action="append", metavar="NAME=VALUE",
                        help="source option, e.g. -o client_keys=/root/.ssh/id_ed25519 -o host_key='ssh-ed25519 AAAA...' "
@@ -199,14 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line on stdout")
     source_options(p)
-    p.set_defaults(handler=_lazy("node.sweep", "cmd_scan"))
+    p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_scan"))
 
     p = sub.add_parser("apply", help="act on the positives of a dry run, without classifying again")
     p.add_argument("run", type=int, metavar="RUN", help="the run number printed by `scan`")
     p.add_argument("--action", choices=("quarantine", "delete"), default="quarantine")
     p.add_argument("--source", default=None, help="storage URL (default: the run's)")
     source_options(p)
-    p.set_defaults(handler=_lazy("node.sweep", "cmd_apply"))
+    p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_apply"))
 
     p = sub.add_parser("release", help="restore a quarantined item (a false positive) and retract its verdict")
     p.add_argument("item", metavar="ITEM", help="quarantine location, storage key or sha256 (see `report`)")
@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                       "and the retraction")
     p.add_argument("--source", default=None, help="storage URL (default: the run's)")
     source_options(p)
-    p.set_defaults(handler=_lazy("node.sweep", "cmd_release"))
+    p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_release"))
 
     p = sub.add_parser("report", help="positives found by sweeps, for follow-up (CSV or JSON)")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="only this storage URL")
     p.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     _add_config_option(p)
-    p.set_defaults(handler=_lazy("node.report", "cmd_report"))
+    p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_report"))
 
     return parser
 

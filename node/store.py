@@ -165,7 +165,7 @@ CREATE TABLE federation_state (
 CREATE INDEX deliveries_inbox ON deliveries(inbox, delivered_at, outbox_seq);
 CREATE INDEX verdicts_own ON verdicts(own, id);
 """),
-    # Storage sweeps (node/sweep.py, node/sweep_records.py): runs with their listing cursor, one row per
+    # Storage sweeps (node/sweeps/): runs with their listing cursor, one row per
     # storage item (its stat at decision time, so a later sweep skips it on a stat alone), and the
     # admin's false-positive overrides (released items are never quarantined again).
     Migration("storage sweeps", """

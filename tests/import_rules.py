@@ -11,7 +11,8 @@ Layers, lowest first:
 Composition roots may reach across features: node.serve (what `serve` runs), a feature package's
 ``__init__`` (its ``install``) and its ``commands`` module.
 
-Function-local imports only defer a heavy dependency; ``if TYPE_CHECKING:`` is allowed for one thing, the
+Function-local imports only defer a heavy dependency: the module is one of HEAVY, or the import's line
+says which one it defers (``# heavy: asyncssh``); ``if TYPE_CHECKING:`` is allowed for one thing, the
 pipeline's reference to Node; and module-level imports form no cycle.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ModuleImports:
     top: set[str] = field(default_factory=set)
     local: set[str] = field(default_factory=set)
     type_only: set[str] = field(default_factory=set)
+    deferring: set[str] = field(default_factory=set)  # local imports whose line names a HEAVY dependency
 
 
 def layer(module: str) -> str:
@@ -85,7 +87,7 @@ def violations(graph: dict[str, ModuleImports]) -> list[str]:
                 problems.append(f"{module} (feature {feature_of(module)}) imports {target} "
                                 f"(feature {feature_of(target)})")
         for target in sorted(imports.local):
-            if target.split(".")[0] not in HEAVY:
+            if target.split(".")[0] not in HEAVY and target not in imports.deferring:
                 problems.append(f"{module} imports {target} inside a function (only heavy dependencies may be "
                                 f"deferred: tests/import_rules.py HEAVY)")
         for target in sorted(imports.type_only):
@@ -162,31 +164,42 @@ def read_graph(root: Path, packages: tuple[str, ...] = OURS) -> dict[str, Module
         for path in sorted((root / package).rglob("*.py")):
             module = _module_name(root, path)
             imports = graph[module] = ModuleImports()
-            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-            _collect(tree, module, path.name == "__init__.py", imports, where="top")
+            text = path.read_text(encoding="utf-8")
+            tree = ast.parse(text, str(path))
+            _collect(tree, module, path.name == "__init__.py", imports, where="top", lines=text.splitlines())
     return graph
 
 
-def _collect(node: ast.AST, module: str, is_package: bool, imports: ModuleImports, where: str) -> None:
+def _names_heavy(line: str) -> bool:
+    comment = line.partition("#")[2]
+    return any(f"heavy: {name}" in comment for name in HEAVY)
+
+
+def _collect(node: ast.AST, module: str, is_package: bool, imports: ModuleImports, where: str,
+             lines: list[str]) -> None:
     for child in ast.iter_child_nodes(node):
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            _collect(child, module, is_package, imports, "local")
+            _collect(child, module, is_package, imports, "local", lines)
         elif isinstance(child, ast.If) and _is_type_checking(child.test):
             for inner in child.body:
-                _collect(ast.Module(body=[inner], type_ignores=[]), module, is_package, imports, "type_only")
+                _collect(ast.Module(body=[inner], type_ignores=[]), module, is_package, imports, "type_only", lines)
             for inner in child.orelse:
-                _collect(ast.Module(body=[inner], type_ignores=[]), module, is_package, imports, where)
+                _collect(ast.Module(body=[inner], type_ignores=[]), module, is_package, imports, where, lines)
         elif isinstance(child, ast.Import):
             getattr(imports, where).update(alias.name for alias in child.names)
+            if where == "local" and _names_heavy(lines[child.lineno - 1]):
+                imports.deferring.update(alias.name for alias in child.names)
         elif isinstance(child, ast.ImportFrom):
             target = _resolve(module, is_package, child)
             names = getattr(imports, where)
             names.add(target)
+            if where == "local" and _names_heavy(lines[child.lineno - 1]):
+                imports.deferring.add(target)
             # `from node import federation` imports the module node.federation.
             names.update(f"{target}.{alias.name}" for alias in child.names
                          if _ours(target) and alias.name != "*" and _is_submodule(target, alias.name))
         else:
-            _collect(child, module, is_package, imports, where)
+            _collect(child, module, is_package, imports, where, lines)
 
 
 _ROOT = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from node.runtime import Node
-from node.sweep import Sweep, SweepOptions, SweepStats
-from node.sweep_records import SweepRecords
+from node.sweeps.engine import Sweep, SweepOptions, SweepStats
+from node.sweeps.records import SweepRecords
 from tests.hostile import hostile_corpus
 from tests.images import photo_bytes, photo_names
 from tests.node_helpers import ROOT

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from node.actions import apply_run, release
+from node.sweeps.actions import apply_run, release
 from node.cli import main as cli_main
-from node.report import report_rows
-from node.sweep_records import source_identity
+from node.sweeps.report import report_rows
+from node.sweeps.records import source_identity
 from scanners.sources import open_source
 from tests.images import photo_bytes
 from tests.node_helpers import make_data_dir, run
@@ -276,7 +276,7 @@ def test_unreadable_items_are_acted_on_only_when_configured(tmp_path, tiny_clip_
 
 
 def test_progress_is_a_bar_on_a_terminal_and_log_lines_otherwise():
-    from node.sweep import Progress, SweepStats
+    from node.sweeps.engine import Progress, SweepStats
 
     stats = SweepStats(listed=50, known=40, inferred=3, positives=1)
     tty = io.StringIO()

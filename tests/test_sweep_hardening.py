@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from node.actions import release
-from node.report import report_rows
-from node.sweep import Sweep
-from node.sweep_records import source_identity
+from node.sweeps.actions import release
+from node.sweeps.report import report_rows
+from node.sweeps.engine import Sweep
+from node.sweeps.records import source_identity
 from scanners.sources import Item, ItemError, SourceError, open_source
 from scanners.sources.local import LocalSource
 from tests.images import synthetic_image_bytes
@@ -470,7 +470,7 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_kill_at_each_step_of_an_action_is_settled_by_the_next_start(tmp_path, tiny_clip_spec, point, expected):
     import tempfile
 
-    from node.recovery import reconcile
+    from node.sweeps.recovery import reconcile
 
     config = make_data_dir(tmp_path / "data", model=tiny_clip_spec, thresholds=BLOCK_ALL)
     root = tmp_path / "files"

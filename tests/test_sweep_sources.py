@@ -8,7 +8,7 @@ import hashlib
 import secrets
 from pathlib import Path
 
-from node.actions import apply_run, release
+from node.sweeps.actions import apply_run, release
 from scanners.sources import open_source
 from tests.images import photo_bytes, synthetic_image_bytes
 from tests.node_helpers import make_data_dir, run
@@ -33,7 +33,7 @@ def many_images(n: int) -> dict[str, bytes]:
 
 
 async def sweep(node, source, url, **options):
-    from node.sweep import Sweep, SweepOptions
+    from node.sweeps.engine import Sweep, SweepOptions
 
     s = Sweep(node, source, url, SweepOptions(**options))
     return await s.run(), s.run_id, s
@@ -78,7 +78,7 @@ def test_ssh_connection_dropped_mid_sweep_reconnects_and_finishes(tmp_path, tiny
 
     async def body(node):
         async with ssh_open(sshd_server, root) as src:
-            from node.sweep import Sweep, SweepOptions
+            from node.sweeps.engine import Sweep, SweepOptions
 
             s = Sweep(node, src, sshd_server.url(str(root)), SweepOptions(workers=2, action="dry-run"))
             task = asyncio.create_task(s.run())
@@ -158,7 +158,7 @@ def test_s3_answering_500s_for_a_while_is_retried_and_the_sweep_finishes(tmp_pat
     name = make_bucket(s3_server, items)
 
     async def body(node):
-        from node.sweep import Sweep, SweepOptions
+        from node.sweeps.engine import Sweep, SweepOptions
 
         src = s3_open(s3_server, name, through_proxy=True)
         try:

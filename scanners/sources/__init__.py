@@ -1,7 +1,7 @@
 """Storage sources a sweep walks: local directory, SSH/SFTP, S3-compatible buckets, pict-rs admin API.
 
-``open_source(url, **options)`` picks the kind from the URL; each kind lives in its own module and is
-imported only when used (asyncssh and boto3 stay unloaded for a local sweep).
+``open_source(url, **options)`` picks the kind from the URL; each kind lives in its own module. The SSH and
+S3 kinds are imported only when used, so asyncssh and boto3 stay unloaded for a local sweep.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .base import (Cursor, Item, ItemChanged, ItemError, ItemGone, ItemRefused, NotRegularFile, Recovered, Source,
                    SourceError)
+from .local import LocalSource
+from .pictrs import PictrsSource
 
-__all__ = ["Cursor", "Item", "ItemChanged", "ItemError", "ItemGone", "ItemRefused", "NotRegularFile", "Recovered",
+__all__ = ["Cursor", "Item", "ItemChanged", "ItemError", "ItemGone", "ItemRefused", "LocalSource", "NotRegularFile", "Recovered",
            "Source", "SourceError", "open_source"]
 
 
@@ -35,16 +37,15 @@ def open_source(url: str, **options: Any) -> Source:
             query[name] = value
     merged = {**query, **options}
     if scheme in ("", "file"):
-        from .local import LocalSource
         return _construct(LocalSource, url, parts.path if scheme == "file" else url, **options)
     if scheme in ("ssh", "sftp"):
-        from .ssh import SSHSource
+        from .ssh import SSHSource  # heavy: asyncssh
         if not parts.hostname:
             raise SourceError(f"{url}: ssh URL needs a host (ssh://user@host:port/path)")
         return _construct(SSHSource, url, host=parts.hostname, port=parts.port or 22, username=parts.username,
                           root=parts.path or ".", **merged)
     if scheme == "s3":
-        from .s3 import S3Source
+        from .s3 import S3Source  # heavy: boto3
         if not parts.netloc:
             raise SourceError(f"{url}: s3 URL needs a bucket (s3://bucket/prefix)")
         prefixes = merged.pop("prefix", None)
@@ -54,7 +55,6 @@ def open_source(url: str, **options: Any) -> Source:
         prefixes = list(prefixes or []) or [path_prefix]
         return _construct(S3Source, url, bucket=parts.netloc, prefixes=prefixes, **merged)
     if scheme in ("pictrs", "pictrs+http", "pictrs+https"):
-        from .pictrs import PictrsSource
         http = "https" if scheme == "pictrs+https" else "http"
         if not parts.netloc:
             raise SourceError(f"{url}: pictrs URL needs host:port")

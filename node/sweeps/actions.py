@@ -19,8 +19,8 @@ import logging
 import time
 from typing import Any
 
-from node.recovery import reconcile
-from node.sweep_records import ItemRecord, SweepRecords, UNDER_WAY_ACTIONS
+from node.sweeps.recovery import reconcile
+from node.sweeps.records import ItemRecord, SweepRecords, UNDER_WAY_ACTIONS
 from scanners.sources import Item, ItemError, ItemGone, ItemRefused, Source, SourceError
 
 log = logging.getLogger("verdict_node.actions")

@@ -4,16 +4,15 @@ the scores, and on whose word (our own inference, or which peer's signed verdict
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from node.sweep_records import ItemRecord, SweepRecords, source_identity
+from node.sweeps.records import ItemRecord, SweepRecords
+from node.sweeps.times import parse_duration
 
 FIELDS = ("source", "key", "decided_at", "action", "location", "sha256", "pixel_sha256", "phash64", "pdq256",
           "scores", "verdict_from", "issuers", "verdict_ids", "reason", "action_error")
@@ -25,8 +24,6 @@ def utc(ts: float) -> str:
 
 def parse_since(text: str, now: float | None = None) -> float:
     """A duration back ('7d', '20m') or a UTC time ('2026-01-31T00:00:00Z', '2026-01-31')."""
-    from node.sweep import parse_duration
-
     try:
         return (time.time() if now is None else now) - parse_duration(text)
     except ValueError:
@@ -90,29 +87,3 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
         flat["verdict_ids"] = " ".join(row["verdict_ids"])
         writer.writerow({k: ("" if v is None else v) for k, v in flat.items()})
     return buf.getvalue()
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from node.config import ConfigError
-    from node.datadir import resolve_config
-    from node.store import Store
-
-    try:
-        config = resolve_config(args.config)
-        since = parse_since(args.since) if args.since else None
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    store = Store(config.database_path)
-    try:
-        rows = report_rows(SweepRecords(store), since, source_identity(args.source) if args.source else None)
-    finally:
-        store.close()
-    text = render(rows, args.format)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        print(f"{len(rows)} positives written to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
-    return 0

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 from typing import Iterable
 
-from node.sweep_records import ItemRecord, SweepRecords
+from node.sweeps.records import ItemRecord, SweepRecords
 from scanners.sources import ItemError, Recovered, Source, SourceError
 
 log = logging.getLogger("verdict_node.recovery")

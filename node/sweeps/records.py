@@ -10,6 +10,7 @@ again by the next sweep.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -45,8 +46,6 @@ def public_url(url: str) -> str:
 def source_identity(url: str) -> str:
     """A stable name for 'the same storage' across runs: scheme, host, path (for S3 the prefixes too),
     without options that do not change what is listed (timeouts, page sizes, keys)."""
-    import os
-
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("", "file"):
@@ -259,11 +258,3 @@ class SweepRecords:
             if pixel:
                 out.add(pixel)
         return out
-
-
-def released(store: Store, sha256: str, pixel_sha256: str | None) -> bool:
-    """True when the admin released these bytes (or these pixels) as a false positive: the pict-rs hook
-    asks this before inference, so a released image is not classified and published again."""
-    return store.conn.execute(
-        "SELECT 1 FROM sweep_overrides WHERE sha256 IN (?1, ?2) OR pixel_sha256 IN (?1, ?2) LIMIT 1",
-        (sha256, pixel_sha256 or sha256)).fetchone() is not None
