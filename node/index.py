@@ -161,6 +161,61 @@ class _Chunk:
         return vals + table + self.perm.nbytes
 
 
+def parse_code(code_hex: str, bits: int) -> np.ndarray:
+    """One ``bits``-bit code from hex, as big-endian 64-bit words; ValueError for anything else."""
+    hex_len = bits // 4
+    if not isinstance(code_hex, str) or len(code_hex) != hex_len:
+        raise ValueError(f"expected a {bits}-bit code as {hex_len} hex digits, got {code_hex!r}")
+    try:
+        raw = bytes.fromhex(code_hex)
+    except ValueError:
+        raw = b""
+    if len(raw) != bits // 8:    # fromhex skips whitespace: "0 12..." must not pass either
+        raise ValueError(f"not a {bits}-bit hex code: {code_hex!r}")
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+
+
+def parse_codes(codes_hex: Sequence[str], bits: int) -> np.ndarray:
+    """Many codes at once, vectorised: loading millions of codes from the store must take seconds, not minutes."""
+    hex_len = bits // 4
+    try:
+        lengths = np.fromiter(map(len, codes_hex), dtype=np.int64, count=len(codes_hex))
+        joined = "".join(codes_hex)
+    except TypeError:
+        bad = next(c for c in codes_hex if not isinstance(c, str))
+        raise ValueError(f"expected {bits}-bit codes as hex strings, got {bad!r}") from None
+    if len(lengths) and not (lengths == hex_len).all():
+        bad = codes_hex[int(np.argmax(lengths != hex_len))]
+        raise ValueError(f"expected {bits}-bit codes as {hex_len} hex digits, got {bad!r}")
+    try:
+        raw = bytes.fromhex(joined)
+    except ValueError:
+        raw = b""
+    if len(raw) != len(codes_hex) * bits // 8:
+        raise ValueError("codes contain a character that is not a hex digit")
+    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, bits // 64)
+
+
+def check_ref(ref: int) -> int:
+    if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or not -2**63 <= int(ref) < 2**63:
+        raise ValueError(f"ref must be a 64-bit integer, got {ref!r}")
+    return int(ref)
+
+
+def check_refs(refs: Iterable[int]) -> np.ndarray:
+    try:
+        array = np.asarray(refs if isinstance(refs, np.ndarray) else list(refs))
+    except (OverflowError, ValueError):
+        raise ValueError("refs must be 64-bit integers") from None
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise ValueError(f"refs must be a flat sequence of integers, got dtype {array.dtype}")
+    if array.dtype.kind == "u" and array.max() >= 2**63:
+        raise ValueError("refs must be 64-bit signed integers")
+    return array.astype(np.int64)
+
+
 class HammingIndex:
     """Exact radius search over ``bits``-bit codes given as hex strings (64: pHash, 256: PDQ)."""
 
@@ -174,7 +229,6 @@ class HammingIndex:
             raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r}")
         self.bits = bits
         self._words = bits // 64
-        self._hex_len = bits // 4
         chunk_count = DEFAULT_CHUNKS[bits] if chunks is None else chunks
         # 2-4 chunks per 64-bit word: a chunk value must fit 32 bits (it is packed with a 32-bit position)
         if chunk_count % self._words or not 2 * self._words <= chunk_count <= 4 * self._words:
@@ -206,58 +260,6 @@ class HammingIndex:
         self._delta_where: dict[int, int] = {}           # ref -> delta position (live entries only)
         self._live = 0
 
-    # -- parsing ---------------------------------------------------------------------------------------------
-
-    def _parse(self, code_hex: str) -> np.ndarray:
-        if not isinstance(code_hex, str) or len(code_hex) != self._hex_len:
-            raise ValueError(f"expected a {self.bits}-bit code as {self._hex_len} hex digits, got {code_hex!r}")
-        try:
-            raw = bytes.fromhex(code_hex)
-        except ValueError:
-            raw = b""
-        if len(raw) != self.bits // 8:    # fromhex skips whitespace: "0 12..." must not pass either
-            raise ValueError(f"not a {self.bits}-bit hex code: {code_hex!r}")
-        return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-
-    def _parse_many(self, codes_hex: Sequence[str]) -> np.ndarray:
-        """Vectorised: loading millions of codes from the store must take seconds, not minutes."""
-        try:
-            lengths = np.fromiter(map(len, codes_hex), dtype=np.int64, count=len(codes_hex))
-            joined = "".join(codes_hex)
-        except TypeError:
-            bad = next(c for c in codes_hex if not isinstance(c, str))
-            raise ValueError(f"expected {self.bits}-bit codes as hex strings, got {bad!r}") from None
-        if len(lengths) and not (lengths == self._hex_len).all():
-            bad = codes_hex[int(np.argmax(lengths != self._hex_len))]
-            raise ValueError(f"expected {self.bits}-bit codes as {self._hex_len} hex digits, got {bad!r}")
-        try:
-            raw = bytes.fromhex(joined)
-        except ValueError:
-            raw = b""
-        if len(raw) != len(codes_hex) * self.bits // 8:
-            raise ValueError("codes contain a character that is not a hex digit")
-        return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, self._words)
-
-    @staticmethod
-    def _check_ref(ref: int) -> int:
-        if isinstance(ref, bool) or not isinstance(ref, (int, np.integer)) or not -2**63 <= int(ref) < 2**63:
-            raise ValueError(f"ref must be a 64-bit integer, got {ref!r}")
-        return int(ref)
-
-    @staticmethod
-    def _check_refs(refs: Iterable[int]) -> np.ndarray:
-        try:
-            array = np.asarray(refs if isinstance(refs, np.ndarray) else list(refs))
-        except (OverflowError, ValueError):
-            raise ValueError("refs must be 64-bit integers") from None
-        if array.size == 0:
-            return np.empty(0, dtype=np.int64)
-        if array.ndim != 1 or array.dtype.kind not in "iu":
-            raise ValueError(f"refs must be a flat sequence of integers, got dtype {array.dtype}")
-        if array.dtype.kind == "u" and array.max() >= 2**63:
-            raise ValueError("refs must be 64-bit signed integers")
-        return array.astype(np.int64)
-
     # -- updates ---------------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -265,8 +267,8 @@ class HammingIndex:
 
     def add(self, ref: int, code_hex: str) -> None:
         """Add one entry; an entry with the same ref is replaced."""
-        ref = self._check_ref(ref)
-        words = self._parse(code_hex)
+        ref = check_ref(ref)
+        words = parse_code(code_hex, self.bits)
         with self._lock:
             self._remove_locked(ref)
             if self._delta_count == len(self._delta_refs):
@@ -283,8 +285,8 @@ class HammingIndex:
 
     def add_many(self, refs: Iterable[int], codes_hex: Iterable[str]) -> None:
         """Add many entries at once (loading from the store). Later duplicates of a ref win."""
-        codes = self._parse_many(codes_hex if isinstance(codes_hex, (list, tuple)) else list(codes_hex))
-        self._add_codes(self._check_refs(refs), codes)
+        codes = parse_codes(codes_hex if isinstance(codes_hex, (list, tuple)) else list(codes_hex), self.bits)
+        self._add_codes(check_refs(refs), codes)
 
     def add_many_raw(self, refs: Iterable[int], codes: bytes) -> None:
         """add_many for codes as raw bytes, one after the other (``bits // 8`` bytes each, most significant
@@ -292,7 +294,7 @@ class HammingIndex:
         if len(codes) % (self.bits // 8):
             raise ValueError(f"{len(codes)} bytes are not a whole number of {self.bits}-bit codes")
         words = np.frombuffer(codes, dtype=">u8").astype(np.uint64).reshape(-1, self._words)
-        self._add_codes(self._check_refs(refs), words)
+        self._add_codes(check_refs(refs), words)
 
     def _add_codes(self, ref_array: np.ndarray, codes: np.ndarray) -> None:
         if len(ref_array) != len(codes):
@@ -315,7 +317,7 @@ class HammingIndex:
 
     def remove(self, ref: int) -> bool:
         """Remove the entry with this ref; returns whether there was one."""
-        ref = self._check_ref(ref)
+        ref = check_ref(ref)
         with self._lock:
             removed = self._remove_locked(ref)
             if self._dead > max(MIN_DELTA, len(self._refs) // 4):
@@ -409,7 +411,7 @@ class HammingIndex:
         """Every entry within ``radius`` bits of the code, as (ref, distance), nearest first (ties by ref)."""
         if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
             raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
-        query = self._parse(code_hex)
+        query = parse_code(code_hex, self.bits)
         with self._lock:
             refs_parts, dist_parts = [], []
             if len(self._refs):

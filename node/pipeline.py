@@ -26,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
+from node.answers import REPORTED_FLAGS, Answers, Result, Source, Work, matches
 from node.config import is_model_none
-from node.policy import PERCEPTUAL_BITS, Candidate, Decision, PolicyConfig, decide, label_for, unused_lines
+from node.policy import PERCEPTUAL_BITS, Candidate, Decision, PolicyConfig, decide, label_for
 from node.store import StoredVerdict
 from protocol.verdict import Fingerprint, Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners import fingerprint as fingerprinting
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("verdict_node.pipeline")
 
-Answer = Literal["accept", "reject"]
-Source = Literal["cache", "peer", "inference", "unavailable", "media", "bank"]
 
 # Bodies above this are hashed in a worker thread, so one big upload does not stall the event loop.
 _INLINE_HASH_BYTES = 256 * 1024
@@ -52,74 +51,6 @@ _INLINE_HASH_BYTES = 256 * 1024
 _MEMO_SIZE = 100_000
 # Margin kept from the budget to write the answer.
 _ANSWER_MARGIN = 0.05
-# The media flags an answer and a decision record carry: what a walk of the container tells without a
-# decode, so the exact-key fast path reports the same flags as a decode would.
-REPORTED_FLAGS = ("trailing_bytes", "truncated", "animated")
-
-
-@dataclass(frozen=True)
-class Result:
-    """What the pipeline decided for one image.
-
-    `decision` is the pict-rs answer (accept -> 2xx, reject -> 406). `outcome` is what we know about the
-    image: block / allow / unknown (undecided: no classifier, queue full, out of budget), or video /
-    unreadable (not classified). Sweeps act on `outcome`; the hook answers `decision`."""
-
-    decision: Answer
-    outcome: Literal["block", "allow", "unknown", "video", "unreadable"]
-    reason: str
-    source: Source
-    sha256: str
-    fingerprint: Fingerprint | None = None
-    verdict_ids: tuple[str, ...] = ()
-    scores: dict[str, float] | None = None
-    inferred: bool = False
-    elapsed_ms: float = 0.0
-    media_format: str | None = None
-    origin: str | None = None
-    media_flags: dict[str, Any] | None = None
-    bank: str | None = None
-
-    @property
-    def verdict_id(self) -> str | None:
-        return self.verdict_ids[0] if self.verdict_ids else None
-
-    def as_json(self) -> dict[str, Any]:
-        """The pict-rs answer's body. ``origin``: how the deciding verdict reached this node (own, push,
-        backfill, lookup; null without one). ``media``: the flags found (trailing_bytes, truncated, animated)."""
-        answer = {"decision": self.decision, "outcome": self.outcome, "reason": self.reason, "source": self.source,
-                  "origin": self.origin, "verdict": self.verdict_id, "scores": self.scores,
-                  "media": dict(self.media_flags) if self.media_flags is not None else None,
-                  "elapsed_ms": round(self.elapsed_ms, 3)}
-        if self.bank is not None:
-            answer["bank"] = self.bank  # which hash bank blocked it (never the bank's other entries)
-        return answer
-
-
-@dataclass(frozen=True, slots=True)
-class BankHit:
-    """An image found in a hash bank: the bank's name and the entry that matched, the only bank content that
-    leaves the banks (into this image's answer, its decision row and the sweep report)."""
-
-    bank: str
-    kind: str        # md5 | sha256 | pdq | phash
-    entry: str       # the bank's hash, hex
-    distance: int = 0
-
-    def reason(self) -> str:
-        at = f" at distance {self.distance}" if self.kind in ("pdq", "phash") else ""
-        return f"in hash bank {self.bank}: {self.kind} {self.entry}{at}"
-
-
-class BankCheck(Protocol):
-    """What the pipeline asks the hash banks (the banks feature sets ``node.bank_check``): exact keys of the
-    bytes before anything is decoded, perceptual hashes once they are known. Neither raises for a miss."""
-
-    def match_bytes(self, sha256: str, data: bytes) -> BankHit | None: ...
-
-    def match_perceptual(self, fingerprint: Fingerprint) -> BankHit | None: ...
-
-
 @dataclass
 class _Inference:
     """The outcome of one shared inference: own scores and the verdict that records them."""
@@ -127,25 +58,6 @@ class _Inference:
     classification: Any
     verdict: Verdict
     document: dict
-
-
-@dataclass
-class _Work:
-    """What one check knows so far (kept across the stages)."""
-
-    data: bytes
-    source: str
-    source_key: str | None
-    media_type: str | None
-    started: float
-    deadline: float
-    sha256: str = ""
-    pixel_sha256: str | None = None
-    fingerprint: Fingerprint | None = None
-    candidates: dict[int, Candidate] = field(default_factory=dict)
-    media_format: str | None = None
-    media_flags: dict[str, Any] | None = None
-    lookup_problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +84,7 @@ class _Memo:
 class Pipeline:
     def __init__(self, node: "Node") -> None:
         self.node = node
+        self.answers = Answers(node.config, node.metrics, node.store)
         self._inflight: dict[str, asyncio.Task] = {}
         self._memo: dict[str, _Memo] = {}
 
@@ -183,13 +96,13 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         budget = self.node.config.pictrs.budget_seconds if budget is None else budget
         started = loop.time()
-        work = _Work(data, source, source_key, media_type, started, started + budget - _ANSWER_MARGIN)
+        work = Work(data, source, source_key, media_type, started, started + budget - _ANSWER_MARGIN)
         try:
-            result = self._media_rules(await self._check(work))
+            result = self.answers.media_rules(await self._check(work))
         except Exception as e:  # noqa: BLE001 - a bug here must still give a chosen answer, not a 500
             log.exception("pipeline failed for %s", work.sha256 or "an image")
             result = self._unavailable(work, f"internal error: {type(e).__name__}", explain=False)
-        self._record(work, result)
+        self.answers.record(work, result)
         return result
 
     async def drain(self) -> None:
@@ -200,7 +113,7 @@ class Pipeline:
 
     # -- stages ----------------------------------------------------------------------------------
 
-    async def _check(self, work: _Work) -> Result:
+    async def _check(self, work: Work) -> Result:
         node = self.node
         loop = asyncio.get_running_loop()
         big = len(work.data) > _INLINE_HASH_BYTES
@@ -214,7 +127,7 @@ class Pipeline:
         if memo is not None and memo.valid_for(node.store.generation, node.policy):
             work.pixel_sha256, work.media_flags = memo.pixel_sha256, memo.media_flags
             node.metrics.child(node.metrics.cache_hits, memo.source, memo.match).inc()
-            return self._result(work, self._answer(memo.outcome), memo.outcome, memo.reason, memo.source,
+            return self.answers.result(work, self.answers.answer(memo.outcome), memo.outcome, memo.reason, memo.source,
                                 verdict_ids=memo.verdict_ids, scores=memo.scores, origin=memo.origin)
 
         # 0b. the bytes in a hash bank (sha256, md5): blocked before anything is decoded. (A memoised decision
@@ -226,7 +139,7 @@ class Pipeline:
             else:
                 hit = banks.match_bytes(work.sha256, work.data)
             if hit is not None:
-                return self._bank_result(work, hit)
+                return self.answers.bank(work, hit)
 
         # 1. exact keys, no decode: the hot path for images seen before. Bytes we classified ourselves
         #    need no pixel key: the store knows it from our verdict. One walk of the container (no decode)
@@ -247,11 +160,11 @@ class Pipeline:
                 known = [c.verdict.fingerprint for c in work.candidates.values()]
                 hit = banks.match_perceptual(next((f for f in known if f.pdq256), known[0]))
                 if hit is not None:
-                    return self._bank_result(work, hit)
+                    return self.answers.bank(work, hit)
             if decision.outcome != "unknown":
                 if work.media_flags is None:
                     work.media_flags = (await self._walk(work, want_pixel_key=False))[1]
-                result = self._from_decision(work, decision)
+                result = self.answers.from_decision(work, decision)
                 self._remember(work, result)
                 return result
 
@@ -262,35 +175,35 @@ class Pipeline:
         work.media_flags = {k: media.flags[k] for k in REPORTED_FLAGS if k in media.flags}
         if media.outcome == "video":
             accept = node.config.media.on_video == "accept"
-            return self._media_result(work, "video", accept, f"video ({media.format or 'unknown format'}) is not "
+            return self.answers.media_result(work, "video", accept, f"video ({media.format or 'unknown format'}) is not "
                                       f"classified; media.on_video is {node.config.media.on_video}")
         if fp is None:
             accept = node.config.media.on_unreadable == "accept"
-            return self._media_result(work, "unreadable", accept, f"unreadable: {problem}; media.on_unreadable is "
+            return self.answers.media_result(work, "unreadable", accept, f"unreadable: {problem}; media.on_unreadable is "
                                       f"{node.config.media.on_unreadable}")
         work.fingerprint = fp
         if banks is not None:
             hit = banks.match_perceptual(fp)
             if hit is not None:
-                return self._bank_result(work, hit)
+                return self.answers.bank(work, hit)
 
         # 3. perceptual neighbours (block verdicts reuse on these; safe ones only if the admin opted in).
         self._add_perceptual_candidates(work)
         decision = self._decide(work)
         if decision.outcome != "unknown":
-            return self._from_decision(work, decision)
+            return self.answers.from_decision(work, decision)
 
         # 4. peers (federation plugs in here).
         if node.lookup_peers is not None and loop.time() < work.deadline:
             await self._ask_peers(work)
             decision = self._decide(work)
             if decision.outcome != "unknown":
-                return self._from_decision(work, decision)
+                return self.answers.from_decision(work, decision)
 
         # 4b. bytes the admin released as a false positive (`verdict-node release`): not classified (and
         #     published) again; sweeps check the same overrides.
         if node.store.released(work.sha256, work.fingerprint.pixel_sha256):
-            return self._result(work, "accept", "allow", "released as a false positive by the admin", "cache")
+            return self.answers.result(work, "accept", "allow", "released as a false positive by the admin", "cache")
 
         # 4c. retracted verdicts on the exact keys never count; the policy lists them, so an answer that
         #     falls back says a verdict matched and was retracted (not that nothing was known).
@@ -303,7 +216,7 @@ class Pipeline:
             return self._from_own_verdict(work, own_hit.verdict)
         return await self._infer_and_decide(work, media.frames)
 
-    async def _walk(self, work: _Work, *, want_pixel_key: bool) -> tuple[str | None, dict[str, Any]]:
+    async def _walk(self, work: Work, *, want_pixel_key: bool) -> tuple[str | None, dict[str, Any]]:
         """One walk of the container (no decode): the pixel key if wanted, and the media flags; big bodies
         are walked off the event loop."""
         if len(work.data) > _INLINE_HASH_BYTES:
@@ -311,14 +224,14 @@ class Pipeline:
                                                                     want_pixel_key)
         return _walk_keys(work.data, want_pixel_key)
 
-    def _bank_result(self, work: _Work, hit: BankHit) -> Result:
-        """Block on a bank match; no verdict is made, so nothing of the bank is signed or published."""
-        return self._result(work, "reject", "block", hit.reason(), "bank", bank=hit.bank)
+    def _unavailable(self, work: Work, why: str, *, explain: bool = True) -> Result:
+        """Undecided; ``explain=False`` after an internal error: nothing more is computed."""
+        return self.answers.unavailable(work, why, self._decide(work) if explain and work.candidates else None)
 
-    def _decide(self, work: _Work) -> Decision:
+    def _decide(self, work: Work) -> Decision:
         return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
 
-    def _add_perceptual_candidates(self, work: _Work) -> None:
+    def _add_perceptual_candidates(self, work: Work) -> None:
         node, fp, policy = self.node, work.fingerprint, self.node.policy
         assert fp is not None
         hits: list[tuple[int, str, int]] = []
@@ -340,7 +253,7 @@ class Pipeline:
                 # An exact match here was stored since our exact lookup (a twin request's inference).
                 work.candidates[ref] = candidate
 
-    async def _ask_peers(self, work: _Work) -> None:
+    async def _ask_peers(self, work: Work) -> None:
         node, fp = self.node, work.fingerprint
         assert fp is not None and node.lookup_peers is not None
         loop = asyncio.get_running_loop()
@@ -365,7 +278,7 @@ class Pipeline:
             if candidate is not None:
                 work.candidates[rowid] = candidate
 
-    def _own_current_verdict(self, work: _Work) -> StoredVerdict | None:
+    def _own_current_verdict(self, work: Work) -> StoredVerdict | None:
         """An own verdict on an exact key made by the model we run now: its scores are what inference would
         say again, so we do not pay for it twice (e.g. when the policy wanted more than it gave)."""
         model = self.node.model
@@ -376,13 +289,13 @@ class Pipeline:
                 return StoredVerdict(rowid, c.verdict, True, c.match)
         return None
 
-    def _from_own_verdict(self, work: _Work, verdict: Verdict) -> Result:
+    def _from_own_verdict(self, work: Work, verdict: Verdict) -> Result:
         """Decide with a stored own verdict's scores standing in for inference (same model, same answer)."""
         decision = decide(self.node.policy, list(work.candidates.values()),
                           own=Classification(scores=dict(verdict.scores)), own_model=self.node.model)
-        return self._from_decision(work, decision, forced_source="cache", own_verdict=verdict)
+        return self.answers.from_decision(work, decision, forced_source="cache", own_verdict=verdict)
 
-    async def _infer_and_decide(self, work: _Work, frames: Sequence[Any]) -> Result:
+    async def _infer_and_decide(self, work: Work, frames: Sequence[Any]) -> Result:
         node = self.node
         loop = asyncio.get_running_loop()
         if node.backend is None:
@@ -413,15 +326,15 @@ class Pipeline:
             return self._unavailable(work, f"classification failed: {type(e).__name__}: {e}")
         decision = decide(node.policy, list(work.candidates.values()), own=inference.classification,
                           own_model=inference.verdict.model)
-        return self._from_decision(work, decision, forced_source="inference", own_verdict=inference.verdict,
+        return self.answers.from_decision(work, decision, forced_source="inference", own_verdict=inference.verdict,
                                    inferred=True)
 
-    def _remember(self, work: _Work, result: Result) -> None:
+    def _remember(self, work: Work, result: Result) -> None:
         """Memoise an exact-key decision; valid while the store's verdicts and the policy are unchanged."""
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()  # simple and bounded; re-filled by the next requests
-        matches = _matches(work, result.verdict_ids)
-        match = next((m for m in ("sha256", "pixel_sha256") if m in matches), "sha256")
+        found = matches(work, result.verdict_ids)
+        match = next((m for m in ("sha256", "pixel_sha256") if m in found), "sha256")
         self._memo[work.sha256] = _Memo(self.node.store.generation, self.node.policy, result.outcome, result.reason,
                                         result.source, result.verdict_ids, result.scores, match, work.pixel_sha256,
                                         result.origin, work.media_flags)
@@ -456,109 +369,8 @@ class Pipeline:
         await node.emit_own_verdict(verdict, document)
         return _Inference(classification, verdict, document)
 
-    # -- results ---------------------------------------------------------------------------------
-
-    def _answer(self, outcome: str) -> Answer:
-        if outcome == "block":
-            return "reject"
-        if outcome == "allow":
-            return "accept"
-        return "accept" if self.node.config.pictrs.on_unavailable == "accept" else "reject"
-
-    def _from_decision(self, work: _Work, decision: Decision, *, forced_source: Source | None = None,
-                       own_verdict: Verdict | None = None, inferred: bool = False) -> Result:
-        node = self.node
-        used = tuple(v.id for v in decision.used)
-        if own_verdict is not None and own_verdict.id not in used:
-            used = (own_verdict.id, *used)
-        source: Source = forced_source or decision.source or "unavailable"
-        reason = decision.reason
-        if source == "inference" or decision.outcome == "unknown":
-            # We paid for inference, or fall back: say which matching verdicts did not count, and why.
-            notes = [*work.lookup_problems, *(unused_lines(decision.unused) if decision.outcome != "unknown" else ())]
-            reason = "; ".join([reason, *notes])
-            self._log_notes(work, decision)
-        if decision.outcome == "unknown":
-            reason = f"{reason}; pictrs.on_unavailable is {node.config.pictrs.on_unavailable}"
-        if source in ("cache", "peer") and not inferred:
-            matches = _matches(work, used)
-            best = next((m for m in ("sha256", "pixel_sha256", "phash64", "pdq256") if m in matches), "none")
-            node.metrics.child(node.metrics.cache_hits, source, best).inc()
-        origin = None
-        if source in ("cache", "inference"):
-            origin = "own"
-        elif source == "peer" and used:
-            origin = node.store.verdict_origin(used[0])
-        return self._result(work, self._answer(decision.outcome), decision.outcome, reason, source,
-                            verdict_ids=used, scores=decision.scores, inferred=inferred, origin=origin)
-
-    def _media_result(self, work: _Work, outcome: str, accept: bool, reason: str) -> Result:
-        return self._result(work, "accept" if accept else "reject", outcome, reason, "media")
-
-    def _unavailable(self, work: _Work, why: str, *, explain: bool = True) -> Result:
-        """Undecided: the matching verdicts that did not count and the lookups that gave nothing come first
-        (they are usually what the admin must fix), then why nothing else could decide. ``explain=False``
-        after an internal error: nothing more is computed."""
-        decision = self._decide(work) if explain and work.candidates else None
-        notes = [*(unused_lines(decision.unused) if decision is not None else ()), *work.lookup_problems]
-        if decision is not None:
-            self._log_notes(work, decision)
-        elif work.lookup_problems:
-            log.info("%s %s: %s", work.source, work.sha256[:16], "; ".join(work.lookup_problems))
-        reason = "; ".join([*notes, why, f"pictrs.on_unavailable is {self.node.config.pictrs.on_unavailable}"])
-        return self._result(work, self._answer("unknown"), "unknown", reason, "unavailable")
-
-    def _log_notes(self, work: _Work, decision: Decision) -> None:
-        """One log line naming the peers and rules behind verdicts that matched and did not count, and the
-        lookups that gave nothing: what the admin reads when an answer is not what a peer said."""
-        notes = [*unused_lines(decision.unused), *work.lookup_problems]
-        if notes:
-            log.info("%s %s: %s", work.source, work.sha256[:16], "; ".join(notes))
-
-    def _media_rules(self, result: Result) -> Result:
-        """``media.on_trailing_data: reject``: refuse an upload carrying more than ``max_trailing_bytes``
-        after the image's end marker (a ZIP glued to a JPEG), whatever decided it. Only the pict-rs answer
-        changes: the outcome (what sweeps act on) and the verdict stay as decided."""
-        media = self.node.config.media
-        trailing = (result.media_flags or {}).get("trailing_bytes", 0)
-        if media.on_trailing_data != "reject" or trailing <= media.max_trailing_bytes or result.decision == "reject":
-            return result
-        reason = (f"{result.reason}; {trailing} bytes of trailing data after the image (media.on_trailing_data "
-                  f"is reject above media.max_trailing_bytes, {media.max_trailing_bytes})")
-        return replace(result, decision="reject", reason=reason)
-
-    def _result(self, work: _Work, decision: Answer, outcome: str, reason: str, source: Source, *,
-                verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False,
-                origin: str | None = None, bank: str | None = None) -> Result:
-        elapsed = asyncio.get_running_loop().time() - work.started
-        return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
-                      fingerprint=work.fingerprint, verdict_ids=verdict_ids,
-                      scores=dict(scores) if scores is not None else None, inferred=inferred,
-                      elapsed_ms=elapsed * 1000.0, media_format=work.media_format, origin=origin,
-                      media_flags=dict(work.media_flags) if work.media_flags is not None else None, bank=bank)
-
-    def _record(self, work: _Work, result: Result) -> None:
-        node = self.node
-        node.metrics.child(node.metrics.images, result.outcome, result.source).inc()
-        node.metrics.child(node.metrics.pipeline_seconds, result.source).observe(result.elapsed_ms / 1000.0)
-        if result.source == "peer":
-            node.metrics.child(node.metrics.peer_decisions, result.origin or "unknown").inc()
-        node.store.record_decision(
-            source=work.source, source_key=work.source_key, decision=result.decision, reason=result.reason,
-            origin=result.source, fingerprint=result.fingerprint, sha256=result.sha256,
-            pixel_sha256=work.pixel_sha256, media_type=work.media_type, verdict_ids=result.verdict_ids,
-            inferred=result.inferred, elapsed_ms=result.elapsed_ms, verdict_origin=result.origin,
-            media_flags=result.media_flags)
-
-
 class _QueueFullError(Exception):
     """QueueFull, re-raised under our name so the waiting callers can tell it from a model error."""
-
-
-def _matches(work: _Work, verdict_ids: Sequence[str]) -> set[str]:
-    """The keys (sha256, pixel_sha256, phash64, pdq256) on which these verdicts matched the image."""
-    by_id = {c.verdict.id: c.match for c in work.candidates.values()}
-    return {by_id[v] for v in verdict_ids if v in by_id}
 
 
 def _sha256_hex(data: bytes) -> str:

@@ -5,7 +5,7 @@ Hook points (all plain attributes, set by a feature package's `install(node)` or
   - `node.lookup_peers`: `async (fingerprint, deadline) -> PeerAnswers`, verified peer verdicts for an image
     we cannot decide yet, and one line per peer that gave no usable answer (federation). `deadline` is
     `loop.time()`-based.
-  - `node.bank_check`: a `node.pipeline.BankCheck` (hash banks): known-bad hashes that block before inference
+  - `node.bank_check`: a `node.hooks.BankCheck` (hash banks): known-bad hashes that block before inference
     and never become verdicts.
   - `node.on_own_verdict`: callbacks `(verdict, signed_document) -> None | Awaitable[None]`, called once
     per new own verdict (federation publishes them to the outbox).
@@ -32,7 +32,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 from node.config import ClassifierSection, ConfigError, NodeConfig, PeerEntry, is_model_none, load_peers
@@ -41,28 +40,16 @@ from node.peers_file import Signature, signature
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
-from node.pipeline import BankCheck, Pipeline
+from node.hooks import BankCheck, PeerLookup, VerdictCallback
+from node.pipeline import Pipeline
 from node.store import Store
-from protocol.verdict import Fingerprint, ModelInfo, Verdict
+from protocol.verdict import ModelInfo, Verdict
 from scanners.batching import BatchingClassifier
 from scanners.classifier import ModelUnavailable
 from scanners.models import load_classifier
 
 log = logging.getLogger("verdict_node")
 
-@dataclass(frozen=True)
-class PeerAnswers:
-    """What asking the lookup peers about one image gave: the verified verdicts (with their signed documents)
-    and, per peer that gave no usable answer, one line in our own words (``lookup at https://a.example
-    refused: not a peer of that node``). The lines go into the answer's reason: what a remote server wrote is
-    never quoted there."""
-
-    verdicts: list[tuple[Verdict, dict]]
-    problems: tuple[str, ...] = ()
-
-
-PeerLookup = Callable[[Fingerprint, float], Awaitable[PeerAnswers]]
-VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
 AppSetup = Callable[[Any, "Node"], None]
 BackgroundTask = Callable[["Node"], Awaitable[None]]
 PeersChanged = Callable[[list[PeerEntry]], None]

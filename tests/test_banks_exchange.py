@@ -13,7 +13,8 @@ import pytest
 from node.banks import Banks
 from node.banks.exchange import MAX_PAGE
 from node.banks.tokens import ExchangeTokens, token_sha256
-from node.store import MIGRATIONS, Store
+from node.migrations import MIGRATIONS
+from node.store import Store
 from protocol.keys import generate_ed25519
 from tests.multinode import synthetic_verdict
 from tests.node_helpers import make_data_dir, run, running_node

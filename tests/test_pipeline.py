@@ -5,7 +5,8 @@ import asyncio
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from node.runtime import Node, PeerAnswers
+from node.hooks import PeerAnswers
+from node.runtime import Node
 from protocol.verdict import ModelInfo, Verdict, new_verdict_id, sign_verdict, utc_timestamp, verify_verdict
 from tests.images import encode, photo_bytes, photo_image
 from tests.node_helpers import make_data_dir, run

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import aiohttp
 import yaml

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from node.store import MIGRATIONS, Migration, Store
+from node.migrations import MIGRATIONS, Migration
+from node.store import Store
 from protocol.verdict import Fingerprint, ModelInfo, Verdict
 
 MODEL = ModelInfo(name="tiny", version="1", rules="test")

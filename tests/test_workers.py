@@ -8,7 +8,6 @@ are in tests/test_workers_processes.py.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import struct
 from pathlib import Path
@@ -25,7 +24,6 @@ from node.workers.backends import WorkersUnavailable
 from node.workers.hub import WorkerHub
 from node.workers.registry import WorkerRegistry
 from protocol.errors import ProtocolError
-from protocol.verdict import ModelInfo
 from scanners.batching import QueueFull
 from tests.images import photo_bytes, photo_image
 from tests.node_helpers import make_data_dir, pictrs_post, run, running_node, tiny_clip_spec, validate_url

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from node.banks.records import BankInfo, BankRecords
 from node.config import BanksSection
 from node.index import HammingIndex
-from node.pipeline import BankHit
+from node.hooks import BankHit
 from protocol.verdict import Fingerprint
 
 log = logging.getLogger("verdict_node.banks")

@@ -30,7 +30,8 @@ from node.federation.delivery import ACTIVITY_JSON, PeerRequestError, SignedClie
 from node.federation.intake import Intake
 from node.federation.metrics import FederationMetrics
 from node.federation.records import FederationRecords
-from node.runtime import Node, PeerAnswers
+from node.hooks import PeerAnswers
+from node.runtime import Node
 from node.web import Refusal, json_response
 from protocol.errors import ProtocolError
 from protocol.verdict import Fingerprint, Verdict, origin_of

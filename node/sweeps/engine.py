@@ -27,11 +27,11 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Awaitable, Callable, Literal
+from typing import IO, Any, Literal
 
 from node.sweeps.actions import ACTIONS, MEDIA_ACTIONS, act
 from node.sweeps.recovery import reconcile
-from node.sweeps.records import UNDER_WAY_ACTIONS, ItemRecord, SweepRecords, source_identity
+from node.sweeps.records import ItemRecord, SweepRecords, source_identity
 from scanners.sources import Item, ItemError, ItemGone, NotRegularFile, Source, SourceError
 
 log = logging.getLogger("verdict_node.sweep")

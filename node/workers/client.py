@@ -13,7 +13,6 @@ a node restarts and a home connection drops.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass

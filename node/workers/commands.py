@@ -20,6 +20,8 @@ from node.workers.wire import describe_model, model_to_json
 from scanners.classifier import ModelUnavailable
 from scanners.models import load_classifier
 
+log = logging.getLogger("verdict_node.worker")
+
 
 def _read_token(args: argparse.Namespace) -> str | None:
     if getattr(args, "token_file", None):

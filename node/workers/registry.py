@@ -19,7 +19,7 @@ from typing import Any
 
 from node.config import NodeConfig
 from node.store import Store
-from node.workers.wire import describe_model, model_from_json, model_to_json
+from node.workers.wire import model_from_json
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 

@@ -1,0 +1,47 @@
+"""The typed hook points through which feature packages take part in deciding an image, so the core never
+names a feature: what a lookup of peers gives (federation), and what the hash banks are asked (banks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+from protocol.verdict import Fingerprint, Verdict
+
+
+@dataclass(frozen=True)
+class PeerAnswers:
+    """What asking the lookup peers about one image gave: the verified verdicts (with their signed documents)
+    and, per peer that gave no usable answer, one line in our own words (``lookup at https://a.example
+    refused: not a peer of that node``). The lines go into the answer's reason: what a remote server wrote is
+    never quoted there."""
+
+    verdicts: list[tuple[Verdict, dict]]
+    problems: tuple[str, ...] = ()
+
+
+PeerLookup = Callable[[Fingerprint, float], Awaitable[PeerAnswers]]
+VerdictCallback = Callable[[Verdict, dict], "None | Awaitable[None]"]
+
+
+@dataclass(frozen=True, slots=True)
+class BankHit:
+    """An image found in a hash bank: the bank's name and the entry that matched, the only bank content that
+    leaves the banks (into this image's answer, its decision row and the sweep report)."""
+
+    bank: str
+    kind: str        # md5 | sha256 | pdq | phash
+    entry: str       # the bank's hash, hex
+    distance: int = 0
+
+    def reason(self) -> str:
+        at = f" at distance {self.distance}" if self.kind in ("pdq", "phash") else ""
+        return f"in hash bank {self.bank}: {self.kind} {self.entry}{at}"
+
+
+class BankCheck(Protocol):
+    """What the pipeline asks the hash banks (the banks feature sets ``node.bank_check``): exact keys of the
+    bytes before anything is decoded, perceptual hashes once they are known. Neither raises for a miss."""
+
+    def match_bytes(self, sha256: str, data: bytes) -> BankHit | None: ...
+
+    def match_perceptual(self, fingerprint: Fingerprint) -> BankHit | None: ...
