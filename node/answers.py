@@ -48,6 +48,7 @@ class Result:
     origin: str | None = None
     media_flags: dict[str, Any] | None = None
     bank: str | None = None
+    busy: bool = False  # undecided because the classifier's queue was full: trying again soon may succeed
 
     @property
     def verdict_id(self) -> str | None:
@@ -138,7 +139,7 @@ class Answers:
     def media_result(self, work: Work, outcome: str, accept: bool, reason: str) -> Result:
         return self.result(work, "accept" if accept else "reject", outcome, reason, "media")
 
-    def unavailable(self, work: Work, why: str, decision: Decision | None) -> Result:
+    def unavailable(self, work: Work, why: str, decision: Decision | None, *, busy: bool = False) -> Result:
         """Undecided: the matching verdicts that did not count (``decision``, when the caller decided on the
         candidates) and the lookups that gave nothing come first (they are usually what the admin must fix),
         then why nothing else could decide."""
@@ -148,7 +149,7 @@ class Answers:
         elif work.lookup_problems:
             log.info("%s %s: %s", work.source, work.sha256[:16], "; ".join(work.lookup_problems))
         reason = "; ".join([*notes, why, f"pictrs.on_unavailable is {self.config.pictrs.on_unavailable}"])
-        return self.result(work, self.answer("unknown"), "unknown", reason, "unavailable")
+        return self.result(work, self.answer("unknown"), "unknown", reason, "unavailable", busy=busy)
 
     def log_notes(self, work: Work, decision: Decision) -> None:
         """One log line naming the peers and rules behind verdicts that matched and did not count, and the
@@ -171,13 +172,14 @@ class Answers:
 
     def result(self, work: Work, decision: Answer, outcome: str, reason: str, source: Source, *,
                 verdict_ids: tuple[str, ...] = (), scores: dict | None = None, inferred: bool = False,
-                origin: str | None = None, bank: str | None = None) -> Result:
+                origin: str | None = None, bank: str | None = None, busy: bool = False) -> Result:
         elapsed = asyncio.get_running_loop().time() - work.started
         return Result(decision=decision, outcome=outcome, reason=reason, source=source, sha256=work.sha256,
                       fingerprint=work.fingerprint, verdict_ids=verdict_ids,
                       scores=dict(scores) if scores is not None else None, inferred=inferred,
                       elapsed_ms=elapsed * 1000.0, media_format=work.media_format, origin=origin,
-                      media_flags=dict(work.media_flags) if work.media_flags is not None else None, bank=bank)
+                      media_flags=dict(work.media_flags) if work.media_flags is not None else None, bank=bank,
+                      busy=busy)
 
     def record(self, work: Work, result: Result) -> None:
         metrics = self.metrics

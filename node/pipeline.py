@@ -224,9 +224,11 @@ class Pipeline:
                                                                     want_pixel_key)
         return _walk_keys(work.data, want_pixel_key)
 
-    def _unavailable(self, work: Work, why: str, *, explain: bool = True) -> Result:
-        """Undecided; ``explain=False`` after an internal error: nothing more is computed."""
-        return self.answers.unavailable(work, why, self._decide(work) if explain and work.candidates else None)
+    def _unavailable(self, work: Work, why: str, *, explain: bool = True, busy: bool = False) -> Result:
+        """Undecided; ``explain=False`` after an internal error: nothing more is computed; ``busy``: the
+        classifier's queue was full (a sweep waits and asks again)."""
+        return self.answers.unavailable(work, why, self._decide(work) if explain and work.candidates else None,
+                                        busy=busy)
 
     def _decide(self, work: Work) -> Decision:
         return decide(self.node.policy, list(work.candidates.values()), own_model=self.node.model)
@@ -321,7 +323,7 @@ class Pipeline:
             return self._unavailable(work, f"classification did not finish within the "
                                            f"{node.config.pictrs.budget_seconds:g} s budget")
         except _QueueFullError as e:
-            return self._unavailable(work, str(e))
+            return self._unavailable(work, str(e), busy=e.passes)
         except Exception as e:  # noqa: BLE001 - a model error is an unavailable classifier, not a crash
             return self._unavailable(work, f"classification failed: {type(e).__name__}: {e}")
         decision = decide(node.policy, list(work.candidates.values()), own=inference.classification,
@@ -354,7 +356,7 @@ class Pipeline:
             classification = await backend.classify_frames(frames)
         except QueueFull as e:
             node.metrics.inference_failures.labels("queue_full").inc()
-            raise _QueueFullError(f"{e.summary} ({e})") from None
+            raise _QueueFullError(f"{e.summary} ({e})", passes=e.passes) from None
         except Exception:
             node.metrics.inference_failures.labels("error").inc()
             raise
@@ -371,6 +373,10 @@ class Pipeline:
 
 class _QueueFullError(Exception):
     """QueueFull, re-raised under our name so the waiting callers can tell it from a model error."""
+
+    def __init__(self, message: str, *, passes: bool) -> None:
+        super().__init__(message)
+        self.passes = passes
 
 
 def _sha256_hex(data: bytes) -> str:

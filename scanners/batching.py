@@ -22,9 +22,11 @@ from scanners.classifier import Classification, Classifier, merge_frames
 
 class QueueFull(Exception):
     """Too many frames are already waiting for the classifier; retry later or apply on_unavailable.
-    ``summary`` heads the reason the caller records (a subclass that means something else says so)."""
+    ``summary`` heads the reason the caller records (a subclass that means something else says so);
+    ``passes`` says whether asking again in a moment may succeed (a full queue drains; no classifier does not)."""
 
     summary = "classifier queue full"
+    passes = True
 
 
 class BatcherClosed(Exception):

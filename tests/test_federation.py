@@ -11,7 +11,8 @@ from aiohttp import web
 
 from node.cli import main as cli_main
 from node.federation.service import Federation
-from node.federation.delivery import backoff_seconds, is_permanent_refusal
+from node.federation.delivery import is_permanent_refusal
+from scanners.backoff import backoff_seconds
 from node.federation.lookup import TokenBucket
 from protocol import activities, httpsig
 from protocol.keys import generate_ed25519, generate_rsa, key_fingerprint, load_private_key

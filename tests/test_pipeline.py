@@ -416,3 +416,36 @@ def test_a_lookup_answer_is_told_from_a_pushed_verdict(tmp_path):
     run(_with_node(config, body))
     with Store(config.database_path) as store:
         assert [r["verdict_origin"] for r in reversed(store.decisions())] == ["lookup", "lookup", "push", None]
+
+
+def test_a_full_queue_is_marked_busy_and_no_classifier_is_not(tmp_path, tiny_clip_spec):
+    """A sweep asks again only when asking again may help: a full queue drains, an absent classifier does
+    not. The answer says which by a field, not by its wording."""
+    from node.workers.backends import WorkersUnavailable
+    from scanners.batching import QueueFull
+
+    config = make_data_dir(tmp_path, model=tiny_clip_spec)
+
+    class Refusing:
+        def __init__(self, model, error):
+            self.model, self.error = model, error
+
+        async def classify_frames(self, frames):
+            raise self.error
+
+        def unavailable(self):
+            return None
+
+        async def close(self):
+            pass
+
+    async def body(node: Node):
+        model = node.model
+        node.set_backend(Refusing(model, QueueFull("256 frames waiting")))
+        full = await node.pipeline.check(photo_bytes(ALLOWED))
+        assert (full.outcome, full.source, full.busy) == ("unknown", "unavailable", True)
+        node.set_backend(Refusing(model, WorkersUnavailable("no worker heard from for 10 s")))
+        absent = await node.pipeline.check(photo_bytes(BLOCKED))
+        assert (absent.outcome, absent.source, absent.busy) == ("unknown", "unavailable", False)
+        assert "classifier unavailable" in absent.reason
+    run(_with_node(config, body))

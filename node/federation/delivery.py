@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import aiohttp
 
 from node.federation.records import VERDICT_ENTRY
+from scanners.backoff import backoff_seconds
 from protocol import httpsig
 
 log = logging.getLogger("verdict_node.delivery")
@@ -137,11 +138,6 @@ class SignedClient:
 
 
 # -- retry schedule ---------------------------------------------------------------------------------------
-
-def backoff_seconds(attempts: int, base: float, cap: float) -> float:
-    """Delay before retry number ``attempts`` (1-based): base, 2*base, 4*base, ... capped at ``cap``."""
-    return min(cap, base * (2 ** max(0, attempts - 1)))
-
 
 def is_permanent_refusal(status: int) -> bool:
     """A 4xx other than 408 (timeout) and 429 (rate limited) means the peer will never take this

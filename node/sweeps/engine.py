@@ -32,6 +32,7 @@ from typing import IO, Any, Literal
 from node.sweeps.actions import ACTIONS, MEDIA_ACTIONS, act
 from node.sweeps.recovery import reconcile
 from node.sweeps.records import ItemRecord, SweepRecords, source_identity
+from scanners.backoff import Backoff
 from scanners.sources import Item, ItemError, ItemGone, NotRegularFile, Source, SourceError
 
 log = logging.getLogger("verdict_node.sweep")
@@ -413,13 +414,12 @@ class Sweep:
     async def _check(self, data: bytes, key: str) -> Any:
         """Pipeline.check; a full classifier queue (other callers, e.g. the pict-rs hook in the same node)
         is waited out instead of leaving the item undecided."""
-        delay = 0.05
+        backoff = Backoff(0.05, 2.0)
         for _ in range(8):
             result = await self.node.pipeline.check(data, source="sweep", source_key=key, budget=self.options.budget)
-            if result.outcome != "unknown" or "queue full" not in result.reason:
+            if not result.busy:
                 return result
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            await asyncio.sleep(backoff.next())
         return result
 
     # -- commits ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class WorkersUnavailable(QueueFull):
     this image within the budget. A QueueFull, so the pipeline answers it per `on_unavailable`."""
 
     summary = "classifier unavailable"
+    passes = False
 
 
 class WorkerBackend:

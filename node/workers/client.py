@@ -22,6 +22,7 @@ import aiohttp
 
 from node.workers.wire import (API_PREFIX, ENCODINGS, Geometry, JobResult, LeaseMessage, describe_model,
                                model_from_json, model_to_json, unpack_lease)
+from scanners.backoff import Backoff
 from scanners.classifier import merge_frames
 
 log = logging.getLogger("verdict_node.worker")
@@ -154,7 +155,7 @@ class Worker:
                             results: Sequence[JobResult]) -> None:
         body = {"results": [r.to_json() for r in results]}
         deadline = time.monotonic() + max(5.0, lease.expires_in + 30)
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 async with session.post(f"{self.base}/leases/{lease.lease_id}", json=body, headers=self.headers,
@@ -173,14 +174,14 @@ class Worker:
                 if time.monotonic() > deadline or self.stop.is_set():
                     log.warning("giving up posting lease %s: %s (the node requeues it)", lease.lease_id[:12], exc)
                     return
+                delay = backoff.next()
                 log.warning("posting results failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     # -- tasks -----------------------------------------------------------------------------------
 
     async def _poller(self, session: aiohttp.ClientSession, ready: asyncio.Queue, slots: asyncio.Semaphore) -> None:
-        delay = 0.5
+        backoff = Backoff(0.5, 30.0)
         while not self.stop.is_set():
             try:
                 try:
@@ -197,18 +198,18 @@ class Worker:
                     slots.release()
                     continue
                 await ready.put(lease)
-                delay = 0.5
+                backoff.reset()
             except Refused as refusal:
                 self._failure = refusal
                 self.stop.set()
                 return
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                delay = backoff.next()
                 log.warning("node unreachable (%s); retrying in %.1f s", exc, delay)
                 try:
                     await asyncio.wait_for(self.stop.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
-                delay = min(delay * 2, 30.0)
 
     async def _processor(self, session: aiohttp.ClientSession, ready: asyncio.Queue, slots: asyncio.Semaphore) -> None:
         while True:
@@ -254,7 +255,7 @@ class Worker:
         self.stats.started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=None)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            delay = 0.5
+            backoff = Backoff(0.5, 30.0)
             while True:
                 try:
                     info = await self.hello(session)
@@ -263,12 +264,13 @@ class Worker:
                     log.error("%s", refusal)
                     return refusal.exit_code
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+                    delay = backoff.next()
                     log.warning("node unreachable (%s); retrying in %.1f s", exc, delay)
                     try:
                         await asyncio.wait_for(self.stop.wait(), delay)
                         return EXIT_OK
                     except asyncio.TimeoutError:
-                        delay = min(delay * 2, 30.0)
+                        pass
             node_model = model_from_json(info["model"])
             log.info("connected to %s as %s; node model %s; this worker runs %s on %s frames (%s)",
                      self.base, info.get("worker"), describe_model(node_model), describe_model(self.model),

@@ -27,6 +27,8 @@ from urllib.parse import quote
 
 import aiohttp
 
+from scanners.backoff import Backoff
+
 from .base import Item, ItemChanged, ItemError, ItemGone, Source, SourceError, build_sidecar, quarantine_name, sha256_hex
 from .local import DEFAULT_MAX_BYTES
 from .quarantine_dir import QuarantineDir
@@ -91,7 +93,7 @@ class PictrsSource(Source):
     async def _request(self, method: str, path: str, *, key: str | None = None, data: Any = None,
                        raw: bool = False, limit: int | None = None) -> Any:
         """One API call with retries on 5xx/connection errors. 404 -> ItemGone when about an item."""
-        delay = self.backoff
+        backoff = Backoff(self.backoff, 10.0)
         url = self.base_url + path
         for attempt in range(self.retries + 1):
             try:
@@ -125,9 +127,9 @@ class PictrsSource(Source):
             if attempt >= self.retries:
                 raise SourceError(f"pict-rs {method} {path} failed after {attempt + 1} attempts: {error!r}")
             self.retried += 1
+            delay = backoff.next()
             log.warning("pict-rs %s %s failed (%r); retrying in %.1fs", method, path, error, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -25,6 +25,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
 
+from scanners.backoff import Backoff
+
 from .base import Item, ItemChanged, ItemError, ItemGone, Source, SourceError, build_sidecar, quarantine_name, sha256_hex
 from .local import DEFAULT_MAX_BYTES
 
@@ -102,7 +104,7 @@ class S3Source(Source):
     async def _call(self, what: str, fn: Callable[[], T], key: str | None = None) -> T:
         """Run a boto3 call in the pool; retry transient failures; map 404 to ItemGone."""
         loop = asyncio.get_running_loop()
-        delay = self.backoff
+        backoff = Backoff(self.backoff, 10.0)
         for attempt in range(self.retries + 1):
             try:
                 return await loop.run_in_executor(self._pool, fn)
@@ -120,9 +122,9 @@ class S3Source(Source):
             if attempt >= self.retries:
                 raise SourceError(f"s3://{self.bucket}: {what} failed after {attempt + 1} attempts: {error}")
             self.retried += 1
+            delay = backoff.next()
             log.warning("s3 %s failed (%s); retrying in %.1fs", what, error, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

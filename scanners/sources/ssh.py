@@ -20,6 +20,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import asyncssh
 
+from scanners.backoff import Backoff
+
 from .base import (Item, ItemChanged, ItemError, ItemGone, ItemRefused, NotRegularFile, Recovered, Source, SourceError,
                    TreeEntry, build_sidecar, quarantine_name, sha256_hex, walk_tree)
 from .blocking import CallTimedOut, within
@@ -150,7 +152,7 @@ class SSHSource(Source):
 
     async def _op(self, what: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         """Run one SFTP operation; on a dropped connection reconnect (backoff) and run it again."""
-        delay = self.backoff
+        backoff = Backoff(self.backoff, 10.0)
         for attempt in range(self.retries + 1):
             sftp, generation = None, -1
             try:
@@ -167,12 +169,12 @@ class SSHSource(Source):
             if attempt >= self.retries:
                 raise SourceError(f"ssh {self.host}:{self.port}: {what} failed after "
                                   f"{self.retries} reconnects: {error!r}") from None
+            delay = backoff.next()
             log.warning("ssh %s:%s %s: connection lost (%r); reconnecting in %.1fs",
                         self.host, self.port, what, error, delay)
             if generation >= 0:
                 await self._drop(generation)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
