@@ -12,7 +12,8 @@ import pytest
 
 from node.banks import Banks
 from node.banks.exchange import MAX_PAGE
-from node.banks.tokens import ExchangeTokens, token_sha256
+from node.banks.tokens import ExchangeTokens
+from node.tokens import token_sha256
 from node.migrations import MIGRATIONS
 from node.store import Store
 from protocol.keys import generate_ed25519

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from array import array
 from dataclasses import dataclass
@@ -28,8 +27,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from node.banks.formats import KIND_BYTES, Entry
 from node.store import Store
+from node.tokens import NAME
 
-BANK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BANK_NAME = NAME  # the names of banks follow the rule of every name the admin gives on the command line
 _BATCH = 10_000
 CHUNK = 50_000   # entries copied or deleted per transaction: a fraction of a second of the write lock
 

@@ -7,28 +7,21 @@ throughput, model) instead of one "last seen" timestamp for all workers.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from node.config import NodeConfig
 from node.store import Store
+from node.tokens import BearerTokens
 from node.workers.wire import model_from_json
 from protocol.errors import ProtocolError
 from protocol.verdict import ModelInfo
 
 TOKEN_PREFIX = "vnw_"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -45,36 +38,25 @@ class WorkerRecord:
 
 
 class WorkerRegistry:
-    """The workers table. Every request is authenticated against it (one indexed lookup), so a revocation
-    made by another process (`verdict-node workers remove`) takes effect on the next request."""
+    """The workers table: tokens (node.tokens) plus what each worker did. Every request is authenticated
+    against it, so a revocation made by another process (`verdict-node workers remove`) takes effect on the
+    next request."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.tokens = BearerTokens(store, table="workers", prefix=TOKEN_PREFIX, what="worker")
 
     def add(self, name: str) -> str:
-        """Register a worker and return its token (shown once; only the hash is kept)."""
-        if not _NAME.match(name):
-            raise ValueError(f"worker name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        conn = self.store.conn
-        if conn.execute("SELECT 1 FROM workers WHERE name = ?", (name,)).fetchone():
-            raise ValueError(f"worker {name!r} already exists (remove it first to issue a new token)")
-        conn.execute("INSERT INTO workers (name, token_sha256, created_at) VALUES (?, ?, ?)",
-                     (name, token_sha256(token), time.time()))
-        return token
+        return self.tokens.add(name)
 
     def remove(self, name: str) -> bool:
-        return self.store.conn.execute("DELETE FROM workers WHERE name = ?", (name,)).rowcount == 1
+        return self.tokens.remove(name)
 
     def authenticate(self, token: str | None) -> str | None:
-        if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
-            return None
-        row = self.store.conn.execute("SELECT name FROM workers WHERE token_sha256 = ?",
-                                      (token_sha256(token),)).fetchone()
-        return row[0] if row else None
+        return self.tokens.authenticate(token)
 
     def names(self) -> set[str]:
-        return {row[0] for row in self.store.conn.execute("SELECT name FROM workers")}
+        return self.tokens.names()
 
     def records(self) -> list[WorkerRecord]:
         rows = self.store.conn.execute(
