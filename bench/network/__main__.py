@@ -58,4 +58,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("network bench: interrupted; every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
