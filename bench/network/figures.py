@@ -15,8 +15,8 @@ from bench.network.workload import describe
 SOURCES = ("cache", "peer-push", "peer-backfill", "peer-lookup", "inference", "unavailable", "media", "no answer")
 
 
-def _ms(values: Sequence[float], q: float) -> float:
-    return round(percentile(list(values), q) * 1000, 1) if values else float("nan")
+def _ms(values: Sequence[float], q: float) -> float | None:
+    return round(percentile(list(values), q) * 1000, 1) if values else None
 
 
 def _total(phase: Phase, name: str, **labels: str) -> float:

@@ -10,10 +10,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,7 +49,8 @@ class Samples:
 
 def memory_mib(pid: int) -> tuple[float, float]:
     """(resident now, peak resident) of a process, MiB."""
-    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":", 1) for line in status.read().splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
@@ -66,17 +66,6 @@ def read_nodes(network: Network) -> list[NodeReading]:
         assert peer.proc is not None
         out.append(NodeReading(Samples.read(network.node_base(i)), cpu_seconds(peer.proc.pid)))
     return out
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not reached in {timeout:.0f} s")
-        time.sleep(interval)
 
 
 def follows_accepted(network: Network) -> bool:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from bench.network.figures import SOURCES
@@ -70,7 +69,7 @@ def render(fig: dict[str, Any]) -> str:
         _row("CPU ms per upload, nodes of the kind", *(f"{fed['by_kind'][k]['cpu_ms_per_upload']:.1f}" for k in kinds),
              f"{off['by_kind']['classifying']['cpu_ms_per_upload']:.1f}" if off else "-"),
         "",
-        f"  latency by source (federated), p50 / p99 ms: " + "; ".join(
+        "  latency by source (federated), p50 / p99 ms: " + "; ".join(
             f"{s} {v['p50']:g} / {v['p99']:g} (n={v['n']})" for s, v in sorted(fed["latency_by_source_ms"].items())),
     ]
     d = fig["verdict_to_follower_s"]
@@ -114,7 +113,7 @@ def render(fig: dict[str, Any]) -> str:
 
 def _lat(kind: dict[str, Any], key: str = "latency_ms") -> str:
     lat = kind[key]
-    return "-" if math.isnan(lat["p50"]) else f"{lat['p50']:g} / {lat['p99']:g}"
+    return "-" if lat["p50"] is None else f"{lat['p50']:g} / {lat['p99']:g}"
 
 
 def json_line(fig: dict[str, Any]) -> str:

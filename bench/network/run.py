@@ -19,14 +19,16 @@ import aiohttp
 from bench.network.children import CHILDREN
 from bench.network.driver import Answer, play
 from bench.network.measure import (Samples, WireCounts, follows_accepted, memory_mib, read_nodes, settled,
-                                   verdict_delays, wait_for, wire_delta)
+                                   verdict_delays, wire_delta)
 from bench.network.topology import Network, Shape, build
 from bench.network.workload import Schedule
 from tests.images import encode, synthetic_image
+from tests.multinode import wait_until
 from tests.node_helpers import PICTRS_TIMEOUT, pictrs_post
 
 START_TIMEOUT = 300.0   # ten processes importing torch on two busy cores
 SETTLE_TIMEOUT = 300.0
+POLL = 0.25             # seconds between two looks at the nodes' databases
 WARM_UP_SEED = 900_000_000  # far from the pool's generated images
 
 
@@ -39,10 +41,10 @@ class Phase:
     metrics: list[Samples]              # per node, workload only (after - before)
     cpu: list[float]                    # per node, CPU seconds during the workload
     memory: list[tuple[float, float]]   # per node, (resident, peak) MiB after the workload
-    own_verdicts: list[int]             # per node, rows of its own verdicts in its database
-    decision_rows: list[int]            # per node, pict-rs decision rows in its database
+    own_verdicts: list[int]             # per node, own verdicts its database gained during the workload
+    decision_rows: list[int]            # per node, pict-rs decision rows its database gained
     wire: dict[str, list[int]] | None   # kind -> [requests, bytes up, bytes down], workload only
-    wire_cpu: float
+    wire_cpu: float                     # the relay's CPU seconds during the workload
     delays: list[float]                 # verdict -> follower, seconds
     missing: int                        # (verdict, follower) pairs that never arrived
     start_outbox_pages: int             # outbox log pages served before the workload (follows, warm-up)
@@ -67,21 +69,22 @@ def run_phase(directory: Path, shape: Shape, model: str, sched: Schedule, *, fed
         for i, peer in enumerate(network.peers):
             peer.wait_ready(START_TIMEOUT)
             if network.kind(i) == "classifying":
-                wait_for(lambda p=peer: p.get_json("/healthz")["classifier"]["available"], START_TIMEOUT,
-                         f"{peer.name}: classifier loaded")
+                wait_until(lambda p=peer: p.get_json("/healthz")["classifier"]["available"], START_TIMEOUT,
+                           POLL, f"{peer.name}: classifier loaded")
         if federated:
-            wait_for(lambda: follows_accepted(network), START_TIMEOUT, "every follow accepted")
+            wait_until(lambda: follows_accepted(network), START_TIMEOUT, POLL, "every follow accepted")
         start_seconds = time.monotonic() - began
         warm_up(network)
         own_before, rows_before = _own_verdicts(network), _decision_rows(network)
         before, wire_before, t_before = read_nodes(network), wire.counts() if wire else None, time.monotonic()
+        wire_cpu_before = wire.cpu() if wire else 0.0
         urls = [network.validate_url(i) for i in range(shape.nodes)]
         t_play = time.monotonic()
         answers = asyncio.run(play(sched, urls, clients=clients))
         play_seconds = time.monotonic() - t_play
         answered = Counter(a.node for a in answers if a.status is not None)
         answered = Counter({i: rows_before[i] + answered.get(i, 0) for i in range(shape.nodes)})
-        wait_for(lambda: settled(network, answered), SETTLE_TIMEOUT, "deliveries done and decisions written")
+        wait_until(lambda: settled(network, answered), SETTLE_TIMEOUT, POLL, "deliveries done and decisions written")
         after, wire_after, t_after = read_nodes(network), wire.counts() if wire else None, time.monotonic()
         delays, missing = verdict_delays(network)
         return Phase(
@@ -94,7 +97,7 @@ def run_phase(directory: Path, shape: Shape, model: str, sched: Schedule, *, fed
             start_outbox_pages=int(sum(r.metrics.get("verdictnode_federation_outbox_pages_served_total", part="log")
                                        for r in before)),
             wire=wire_delta(wire_after, wire_before) if wire_after is not None and wire_before is not None else None,
-            wire_cpu=wire.cpu() if wire else 0.0, delays=delays, missing=missing, start_seconds=start_seconds,
+            wire_cpu=wire.cpu() - wire_cpu_before if wire else 0.0, delays=delays, missing=missing, start_seconds=start_seconds,
             play_seconds=play_seconds, measured_seconds=t_after - t_before)
     finally:
         for peer in network.peers:
@@ -121,13 +124,15 @@ def warm_up(network: Network) -> None:
 
     asyncio.run(post_all())
     answered = {i: 1 for i in range(network.shape.nodes) if network.kind(i) == "classifying"}
-    wait_for(lambda: settled(network, answered) and quiet(network), SETTLE_TIMEOUT, "warm-up delivered")
+    wait_until(lambda: settled(network, answered) and quiet(network), SETTLE_TIMEOUT, POLL, "warm-up delivered")
 
 
 def quiet(network: Network, seconds: float = 1.0) -> bool:
     """No outbox page served for ``seconds`` (the followers' backfills are over)."""
-    pages = lambda: [Samples.read(network.node_base(i)).get("verdictnode_federation_outbox_pages_served_total")  # noqa: E731
-                     for i in range(network.shape.nodes)]
+    def pages() -> list[float]:
+        return [Samples.read(network.node_base(i)).get("verdictnode_federation_outbox_pages_served_total")
+                for i in range(network.shape.nodes)]
+
     first = pages()
     time.sleep(seconds)
     return pages() == first
