@@ -38,8 +38,10 @@ $(INTEROP_MODULES): tests/interop/package-lock.json
 test: $(STAMP) system-deps $(INTEROP_MODULES)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Every bench/*.py and every bench package with a __main__.py (bench/network/), with no arguments.
 bench: $(STAMP)
-	for b in bench/*.py; do $(PY) -m bench.$$(basename $$b .py) || exit 1; done
+	for b in bench/*.py bench/*/__main__.py; do m=$${b%.py}; m=$${m%/__main__}; \
+	  $(PY) -m $$(echo $$m | tr / .) || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,6 +24,8 @@ import hashlib
 
 import imagehash
 import numpy as np
+import scipy.fftpack  # noqa: F401 - imagehash.phash imports it on its first call; a serving node would then
+#                       pay 0.2-0.6 s (with the interpreter held) on its first new image, while requests wait
 from PIL import Image
 
 from protocol.verdict import Fingerprint

@@ -95,13 +95,15 @@ class Peer:
 
     # -- process --------------------------------------------------------------------------------------
 
-    def spawn(self) -> None:
+    def spawn(self, **popen: Any) -> None:
+        """Start `verdict-node serve`; ``popen`` goes to subprocess.Popen (the network bench puts each node in
+        its own process group with ``start_new_session=True``, so it alone decides when the node stops)."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         self.log_path = self.config.data_dir / "serve.log"
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--config",
                                       str(self.config.data_dir / "node.yaml")],
-                                     cwd=self.config.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                     cwd=self.config.data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, **popen)
         log.close()
 
     def wait_ready(self, timeout: float = 120) -> None:

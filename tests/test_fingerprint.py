@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
+import json
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -313,3 +317,14 @@ def test_md5_is_of_the_bytes_as_received() -> None:
     """md5 is the key hash lists carry: it must be the md5 of exactly the bytes we were given."""
     data = photo_bytes("coffee")
     assert fingerprint(data, decode(data)).md5 == hashlib.md5(data).hexdigest()
+
+
+def test_the_first_phash_imports_nothing() -> None:
+    """imagehash.phash imports scipy.fftpack on its first call (hundreds of ms in a fresh process, which a
+    serving node paid on its first new image while other requests waited); the module loads it up front."""
+    code = ("import json, sys, scanners.fingerprint; from tests.images import synthetic_image; "
+            "before = set(sys.modules); scanners.fingerprint.phash64(synthetic_image(1)); "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert [m for m in json.loads(out.stdout) if m.startswith("scipy")] == []
