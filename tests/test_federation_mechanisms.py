@@ -13,8 +13,10 @@ import aiohttp
 import yaml
 
 from node.cli import main as cli_main
+from node.federation.delivery import enqueue
 from node.federation.outbox import retract
 from node.federation.service import Federation
+from protocol import activities
 from protocol.keys import key_fingerprint, load_private_key
 from protocol.verdict import Verdict, new_verdict_id, sign_verdict, utc_timestamp
 from scanners.fingerprint import fingerprint
@@ -88,6 +90,39 @@ def test_pushes_move_the_backfill_cursor_and_only_a_gap_makes_a_backfill(tmp_pat
     run(body())
 
 
+def test_an_entry_for_one_follower_between_two_pushes_is_no_gap_for_the_others(tmp_path):
+    """An Accept (or Follow) A sends one peer takes a place in A's outbox but not in its public log: the
+    next batch pushed to B must still continue B's cursor, or every new follow would make every follower
+    read A's outbox."""
+    quiet = {"backfill_interval_seconds": 3600.0, "batch_wait_seconds": 0.05}
+    a = node_config(tmp_path, "a", federation=quiet)
+    b = node_config(tmp_path, "b", peers=[{"actor": a.actor_id, "trust": "full"}], federation=quiet)
+    write_peers(a, [{"actor": b.actor_id, "trust": "observe", "follow": False, "share": True}])
+
+    async def body():
+        async with running_node(a) as (node_a, _), running_node(b) as (node_b, _):
+            first = await issue_verdicts(node_a, 2)
+            await until(lambda: all(node_b.store.get_verdict(i) for i in first), what="B got the first push")
+            await asyncio.sleep(0.5)  # B's backfill after the accept has read its last page
+            reads = lambda: _sample(node_a, "verdictnode_federation_outbox_pages_served_total",  # noqa: E731
+                                    part="log")
+            before = reads()
+            with node_a.store.transaction() as conn:  # what approving another follower queues
+                enqueue(conn, activities.accept(node_a.actor_id, {"id": "http://127.0.0.1:9/follows/1",
+                                                                 "type": "Follow", "actor": "http://127.0.0.1:9/actor",
+                                                                 "object": node_a.actor_id}),
+                        ["http://127.0.0.1:9/inbox"], audience=["http://127.0.0.1:9/actor"])
+            later = await issue_verdicts(node_a, 2, start=50)
+            await until(lambda: all(node_b.store.get_verdict(i) for i in later), what="B got the second push")
+            await asyncio.sleep(0.5)
+            assert reads() == before, "an entry for another follower looked like a gap to B"
+            cursor = node_b.store.conn.execute("SELECT backfill_cursor FROM peers WHERE actor = ?",
+                                               (a.actor_id,)).fetchone()[0]
+            assert int(cursor) == node_a.store.conn.execute("SELECT MAX(seq) FROM outbox WHERE type = 'Verdict'"
+                                                            ).fetchone()[0]
+    run(body())
+
+
 # -- 2 and 3. lookups explain a refusal; a lookup-only node reads the issuer's retractions -------------------
 
 def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_issuer_retracted(tmp_path):
@@ -110,6 +145,10 @@ def test_a_lookup_only_node_says_why_a_lookup_failed_and_stops_using_what_the_is
                 write_peers(a, [{"actor": c.actor_id, "trust": "observe", "follow": False, "share": True},
                                  {"actor": d.actor_id, "trust": "observe", "follow": False, "share": False}])
                 assert node_a.reload_peers()
+                # C holds nothing of A's from a lookup yet: it has no reason to read A's Deletes, and does not
+                # (a lookup peer polled every poll_seconds for nothing costs it a request a second).
+                await asyncio.sleep(1.5)
+                assert _sample(node_a, "verdictnode_federation_outbox_pages_served_total", part="deletes") == 0
                 looked_up = await node_c.pipeline.check(image)
                 assert (looked_up.source, looked_up.origin, looked_up.verdict_id) == ("peer", "lookup", allowing.id)
                 assert (await node_c.pipeline.check(other)).verdict_id == blocking.id

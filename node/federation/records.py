@@ -235,6 +235,20 @@ class FederationRecords:
 
     _DELETES_CURSOR = "deletes_cursor "
 
+    def public_run_start(self, seq: int) -> int:
+        """The first seq after the public log entry before ``seq`` (1 when there is none). A pushed batch is
+        named from there, so the entries only one follower saw (an Accept, a Follow) between two batches do
+        not look like a gap in the log to the others."""
+        return self.conn.execute(
+            f"SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox WHERE seq < ? AND audience IS NULL "
+            f"AND type IN ({','.join('?' * len(LOG_TYPES))})", (seq, *LOG_TYPES)).fetchone()[0]
+
+    def holds_lookup_verdicts(self, issuer: str) -> bool:
+        """Do we hold an active verdict of ``issuer`` that reached us by lookup (the ones whose retractions
+        nothing else would bring)?"""
+        return self.conn.execute("SELECT 1 FROM verdicts WHERE issuer = ? AND origin = 'lookup' "
+                                 "AND retracted_at IS NULL LIMIT 1", (issuer,)).fetchone() is not None
+
     def deletes_cursor(self, issuer: str) -> int | None:
         """Where we are in the issuer's Deletes; None when we do not read them."""
         value = self.state(self._DELETES_CURSOR + issuer, "")

@@ -51,9 +51,13 @@ class RetractionReader:
             self.records.set_deletes_cursor(issuer, 0)
 
     def issuers(self) -> list[str]:
-        """Watched issuers still listed in peers.yaml whose log we do not read anyway (not followed)."""
+        """Watched issuers still listed in peers.yaml whose log we do not read anyway (not followed), and of
+        which we hold an active verdict learned by lookup: reading the others costs them a request every
+        ``poll_seconds`` for nothing. (A skipped issuer keeps its cursor: reading resumes from there once a
+        lookup brings one of its verdicts.)"""
         return [issuer for issuer in self.records.watched_issuers()
-                if self.access.configured_peer(issuer) is not None and self.records.states(issuer)[1] != "accepted"]
+                if self.access.configured_peer(issuer) is not None and self.records.states(issuer)[1] != "accepted"
+                and self.records.holds_lookup_verdicts(issuer)]
 
     async def run(self) -> None:
         for peer in self.lookup_peers:

@@ -61,7 +61,7 @@ class Federation:
         self.auth = auth = Authenticator(access, actors, scheme=urlsplit(urls.base).scheme,
                                          open_follow_requests=settings.open_follow_requests)
         self.delivery = delivery = DeliveryQueue(
-            node.store, self.client, lambda texts, first, last: create_text(urls, texts, first, last).encode(),
+            node.store, self.client, lambda texts, first, last: create_text(urls, texts, records.public_run_start(first), last).encode(),
             batch_max=settings.batch_max, batch_wait=settings.batch_wait_seconds,
             poll_interval=settings.poll_seconds, retry_base=settings.retry_base_seconds,
             retry_cap=settings.retry_max_seconds, give_up_after=settings.give_up_after_hours * 3600.0,
