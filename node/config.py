@@ -395,6 +395,13 @@ class BanksSection:
 
 
 @dataclass
+class EvidenceSection:
+    retain_days: float = setting(365, "A confirmed positive's quarantined file is evidence for this many days after the review:\n"
+                                      "sweeps' apply and delete refuse to destroy it inside that time unless --force.",
+                                 min=0, max=36500)
+
+
+@dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
 
@@ -407,6 +414,7 @@ class NodeConfig:
     workers: WorkersSection = section(WorkersSection, "Remote GPU workers (a GPU-less node, classification elsewhere).")
     federation: FederationSection = section(FederationSection, "Sharing verdicts with the peers in peers.yaml.")
     banks: BanksSection = section(BanksSection, "Hash banks: imported lists of known-bad hashes (never shared with anyone).")
+    evidence: EvidenceSection = section(EvidenceSection, "Evidence records of confirmed positives (for reports to the authorities).")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")

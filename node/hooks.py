@@ -1,8 +1,9 @@
 """The typed hook points through which feature packages take part in deciding an image, so the core never
-names a feature: what a lookup of peers gives (federation), and what the hash banks are asked (banks)."""
+names a feature: what a lookup of peers gives (federation), what the hash banks are asked (banks), and who
+uploaded an image and where it is used (attribution)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Protocol
 
 from protocol.verdict import Fingerprint, Verdict
@@ -45,3 +46,29 @@ class BankCheck(Protocol):
     def match_bytes(self, sha256: str, data: bytes) -> BankHit | None: ...
 
     def match_perceptual(self, fingerprint: Fingerprint) -> BankHit | None: ...
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who uploaded an image and where it is used, as the instance's own records say (the attribution feature
+    reads pict-rs, Lemmy's and Mastodon's databases, never writing to them). ``summary`` is one line for the
+    log and the console ("uploaded by alice (https://lemmy.example/u/alice), in 2 posts and 1 comment", or
+    "not found: no pict-rs alias for these bytes"); ``details`` is JSON-serialisable (aliases, uploader, posts,
+    comments, media attachments, their public links) and goes into evidence records as it is; ``problems``
+    says, in our own words, which source could not be asked and why (``lemmy database unreachable: ...``)."""
+
+    looked_up_at: float
+    found: bool
+    summary: str
+    details: dict = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+
+class Attributor(Protocol):
+    """What the attribution feature sets as ``node.attribution``. ``source`` and ``key`` say where the bytes
+    were met (a sweep's source identity and storage key, or ``pictrs`` and an alias when known); ``refresh``
+    ignores the cache, ``search_text`` also searches post and comment bodies (slow on big instances). Never
+    raises for an outage: it says so in ``problems``."""
+
+    async def attribute(self, sha256: str, *, source: str | None = None, key: str | None = None,
+                        refresh: bool = False, search_text: bool = False) -> Attribution: ...

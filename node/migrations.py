@@ -275,4 +275,32 @@ INSERT INTO exchange_log (verdict_rowid, change, logged_at)
     SELECT id, 'add', received_at FROM verdicts
     WHERE own = 1 AND label = 'csam' AND retracted_at IS NULL ORDER BY id;
 """),
+    # Evidence records (node.evidence): one per confirmed positive, what a report to the authorities needs
+    # without the image itself. `key` is '' rather than NULL so that UNIQUE holds for hook rejections too.
+    Migration("evidence records", """
+CREATE TABLE evidence (
+    id INTEGER PRIMARY KEY,
+    created_at REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    md5 TEXT,
+    pixel_sha256 TEXT,
+    pdq256 TEXT,
+    phash64 TEXT,
+    size INTEGER,
+    media_type TEXT,
+    source TEXT NOT NULL,                   -- pictrs (the hook) | a sweep source's identity | peer
+    key TEXT NOT NULL DEFAULT '',           -- storage key or pict-rs alias, '' when unknown
+    location TEXT,                          -- where the quarantined file is kept
+    stored_at REAL,                         -- when the node first met these bytes there
+    decision TEXT NOT NULL,                 -- JSON: outcome, reason, origin, scores, verdicts used
+    attribution TEXT,                       -- JSON: node.hooks.Attribution.details, when looked up
+    attributed_at REAL,
+    reviewer TEXT NOT NULL,
+    reviewed_at REAL NOT NULL,
+    review_note TEXT NOT NULL DEFAULT '',
+    retain_until REAL NOT NULL,
+    UNIQUE (sha256, source, key)
+);
+CREATE INDEX evidence_sha256 ON evidence(sha256);
+"""),
 ]

@@ -15,6 +15,9 @@ Hook points (all plain attributes, set by a feature package's `install(node)` or
     (delivery loops, sweep daemons).
   - `node.features`: the objects feature packages add (``node.features.get(Federation)``), and
     `node.on_close`: coroutines run when the node closes, before the store does.
+  - `node.attribution`: a `node.hooks.Attributor` (attribution): who uploaded an image and where it is used,
+    None when no instance database or pict-rs API is configured.
+  - `node.evidence`: the core's `node.evidence.EvidenceRecords` (not a hook: always there).
   - `node.on_peers_changed`: callbacks `(peers) -> None`, called by `reload_peers` once a new peers.yaml
     is in force (federation swaps who may read, the key pins and whom to follow).
   - `node.set_backend(backend)`: swap the inference backend (a remote worker pool instead of the local
@@ -40,7 +43,8 @@ from node.peers_file import Signature, signature
 from node.policy import policy_config_of
 from node.index import HammingIndex
 from node.metrics import Metrics
-from node.hooks import BankCheck, PeerLookup, VerdictCallback
+from node.evidence import EvidenceRecords
+from node.hooks import Attributor, BankCheck, PeerLookup, VerdictCallback
 from node.pipeline import Pipeline
 from node.store import Store
 from protocol.verdict import ModelInfo, Verdict
@@ -144,6 +148,8 @@ class Node:
         # Hook points, see the module docstring.
         self.lookup_peers: PeerLookup | None = None
         self.bank_check: BankCheck | None = None
+        self.attribution: Attributor | None = None
+        self.evidence = EvidenceRecords(store, config.evidence.retain_days)
         self.on_own_verdict: list[VerdictCallback] = []
         self.app_setups: list[AppSetup] = []
         self.background: list[BackgroundTask] = []
