@@ -72,3 +72,9 @@ class Attributor(Protocol):
 
     async def attribute(self, sha256: str, *, source: str | None = None, key: str | None = None,
                         refresh: bool = False, search_text: bool = False) -> Attribution: ...
+
+    async def purge(self, kind: str, target_id: int, *, reason: str, actor: str) -> str:
+        """An explicit admin action, never automatic: purge a Lemmy ``post``, ``comment`` or ``person`` through
+        Lemmy's admin API (0.19 or 1.0 routes). Returns one line saying what Lemmy answered, which is also
+        recorded with ``actor`` (who asked) and the time."""
+        ...
