@@ -111,7 +111,7 @@ def run_phase(directory: Path, shape: Shape, model: str, sched: Schedule, *, fed
 def warm_up(network: Network) -> None:
     """One image of its own at each classifying node, before anything is measured, and wait until its verdict
     reached every follower: the model's first call in a fresh process, and each follower's first push, are
-    start-up costs (outbox log pages read until then are counted apart, as start_outbox_pages.)"""
+    start-up costs (outbox log pages read until then are counted apart, as start_outbox_pages)."""
     async def post_all() -> None:
         async with aiohttp.ClientSession(timeout=PICTRS_TIMEOUT) as session:
             for i in range(network.shape.nodes):
