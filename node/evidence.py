@@ -106,6 +106,12 @@ class EvidenceRecords:
                                        " id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [_record(r) for r in rows]
 
+    def unattributed(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Records whose attribution was not looked up yet, oldest first (attribution fills them in)."""
+        rows = self.store.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM evidence WHERE attribution IS NULL"
+                                       " ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
     def count(self) -> int:
         return int(self.store.conn.execute("SELECT count(*) FROM evidence").fetchone()[0])
 
