@@ -128,19 +128,24 @@ async def follow_positives(service: AttributionService, node: Node, *, interval:
 
 
 async def _follow_once(service: AttributionService, node: Node, sweeps: SweepRecords) -> None:
+    said: set[str] = set()
     records = service.records
+    started = time.time()
     after = int(records.position("decisions") or 0)
     for row in records.new_positive_decisions(after):
         attribution = await service.attribute(row["sha256"], source=row["source"], key=row["source_key"],
                                               seen_at=row["created_at"])
-        log.info("attribution: %s %s (%s): %s", row["source"], row["sha256"][:16], row["origin"], attribution.summary)
+        if attribution.looked_up_at >= started and row["sha256"] not in said:
+            said.add(row["sha256"])  # the same bytes rejected again: looked up (and said) once
+            log.info("attribution: %s %s (%s): %s", row["source"], row["sha256"][:16], row["origin"],
+                     attribution.summary)
         records.set_position("decisions", float(row["id"]))
     since = records.position("sweep_items") or 0.0
     for item in sweeps.positives(since=since):
         if item.sha256:
             attribution = await service.attribute(item.sha256, source=item.source, key=item.key,
                                                   seen_at=item.decided_at)
-            if attribution.looked_up_at - item.decided_at < 60:
+            if attribution.looked_up_at >= started:
                 log.info("attribution: %s %s: %s", item.source, item.key, attribution.summary)
         records.set_position("sweep_items", item.decided_at)
     for record in node.evidence.unattributed():

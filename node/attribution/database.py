@@ -84,6 +84,8 @@ class ReadOnlyDatabase:
 
         async with self._lock:
             if self._pool is None:
+                # The pool would log every failed connection attempt; the one line of _fail says it instead.
+                logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
                 pool = AsyncConnectionPool(self.url, kwargs=self._kwargs(), min_size=0, max_size=self.max_size,
                                            open=False, timeout=self.connect_timeout, reconnect_timeout=0,
                                            name=f"attribution-{self.name}")
@@ -98,7 +100,7 @@ class ReadOnlyDatabase:
 
         try:
             conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(self.url, **self._kwargs()),
-                                          self.connect_timeout + 1)
+                                          self.connect_timeout)
         except asyncio.TimeoutError:
             return f"no answer within {self.connect_timeout:g} s"
         except Exception as exc:  # noqa: BLE001 - any driver error is the reason we report
@@ -128,7 +130,7 @@ class ReadOnlyDatabase:
         """Rows of one read-only query as dicts. Raises DatabaseUnavailable with the admin's line."""
         from psycopg import Error as PsycopgError  # heavy: psycopg
         from psycopg.rows import dict_row  # heavy: psycopg
-        from psycopg_pool import PoolTimeout  # heavy: psycopg_pool
+        from psycopg_pool import PoolClosed, PoolTimeout  # heavy: psycopg_pool
 
         if self._problem and time.monotonic() < self._down_until:
             raise DatabaseUnavailable(self._problem)
@@ -142,6 +144,9 @@ class ReadOnlyDatabase:
                         rows = await cur.fetchall()
         except PoolTimeout:
             raise await self._fail(await self._diagnose()) from None
+        except PoolClosed:
+            # Another query found the database down meanwhile and closed the pool: its problem is ours.
+            raise DatabaseUnavailable(self._problem or f"{self.label} unreachable") from None
         except PsycopgError as exc:
             if getattr(exc, "sqlstate", None) is None or str(getattr(exc, "sqlstate", "")).startswith("08"):
                 raise await self._fail(_reason(exc)) from None

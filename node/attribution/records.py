@@ -76,10 +76,12 @@ class AttributionRecords:
                          " DO UPDATE SET position = excluded.position", (name, position))
 
     def new_positive_decisions(self, after_id: int, limit: int = 100) -> list[dict[str, Any]]:
-        """Rejections and blocks the pict-rs hook (and other non-sweep callers) decided after ``after_id``;
-        sweep items are followed through their own records, which know the source."""
+        """Positives the pict-rs hook (and other non-sweep callers) decided after ``after_id``: rejections and
+        blocks on a verdict, a peer's, a bank's or inference, not those of an unreadable body or a missing
+        classifier. Sweep items are followed through their own records, which know the source."""
         rows = self.store.conn.execute(
             "SELECT id, created_at, source, source_key, sha256, origin FROM decisions WHERE id > ?"
-            " AND decision IN ('reject', 'block') AND source != 'sweep' AND sha256 IS NOT NULL"
+            " AND decision IN ('reject', 'block') AND origin NOT IN ('unavailable', 'media')"
+            " AND source != 'sweep' AND sha256 IS NOT NULL"
             " ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
         return [dict(zip(("id", "created_at", "source", "source_key", "sha256", "origin"), r)) for r in rows]

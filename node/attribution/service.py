@@ -86,6 +86,9 @@ def summarize(details: dict[str, Any]) -> tuple[bool, str]:
         return False, "not found: Mastodon has no media attachment for that path"
     if "pictrs" in details:
         return False, "not found: no pict-rs alias for these bytes"
+    if not details.get("key"):
+        return False, ("not found: no pict-rs alias known for these bytes (the pict-rs hook is told none; "
+                       "attribution.pictrs lets the node look their hash up)")
     return False, "not found: nothing configured could say where these bytes came from"
 
 
