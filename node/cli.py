@@ -248,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attribution", help="explicit admin actions on the instance: purge, and their record")
     attribution_sub = p.add_subparsers(dest="attribution_command", required=True, metavar="ACTION")
     q = attribution_sub.add_parser("purge", help="purge a Lemmy post, comment or person through Lemmy's admin API "
-                                                 "(for good: Lemmy deletes it and its images)")
-    q.add_argument("kind", choices=("post", "comment", "person"))
-    q.add_argument("target_id", type=int, metavar="ID", help="Lemmy's id of it (attribute shows them)")
+                                                 "(for good: Lemmy deletes it and its images), or delete one image")
+    q.add_argument("kind", choices=("post", "comment", "person", "image"))
+    q.add_argument("target", metavar="ID", help="Lemmy's id of the post, comment or person (attribute shows them), "
+                                                "or an image's pict-rs alias")
     q.add_argument("--reason", required=True, help="recorded here and in Lemmy's modlog")
     q.add_argument("--actor", default=None, help="who asks (default: the OS user)")
     _add_config_option(q)

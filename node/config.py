@@ -456,10 +456,6 @@ class AttributionSection:
     follow_positives: bool = setting(True, "While serve runs, attribute every new positive (hook rejection, sweep quarantine,\n"
                                            "peer block) in the background and keep it in the cache.")
 
-    def configured(self) -> bool:
-        return bool(self.lemmy.database_url or self.mastodon.database_url or self.pictrs.api_url
-                    or self.lemmy.api_url)
-
 
 @dataclass
 class NodeConfig:

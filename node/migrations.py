@@ -320,8 +320,8 @@ CREATE TABLE attribution_actions (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
     actor TEXT NOT NULL,                    -- who asked (admin account or OS user)
-    kind TEXT NOT NULL,                     -- post | comment | person
-    target_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,                     -- post | comment | person | image
+    target TEXT NOT NULL,                   -- Lemmy's id, or the image's alias
     reason TEXT NOT NULL,
     ok INTEGER NOT NULL,
     answer TEXT NOT NULL                    -- the one line saying what Lemmy answered

@@ -1,7 +1,9 @@
 """A stand-in for Lemmy's admin API (a real aiohttp server on loopback) that checks each purge call's shape as
 Lemmy 0.19 (/api/v3) and 1.0 (/api/v4) define it, records the calls, and answers as Lemmy does: 200
 {"success": true}; a missing or wrong token 401 {"error": "not_logged_in"}; a non-admin's token 400
-{"error": "not_an_admin"}; an unknown id 404 {"error": "couldnt_find_<kind>"}."""
+{"error": "not_an_admin"}; an unknown id 404 {"error": "couldnt_find_<kind>"}. Image deletion: 1.0's
+`DELETE /api/v4/image` {"filename": alias}, 0.19's `GET /pictrs/image/delete/{token}/{alias}` (the token
+must be the upload's)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +25,7 @@ class LemmyApi:
     url: str = ""
     calls: list[dict] = field(default_factory=list)
     known: dict[str, set[int]] = field(default_factory=lambda: {"post": {101, 102}, "comment": {201}, "person": {1}})
+    images: dict[str, str] = field(default_factory=dict)  # alias -> delete token
 
 
 def build_app(api: LemmyApi) -> web.Application:
@@ -47,8 +50,39 @@ def build_app(api: LemmyApi) -> web.Application:
             return web.json_response({"error": f"couldnt_find_{kind}"}, status=404)
         return web.json_response({"success": True})
 
+    def refused(auth: str) -> web.Response | None:
+        if auth not in (f"Bearer {ADMIN_JWT}", f"Bearer {USER_JWT}"):
+            return web.json_response({"error": "not_logged_in"}, status=401)
+        return None
+
+    async def delete_image_v4(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        body = await request.json()
+        api.calls.append({"path": request.path, "method": request.method, "body": body, "authorization": auth})
+        if (answer := refused(auth)) is not None:
+            return answer
+        if set(body) != {"filename"} or body["filename"] not in api.images:
+            return web.json_response({"error": "not_found"}, status=404)
+        api.images.pop(body["filename"])
+        return web.json_response({"success": True})
+
+    async def delete_image_v3(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        token, alias = request.match_info["token"], request.match_info["alias"]
+        api.calls.append({"path": request.path, "method": request.method, "authorization": auth})
+        if (answer := refused(auth)) is not None:
+            return answer
+        if api.images.get(alias) != token:
+            return web.json_response({"error": "not_found"}, status=404)
+        api.images.pop(alias)
+        return web.json_response({"success": True})
+
     app = web.Application()
     app.router.add_post(prefix + "/admin/purge/{kind}", purge)
+    if api.version == "1.0":
+        app.router.add_delete("/api/v4/image", delete_image_v4)
+    else:
+        app.router.add_get("/pictrs/image/delete/{token}/{alias}", delete_image_v3)
     return app
 
 

@@ -153,6 +153,10 @@ def test_evidence_export_attribute_report_and_purge_from_the_command_line(tmp_pa
             assert api.calls[-1]["body"] == {"post_id": 101, "reason": "CSAM"}
             refused = await asyncio.to_thread(_cli, config, "attribution", "purge", "person", "99", "--reason", "x")
             assert refused.returncode == 1 and "HTTP 404 couldnt_find_person" in refused.stderr
+            image = await asyncio.to_thread(_cli, config, "attribution", "purge", "image", "nope.png", "--reason", "x")
+            assert image.returncode == 1 and "Lemmy 0.19 deletes an image by the token" in image.stderr
+            not_id = await asyncio.to_thread(_cli, config, "attribution", "purge", "post", "abc", "--reason", "x")
+            assert not_id.returncode == 2 and "named by Lemmy's id" in not_id.stderr
             actions = await asyncio.to_thread(_cli, config, "attribution", "actions")
             assert "alice: purge post 101 (CSAM): done" in actions.stdout and "NOT DONE" in actions.stdout
             raw = yaml.safe_load((config.data_dir / "node.yaml").read_text())

@@ -13,6 +13,7 @@ from node.attribution.lemmy_api import LemmyAdminApi
 from node.attribution.records import AttributionRecords
 from node.attribution.service import AttributionService
 from node.store import Store
+from tests import lemmy_schema as schema
 from tests.attribution_helpers import databases  # noqa: F401
 from tests.lemmy_api_server import ADMIN_JWT, USER_JWT, lemmy_api
 from tests.postgres_server import postgres_server  # noqa: F401
@@ -76,7 +77,7 @@ def test_purge_refuses_bad_requests_and_says_when_unconfigured_or_unreachable(tm
         assert line.startswith("no purge: attribution.lemmy.api_url")
         down = AttributionService(records, lemmy_api=LemmyAdminApi("http://127.0.0.1:9", ADMIN_JWT))
         line = await down.purge("post", 1, reason="r", actor="a")
-        assert line.startswith("lemmy http://127.0.0.1:9 unreachable, nothing purged (purge post 1)")
+        assert line.startswith("lemmy http://127.0.0.1:9 unreachable, nothing done (purge post 1)")
         assert len(records.actions()) == 2
 
     asyncio.run(main())
@@ -93,5 +94,36 @@ def test_with_version_auto_the_routes_follow_lemmys_database(tmp_path, databases
                 assert line.endswith("did purge post 102 (Lemmy 1.0)") and api.calls[0]["path"] == "/api/v4/admin/purge/post"
             finally:
                 await service.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("which,version", [("lemmy019", "0.19"), ("lemmy10", "1.0")])
+def test_deleting_one_image_uses_each_versions_route(tmp_path, databases, which, version):  # noqa: F811
+    """1.0: DELETE /api/v4/image {"filename": alias}; 0.19: the upload's delete token, read from Lemmy's
+    database, in /pictrs/image/delete/{token}/{alias}."""
+    async def main():
+        async with lemmy_api(version) as api:
+            api.images[schema.ALICE_ALIAS] = "tok1"
+            records = AttributionRecords(Store(tmp_path / "db.sqlite"))
+            service = AttributionService(records, lemmy=LemmyReader(ReadOnlyDatabase("lemmy", databases[which])),
+                                         lemmy_api=LemmyAdminApi(api.url, ADMIN_JWT))
+            try:
+                line = await service.delete_image(schema.ALICE_ALIAS, reason="CSAM", actor="alice")
+                missing = await service.delete_image("nope.png", reason="CSAM", actor="alice")
+            finally:
+                await service.close()
+            assert line == f"lemmy {api.url} did delete image {schema.ALICE_ALIAS} (Lemmy {version})"
+            assert schema.ALICE_ALIAS not in api.images
+            if version == "1.0":
+                assert api.calls[0] == {"path": "/api/v4/image", "method": "DELETE",
+                                        "body": {"filename": schema.ALICE_ALIAS}, "authorization": f"Bearer {ADMIN_JWT}"}
+                assert missing.endswith("HTTP 404 not_found: no such image on that instance")
+            else:
+                assert api.calls[0]["path"] == f"/pictrs/image/delete/tok1/{schema.ALICE_ALIAS}"
+                assert "its database has no upload of that alias" in missing and len(api.calls) == 1
+            actions = records.actions()
+            assert [(a["kind"], a["target"], a["target_id"], a["ok"]) for a in reversed(actions)] == [
+                ("image", schema.ALICE_ALIAS, None, True), ("image", "nope.png", None, False)]
 
     asyncio.run(main())

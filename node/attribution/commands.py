@@ -156,7 +156,8 @@ def cmd_attribution(args: argparse.Namespace) -> int:
             if not actions:
                 print("no admin actions taken")
             for a in actions:
-                print(f"{_when(a['at'])}  {a['actor']}: purge {a['kind']} {a['target_id']} ({a['reason']}): "
+                verb = "delete" if a["kind"] == "image" else "purge"
+                print(f"{_when(a['at'])}  {a['actor']}: {verb} {a['kind']} {a['target']} ({a['reason']}): "
                       f"{'done' if a['ok'] else 'NOT DONE'}: {a['answer']}")
             return 0
 
@@ -165,7 +166,12 @@ def cmd_attribution(args: argparse.Namespace) -> int:
             if service is None:
                 return 2
             try:
-                line = await service.purge(args.kind, args.target_id, reason=args.reason, actor=_actor(args))
+                if args.kind == "image":
+                    line = await service.delete_image(args.target, reason=args.reason, actor=_actor(args))
+                elif not args.target.isdigit():
+                    return _error(f"a {args.kind} is named by Lemmy's id (a number), got {args.target!r}")
+                else:
+                    line = await service.purge(args.kind, int(args.target), reason=args.reason, actor=_actor(args))
             except ValueError as exc:
                 return _error(str(exc))
             finally:

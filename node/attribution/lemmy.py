@@ -149,6 +149,14 @@ class LemmyReader:
                  "published": _when(r["published"]), "deleted": bool(r["deleted"]), "removed": bool(r["removed"]),
                  "creator": self._person_of(r, "c"), "excerpt": (r["content"] or "")[:200]} for r in rows]
 
+    async def delete_token(self, alias: str) -> str | None:
+        """The token Lemmy 0.19 stored with an upload, which its image deletion route takes."""
+        schema = await self.schema()
+        if "pictrs_delete_token" not in schema.columns.get("local_image", set()):
+            return None
+        rows = await self.db.fetch("SELECT pictrs_delete_token FROM local_image WHERE pictrs_alias = %s", (alias,))
+        return rows[0]["pictrs_delete_token"] if rows else None
+
     async def attribute(self, aliases: list[str], *, search_text: bool = False) -> dict[str, Any]:
         schema = await self.schema()
         uploads = await self.uploads(aliases)

@@ -50,19 +50,21 @@ class AttributionRecords:
 
     # -- admin actions ---------------------------------------------------------------------------
 
-    def record_action(self, *, actor: str, kind: str, target_id: int, reason: str, ok: bool, answer: str,
+    def record_action(self, *, actor: str, kind: str, target: int | str, reason: str, ok: bool, answer: str,
                       at: float | None = None) -> int:
         with self.store.transaction() as conn:
-            cur = conn.execute("INSERT INTO attribution_actions (at, actor, kind, target_id, reason, ok, answer)"
+            cur = conn.execute("INSERT INTO attribution_actions (at, actor, kind, target, reason, ok, answer)"
                                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (time.time() if at is None else at, actor, kind, target_id, reason, int(ok), answer))
+                               (time.time() if at is None else at, actor, kind, str(target), reason, int(ok), answer))
             return int(cur.lastrowid)
 
     def actions(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self.store.conn.execute("SELECT id, at, actor, kind, target_id, reason, ok, answer FROM"
+        """Newest first; ``target_id`` is Lemmy's id (None for an image, whose ``target`` is its alias)."""
+        rows = self.store.conn.execute("SELECT id, at, actor, kind, target, reason, ok, answer FROM"
                                        " attribution_actions ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-        names = ("id", "at", "actor", "kind", "target_id", "reason", "ok", "answer")
-        return [{**dict(zip(names, r)), "ok": bool(r[6])} for r in rows]
+        names = ("id", "at", "actor", "kind", "target", "reason", "ok", "answer")
+        return [{**dict(zip(names, r)), "ok": bool(r[6]),
+                 "target_id": int(r[4]) if r[3] != "image" and str(r[4]).isdigit() else None} for r in rows]
 
     # -- the follower's position -----------------------------------------------------------------
 

@@ -184,9 +184,30 @@ class AttributionService:
         else:
             await self._settle_api_version()
             ok, line = await self.lemmy_api.purge(kind, target_id, reason)
-        self.records.record_action(actor=actor, kind=kind, target_id=target_id, reason=reason, ok=ok, answer=line)
+        self.records.record_action(actor=actor, kind=kind, target=target_id, reason=reason, ok=ok, answer=line)
         (log.warning if not ok else log.info)("attribution: %s asked to purge %s %d (%s): %s", actor, kind,
                                               target_id, reason, line)
+        return line
+
+    async def delete_image(self, alias: str, *, reason: str, actor: str) -> str:
+        """An explicit admin action: delete one image from the instance through Lemmy (every alias of its
+        bytes is another upload, deleted on its own). Recorded and logged like a purge."""
+        if not reason.strip():
+            raise ValueError("a deletion needs a reason (recorded with it)")
+        if self.lemmy_api is None:
+            ok, line = False, "no deletion: attribution.lemmy.api_url and api_jwt (or api_jwt_file) are not configured"
+        else:
+            await self._settle_api_version()
+            token = None
+            if self.lemmy_api.version != "1.0" and self.lemmy is not None:
+                try:
+                    token = await self.lemmy.delete_token(alias)
+                except (DatabaseUnavailable, LookupError) as exc:
+                    log.warning("attribution: the delete token of %s not read: %s", alias, exc)
+            ok, line = await self.lemmy_api.delete_image(alias, delete_token=token)
+        self.records.record_action(actor=actor, kind="image", target=alias, reason=reason, ok=ok, answer=line)
+        (log.warning if not ok else log.info)("attribution: %s asked to delete image %s (%s): %s", actor, alias,
+                                              reason, line)
         return line
 
     async def _settle_api_version(self) -> None:
