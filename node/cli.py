@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-interval", type=float, default=30.0,
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line on stdout")
+    p.add_argument("--force", action="store_true", help="with --action delete: delete even files that an evidence "
+                                                        "record keeps (evidence.retain_days)")
     source_options(p)
     p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_scan"))
 
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=int, metavar="RUN", help="the run number printed by `scan`")
     p.add_argument("--action", choices=("quarantine", "delete"), default="quarantine")
     p.add_argument("--source", default=None, help="storage URL (default: the run's)")
+    p.add_argument("--force", action="store_true", help="delete even files that an evidence record keeps "
+                                                        "(evidence.retain_days)")
     source_options(p)
     p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_apply"))
 
@@ -213,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="false positive (released by the admin)", help="recorded with the override "
                                                                                       "and the retraction")
     p.add_argument("--source", default=None, help="storage URL (default: the run's)")
+    p.add_argument("--force", action="store_true", help="release even a file that an evidence record keeps (an "
+                                                        "admin confirmed it as a positive)")
     source_options(p)
     p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_release"))
 
@@ -223,6 +229,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     _add_config_option(p)
     p.set_defaults(handler=_lazy("node.sweeps.commands", "cmd_report"))
+
+    # -- attribution and evidence (node/attribution/commands.py) --
+    p = sub.add_parser("attribute", help="who uploaded an image and where it is used (pict-rs, Lemmy, Mastodon)")
+    p.add_argument("sha256", metavar="SHA256", help="the image's sha256, as decisions, sweeps and reports show it")
+    p.add_argument("--path", default=None, metavar="KEY",
+                   help="where it was met: a pict-rs alias, or a storage key such as a Mastodon "
+                        "media_attachments/files/... path")
+    p.add_argument("--source", default=None, help="the sweep source it was met in (default: pictrs for a bare "
+                                                  "alias)")
+    p.add_argument("--refresh", action="store_true", help="look it up again, ignoring the cache")
+    p.add_argument("--search-text", action="store_true",
+                   help="also search post bodies and comments for the aliases (slow on big instances)")
+    p.add_argument("--json", action="store_true", help="JSON instead of a report")
+    _add_config_option(p)
+    p.set_defaults(handler=_lazy("node.attribution.commands", "cmd_attribute"))
+
+    p = sub.add_parser("attribution", help="explicit admin actions on the instance: purge, and their record")
+    attribution_sub = p.add_subparsers(dest="attribution_command", required=True, metavar="ACTION")
+    q = attribution_sub.add_parser("purge", help="purge a Lemmy post, comment or person through Lemmy's admin API "
+                                                 "(for good: Lemmy deletes it and its images), or delete one image")
+    q.add_argument("kind", choices=("post", "comment", "person", "image"))
+    q.add_argument("target", metavar="ID", help="Lemmy's id of the post, comment or person (attribute shows them), "
+                                                "or an image's pict-rs alias")
+    q.add_argument("--reason", required=True, help="recorded here and in Lemmy's modlog")
+    q.add_argument("--actor", default=None, help="who asks (default: the OS user)")
+    _add_config_option(q)
+    q = attribution_sub.add_parser("actions", help="the purges asked for, newest first, with Lemmy's answers")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.attribution.commands", "cmd_attribution"))
+
+    p = sub.add_parser("evidence", help="evidence records of confirmed positives: export, list")
+    evidence_sub = p.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
+    q = evidence_sub.add_parser("export", help="every record with every field (hashes, storage, uploader, posts, "
+                                               "decision, review), for a report to the authorities")
+    q.add_argument("--format", choices=("json", "csv"), default="json")
+    q.add_argument("--output", "-o", default=None, help="write here (mode 0600) instead of stdout")
+    q.add_argument("--attribute", action="store_true", help="first look up the attribution of records without one")
+    _add_config_option(q)
+    q = evidence_sub.add_parser("list", help="newest review first")
+    q.add_argument("--limit", type=int, default=50)
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.attribution.commands", "cmd_evidence"))
 
     return parser
 

@@ -401,6 +401,62 @@ class EvidenceSection:
                                  min=0, max=36500)
 
 
+def _check_database_url(value: str | None) -> str | None:
+    if value is not None and not re.match(r"postgres(ql)?://", value):
+        return "must be a postgresql:// URL, e.g. postgresql://verdict_node_ro@lemmy-db:5432/lemmy"
+    return None
+
+
+def _check_optional_url(value: str | None) -> str | None:
+    return check_url(value) if value is not None else None
+
+
+@dataclass
+class LemmyAttributionSection:
+    database_url: str | None = setting(None, "Lemmy's PostgreSQL, read with a read-only role (see README, Attribution and evidence),\n"
+                                             "e.g. postgresql://verdict_node_ro@postgres:5432/lemmy. null: Lemmy is not asked.",
+                                       check=_check_database_url)
+    database_password_file: str | None = setting(None, "A file holding that role's password (instead of one in database_url).")
+    version: Literal["auto", "0.19", "1.0"] = setting("auto", "Lemmy's schema: auto (told by its tables), 0.19 or 1.0.")
+    api_url: str | None = setting(None, "Lemmy's base URL for the admin actions (`verdict-node attribution purge`), e.g.\n"
+                                        "http://lemmy:8536. null: no purge actions.", check=_check_optional_url)
+    api_jwt: str | None = setting(None, "An admin's login token (JWT) for those actions; prefer api_jwt_file.")
+    api_jwt_file: str | None = setting(None, "A file holding that token.")
+
+
+@dataclass
+class MastodonAttributionSection:
+    database_url: str | None = setting(None, "Mastodon's PostgreSQL, read with a read-only role, e.g.\n"
+                                             "postgresql://verdict_node_ro@db:5432/mastodon_production. null: not asked.",
+                                       check=_check_database_url)
+    database_password_file: str | None = setting(None, "A file holding that role's password (instead of one in database_url).")
+    public_url: str | None = setting(None, "The instance's public URL (https://mastodon.example), for links to local accounts.",
+                                     check=_check_optional_url)
+
+
+@dataclass
+class PictrsAttributionSection:
+    api_url: str | None = setting(None, "pict-rs's base URL for its internal API (hash -> aliases), e.g. http://pictrs:8080.\n"
+                                        "null: the URL of the last `scan pictrs://...` sweep, if any.",
+                                  check=_check_optional_url)
+    api_key: str | None = setting(None, "pict-rs's PICTRS__SERVER__API_KEY (default: env VERDICT_PICTRS_API_KEY, as for sweeps).")
+    api_key_file: str | None = setting(None, "A file holding that key.")
+    max_pages: int = setting(50, "Most pages of /internal/hashes read to find the aliases of one hash (newest first).",
+                             min=1, max=100_000)
+
+
+@dataclass
+class AttributionSection:
+    lemmy: LemmyAttributionSection = section(LemmyAttributionSection, "Lemmy: uploader, posts and comments of an image.")
+    mastodon: MastodonAttributionSection = section(MastodonAttributionSection, "Mastodon: the account and status of a media file.")
+    pictrs: PictrsAttributionSection = section(PictrsAttributionSection, "pict-rs: the aliases (URLs) of a file's hash.")
+    connect_timeout_seconds: float = setting(5.0, "Longest wait to connect to a database or pict-rs.", min=0.1, max=120)
+    query_timeout_seconds: float = setting(10.0, "Longest one query may run (PostgreSQL statement_timeout).", min=0.1, max=600)
+    cache_hours: float = setting(24.0, "An attribution is looked up again when viewed after this many hours.", min=0, max=24 * 365)
+    follow_positives: bool = setting(True, "While serve runs, attribute every new positive (hook rejection, sweep quarantine,\n"
+                                           "peer block) in the background and keep it in the cache.")
+
+
 @dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
@@ -415,6 +471,7 @@ class NodeConfig:
     federation: FederationSection = section(FederationSection, "Sharing verdicts with the peers in peers.yaml.")
     banks: BanksSection = section(BanksSection, "Hash banks: imported lists of known-bad hashes (never shared with anyone).")
     evidence: EvidenceSection = section(EvidenceSection, "Evidence records of confirmed positives (for reports to the authorities).")
+    attribution: AttributionSection = section(AttributionSection, "Who uploaded an image and where it is used (read-only: pict-rs, Lemmy, Mastodon).")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")

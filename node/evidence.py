@@ -9,6 +9,8 @@ who uploaded it, and `verdict-node evidence export` hands them on. A record is n
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -106,6 +108,18 @@ class EvidenceRecords:
                                        " id DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         return [_record(r) for r in rows]
 
+    def every(self, *, since: float | None = None) -> list[dict[str, Any]]:
+        """Every record (reviewed at or after ``since``), oldest first: what an export hands on."""
+        rows = self.store.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM evidence WHERE reviewed_at >= ?"
+                                       " ORDER BY id", (since or 0.0,)).fetchall()
+        return [_record(r) for r in rows]
+
+    def unattributed(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Records whose attribution was not looked up yet, oldest first (attribution fills them in)."""
+        rows = self.store.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM evidence WHERE attribution IS NULL"
+                                       " ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [_record(r) for r in rows]
+
     def count(self) -> int:
         return int(self.store.conn.execute("SELECT count(*) FROM evidence").fetchone()[0])
 
@@ -128,3 +142,82 @@ def protection_reason(record: dict[str, Any]) -> str:
     until = time.strftime("%Y-%m-%d", time.gmtime(record["retain_until"]))
     return (f"evidence record {record['id']} (sha256 {record['sha256'][:16]}…, confirmed by {record['reviewer']})"
             f" keeps this file until {until} (evidence.retain_days); pass --force to destroy it anyway")
+
+
+# -- export (`verdict-node evidence export`) ------------------------------------------------------------
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _uploaders(attribution: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The people the attribution names as uploaders: Lemmy's uploads and Mastodon's accounts."""
+    if not attribution:
+        return []
+    found = []
+    for upload in (attribution.get("lemmy") or {}).get("uploads") or []:
+        if upload.get("uploader"):
+            found.append({**upload["uploader"], "alias": upload.get("alias"), "uploaded_at": upload.get("uploaded_at")})
+        elif upload.get("federated_thumbnail"):
+            found.append({"federated_thumbnail": True, "alias": upload.get("alias"),
+                          "remote_post": (upload.get("remote_post") or {}).get("ap_id")})
+    for media in attribution.get("mastodon") or []:
+        account = media.get("account")
+        if account:
+            found.append({"name": account.get("handle"), "actor_url": account.get("url"),
+                          "created_at": account.get("created_at"), "media_attachment": media.get("attachment_id")})
+    return found
+
+
+def _links(attribution: dict[str, Any] | None) -> list[str]:
+    """Public links of the posts, comments and statuses that use the image."""
+    if not attribution:
+        return []
+    lemmy = attribution.get("lemmy") or {}
+    links = [p.get("ap_id") for p in lemmy.get("posts") or []] + [c.get("ap_id") for c in lemmy.get("comments") or []]
+    links += [(m.get("status") or {}).get("url") for m in attribution.get("mastodon") or []]
+    return [link for link in links if link]
+
+
+def export_record(record: dict[str, Any]) -> dict[str, Any]:
+    """One record as exported: every column, times also in UTC ISO 8601, and what the attribution and the
+    decision say pulled out (uploaders, public links, the verdicts used) next to their full JSON."""
+    decision = record.get("decision") or {}
+    attribution = record.get("attribution")
+    out = dict(record)
+    for name in ("created_at", "stored_at", "attributed_at", "reviewed_at", "retain_until"):
+        out[f"{name}_utc"] = _iso(record.get(name))
+    out["outcome"] = decision.get("outcome")
+    out["reason"] = decision.get("reason")
+    out["origin"] = decision.get("origin")
+    out["verdicts"] = decision.get("verdicts") or decision.get("verdict_ids") or []
+    out["attribution_summary"] = (attribution or {}).get("summary")
+    out["pictrs_aliases"] = ((attribution or {}).get("pictrs") or {}).get("aliases") or []
+    out["uploaders"] = _uploaders(attribution)
+    out["public_links"] = _links(attribution)
+    return out
+
+
+#: CSV columns, in order; lists and mappings are written as JSON in their cell.
+CSV_COLUMNS = ("id", "sha256", "md5", "pixel_sha256", "pdq256", "phash64", "size", "media_type", "source", "key",
+               "location", "stored_at_utc", "created_at_utc", "outcome", "reason", "origin", "verdicts",
+               "attribution_summary", "pictrs_aliases", "uploaders", "public_links", "attributed_at_utc",
+               "reviewer", "reviewed_at_utc", "review_note", "retain_until_utc", "decision", "attribution")
+
+
+def render_export(records: list[dict[str, Any]], fmt: str) -> str:
+    """``json`` (a list of export_record objects) or ``csv`` (CSV_COLUMNS)."""
+    rows = [export_record(r) for r in records]
+    if fmt == "json":
+        return json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"format must be json or csv, got {fmt!r}")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else json.dumps(row[c], sort_keys=True, ensure_ascii=False)
+                         if isinstance(row.get(c), (list, dict)) else row[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()

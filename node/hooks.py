@@ -78,3 +78,8 @@ class Attributor(Protocol):
         Lemmy's admin API (0.19 or 1.0 routes). Returns one line saying what Lemmy answered, which is also
         recorded with ``actor`` (who asked) and the time."""
         ...
+
+    async def delete_image(self, alias: str, *, reason: str, actor: str) -> str:
+        """An explicit admin action: delete one uploaded image (a pict-rs alias) through Lemmy (1.0's
+        ``DELETE /api/v4/image``; 0.19's delete-token route). Returns and records one line, as purge does."""
+        ...

@@ -303,4 +303,32 @@ CREATE TABLE evidence (
 );
 CREATE INDEX evidence_sha256 ON evidence(sha256);
 """),
+    # Attribution (node.attribution): what pict-rs, Lemmy and Mastodon said of an image, cached with the time
+    # it was looked up; the explicit admin actions (Lemmy purges) and their answers; and how far the
+    # background follower of new positives has read.
+    Migration("attribution cache", """
+CREATE TABLE attribution_cache (
+    key TEXT PRIMARY KEY,                   -- sha256|source|storage key|search_text flag
+    sha256 TEXT NOT NULL,
+    found INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    details TEXT NOT NULL,                  -- JSON: node.hooks.Attribution.details
+    looked_up_at REAL NOT NULL
+);
+CREATE INDEX attribution_cache_sha256 ON attribution_cache(sha256);
+CREATE TABLE attribution_actions (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,                    -- who asked (admin account or OS user)
+    kind TEXT NOT NULL,                     -- post | comment | person | image
+    target TEXT NOT NULL,                   -- Lemmy's id, or the image's alias
+    reason TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    answer TEXT NOT NULL                    -- the one line saying what Lemmy answered
+);
+CREATE TABLE attribution_progress (
+    name TEXT PRIMARY KEY,                  -- decisions | sweep_items
+    position REAL NOT NULL
+);
+"""),
 ]

@@ -15,7 +15,7 @@ import sys
 
 from aiohttp import web
 
-from node import banks, federation, peers_file, workers
+from node import attribution, banks, federation, peers_file, workers
 from node.config import NodeConfig
 from node.datadir import pictrs_urls, resolve_config
 from node.runtime import Node, on_reload_signal, on_stop_signals
@@ -27,11 +27,13 @@ log = logging.getLogger("verdict_node.server")
 
 def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
     """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups), hash banks and
-    the exchange feed, and, with ``workers.enabled``, the remote worker queue."""
+    the exchange feed, with ``workers.enabled`` the remote worker queue, and with an ``attribution:``
+    section the attribution of positives (node.attribution)."""
     node = Node.open(config, load_model=load_model)
     federation.install(node)
     banks.install(node)
     workers.install(node)
+    attribution.install(node)
     node.background.append(watch_peers_file)
     return node
 

@@ -3,6 +3,9 @@ multipart `images[]`), serving originals, and the admin API behind `X-Api-Token`
 (`GET /internal/hashes` newest-first pages with slug/timestamp cursors, `POST /internal/purge`,
 `GET /internal/aliases`, `GET /internal/identifier`). Shapes follow pict-rs's README "API" section.
 
+Unknown aliases are answered as pict-rs's handlers do: /internal/aliases 200 with no aliases, /internal/purge
+400 "No images associated with provided alias", /internal/identifier 404.
+
 pict-rs itself cannot be installed here (no cargo registry), so sweeps are tested against this.
 """
 from __future__ import annotations
@@ -45,23 +48,27 @@ class StoredHash:
 
 
 class PictrsState:
-    def __init__(self, api_key: str):
+    def __init__(self, api_key: str, *, long_hex: bool = False):
         self.api_key = api_key
+        # pict-rs 0.5's Hash::to_hex is the sha256 followed by the size (8 bytes) and a format byte; the
+        # short form (the sha256 alone) is what the sweep tests key on.
+        self.long_hex = long_hex
         self.hashes: dict[str, StoredHash] = {}
         self.alias_to_hash: dict[str, str] = {}
         self.fail_next = 0          # answer this many next requests with 500 (fault injection)
         self.requests: list[str] = []
         self._clock = 1_700_000_000.0
 
-    def add(self, data: bytes, created_at: float | None = None) -> str:
-        """Ingest bytes as pict-rs would; returns the new alias. Same bytes -> same hash, new alias."""
+    def add(self, data: bytes, created_at: float | None = None, alias: str | None = None) -> str:
+        """Ingest bytes as pict-rs would; returns the new alias (``alias``: the one to give, for tests that
+        need it to match another system's records). Same bytes -> same hash, new alias."""
         content_type, ext = _sniff(data)
         hex_ = hashlib.sha256(data).hexdigest()
         if created_at is None:
             self._clock += 1.0
             created_at = self._clock
         stored = self.hashes.setdefault(hex_, StoredHash(hex_, data, content_type, created_at))
-        alias = f"{secrets.token_hex(5)}.{ext}"
+        alias = alias or f"{secrets.token_hex(5)}.{ext}"
         stored.aliases.append(alias)
         self.alias_to_hash[alias] = hex_
         return alias
@@ -80,7 +87,14 @@ class PictrsState:
 
 
 def _details(h: StoredHash) -> dict:
-    return {"width": 1, "height": 1, "content_type": h.content_type, "created_at": rfc3339(h.created_at)}
+    return {"width": 1, "height": 1, "frames": None, "content_type": h.content_type,
+            "created_at": rfc3339(h.created_at)}
+
+
+def _hex(state: "PictrsState", h: StoredHash) -> str:
+    if not state.long_hex:
+        return h.hex
+    return h.hex + len(h.data).to_bytes(8, "big").hex() + "01"
 
 
 def _slug(h: StoredHash) -> str:
@@ -135,18 +149,17 @@ def build_app(state: PictrsState) -> web.Application:
             ts = parse_rfc3339(request.query["timestamp"])
             start = next((i for i, h in enumerate(ordered) if h.created_at <= ts + 1e-6), len(ordered))
         page = ordered[start:start + limit]
-        body = {"limit": limit, "hashes": [{"hex": h.hex, "aliases": list(h.aliases), "details": _details(h)}
-                                           for h in page]}
-        if page:
-            body["current"] = _slug(page[0])
-        if start + limit < len(ordered):
-            body["next"] = _slug(ordered[start + limit])
-        if start > 0:
-            body["prev"] = _slug(ordered[max(0, start - limit)])
+        body = {"limit": limit, "current": _slug(page[0]) if page else None,
+                "next": _slug(ordered[start + limit]) if start + limit < len(ordered) else None,
+                "prev": _slug(ordered[max(0, start - limit)]) if start > 0 else None,
+                "hashes": [{"hex": _hex(state, h), "aliases": list(h.aliases), "details": _details(h)} for h in page]}
         return web.json_response({"msg": "ok", "page": body})
 
     async def purge(request: web.Request) -> web.Response:
-        return web.json_response({"msg": "ok", "aliases": state.purge(request.query.get("alias", ""))})
+        aliases = state.purge(request.query.get("alias", ""))
+        if not aliases:
+            return web.json_response({"msg": "No images associated with provided alias"}, status=400)
+        return web.json_response({"msg": "ok", "aliases": aliases})
 
     async def aliases(request: web.Request) -> web.Response:
         hex_ = state.alias_to_hash.get(request.query.get("alias", ""))
@@ -155,7 +168,7 @@ def build_app(state: PictrsState) -> web.Application:
     async def identifier(request: web.Request) -> web.Response:
         hex_ = state.alias_to_hash.get(request.query.get("alias", ""))
         if hex_ is None:
-            return web.json_response({"msg": "No hash associated with provided alias"}, status=400)
+            return web.json_response({"msg": "No identifiers associated with provided alias"}, status=404)
         return web.json_response({"msg": "ok", "identifier": f"{hex_[:2]}/{hex_[2:4]}/{hex_}"})
 
     app = web.Application(middlewares=[faults_and_auth], client_max_size=64 * 1024 * 1024)

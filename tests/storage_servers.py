@@ -334,6 +334,7 @@ class PictrsServer:
         self.state.hashes.clear()
         self.state.alias_to_hash.clear()
         self.state.fail_next = 0
+        self.state.long_hex = False
         self.state.requests.clear()
 
 

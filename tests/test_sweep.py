@@ -147,7 +147,8 @@ def test_apply_skips_items_changed_since_the_dry_run(tmp_path, tiny_clip_spec):
         assert records(node).expected_items(source_identity(str(root))) == 1  # the finished run listed one
         (root / "a").write_bytes(photo_bytes("astronaut", size=256))
         counts = await apply_run(records(node), run_id, src, actor_id=node.actor_id)
-        assert counts == {"positives": 1, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 1, "failed": 0}
+        assert counts == {"positives": 1, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 1, "failed": 0,
+                          "protected": 0}
         assert (root / "a").exists()
     run(with_node(config, body))
 

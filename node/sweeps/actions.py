@@ -6,6 +6,9 @@ location the source will use) and again right after, so a process killed in betw
 says what was under way and where: `node.recovery.reconcile` settles it on the next start (finished,
 undone for the next sweep to redo, or marked for the admin's review).
 
+Retention: a file that an evidence record still covers (node.evidence, a positive an admin confirmed) is
+not deleted unless the admin forces it: the deletion is refused and recorded with the record's reason.
+
 The source is told which bytes were judged (their sha256) and acts on that file or on nothing: a file
 swapped, rewritten, linked elsewhere or turned into a FIFO after it was classified is refused and the
 refusal recorded (action `refused`, the reason in `action_error`).
@@ -17,8 +20,9 @@ import dataclasses
 import hashlib
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
+from node.evidence import EvidenceRecords, protection_reason
 from node.sweeps.recovery import reconcile
 from node.sweeps.records import ItemRecord, SweepRecords, UNDER_WAY_ACTIONS
 from scanners.sources import Item, ItemError, ItemGone, ItemRefused, Source, SourceError
@@ -28,6 +32,24 @@ log = logging.getLogger("verdict_node.actions")
 ACTIONS = ("quarantine", "delete", "dry-run")
 #: For unreadable items and videos: left alone unless configured otherwise.
 MEDIA_ACTIONS = ("leave", "quarantine", "delete")
+
+
+#: (sha256, quarantine location) -> why this file must not be destroyed, or None.
+Protection = Callable[[str | None, str | None], "str | None"]
+
+
+def evidence_guard(evidence: EvidenceRecords, *, force: bool = False) -> Protection:
+    """The retention check of node.evidence for `act`: refuses by the record's reason, or with ``force``
+    lets the deletion go ahead, saying so in the log."""
+    def protect(sha256: str | None, location: str | None) -> str | None:
+        record = evidence.protecting(sha256, location=location)
+        if record is None:
+            return None
+        if force:
+            log.warning("destroying a file evidence record %d still keeps (--force): sha256 %s", record["id"], sha256)
+            return None
+        return protection_reason(record)
+    return protect
 
 
 def evidence(record: ItemRecord, actor_id: str, run_id: int | None) -> dict[str, Any]:
@@ -41,15 +63,23 @@ def evidence(record: ItemRecord, actor_id: str, run_id: int | None) -> dict[str,
 
 
 async def act(source: Source, item: Item, record: ItemRecord, action: str, records: SweepRecords, *,
-              actor_id: str) -> ItemRecord:
+              actor_id: str, protect: Protection | None = None) -> ItemRecord:
     """Apply `action` (quarantine / delete / dry-run / leave) to one decided item; returns its record with
-    the action's result. Never raises for a per-item failure (recorded as action `failed`)."""
+    the action's result. Never raises for a per-item failure (recorded as action `failed`). ``protect``:
+    the retention check a deletion must pass (a refusal is recorded as action `refused`)."""
     if action in ("leave", "none"):
         return record
     if action == "dry-run":
         return dataclasses.replace(record, action="dry-run")
     if action not in ("quarantine", "delete"):
         raise ValueError(f"unknown action {action!r}")
+    if action == "delete" and protect is not None:
+        kept = protect(record.sha256, record.location)
+        if kept:
+            log.warning("delete %s refused: %s", item.key, kept)
+            refused = dataclasses.replace(record, action="refused", action_error=kept)
+            await asyncio.to_thread(records.commit, [refused])
+            return refused
     under_way = "quarantining" if action == "quarantine" else "deleting"
     planned = source.plan(item, action)
     await asyncio.to_thread(records.commit, [dataclasses.replace(record, action=under_way, location=planned)])
@@ -75,18 +105,21 @@ async def act(source: Source, item: Item, record: ItemRecord, action: str, recor
 
 
 async def apply_run(records: SweepRecords, run_id: int, source: Source, *, action: str = "quarantine",
-                    actor_id: str) -> dict[str, int]:
+                    actor_id: str, protect: Protection | None = None) -> dict[str, int]:
     """Act on the positives a dry run recorded, without classifying again. An item whose bytes differ from
-    those judged (sha256) is left alone and counted as `changed` (scan it again)."""
+    those judged (sha256) is left alone and counted as `changed` (scan it again); one whose deletion the
+    retention check refuses is counted as `protected`, its reason in the record's action_error."""
     if action not in ("quarantine", "delete"):
         raise ValueError("apply acts with quarantine or delete")
     run = records.get_run(run_id)
     if run is not None:
         await reconcile(records, source, run["source"])
-    counts = {"positives": 0, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 0, "failed": 0}
-    # Also the positives an earlier apply left failed (an interrupted one among them, once reconciled).
+    counts = {"positives": 0, "quarantined": 0, "deleted": 0, "gone": 0, "changed": 0, "failed": 0, "protected": 0}
+    # Also the positives an earlier apply left failed (an interrupted one among them, once reconciled) or
+    # refused (the cause may be gone, or the admin now forces past an evidence record), as sweeps redo them.
     unacted = records.run_items(run_id, outcome="block", action="dry-run") + \
-        records.run_items(run_id, outcome="block", action="failed")
+        records.run_items(run_id, outcome="block", action="failed") + \
+        records.run_items(run_id, outcome="block", action="refused")
     for record in sorted(unacted, key=lambda r: r.key):
         counts["positives"] += 1
         item = record.as_item()
@@ -103,7 +136,10 @@ async def apply_run(records: SweepRecords, run_id: int, source: Source, *, actio
         if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
             counts["changed"] += 1
             continue
-        done = await act(source, item, record, action, records, actor_id=actor_id)
+        done = await act(source, item, record, action, records, actor_id=actor_id, protect=protect)
+        if done.action == "refused" and (done.action_error or "").startswith("evidence record "):
+            counts["protected"] += 1
+            continue
         key = {"quarantined": "quarantined", "deleted": "deleted", "gone": "gone"}.get(done.action, "failed")
         counts[key] += 1
     return counts

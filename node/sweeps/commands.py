@@ -15,10 +15,11 @@ from typing import Any, Awaitable, Callable
 
 from node import banks, federation, workers
 from node.datadir import resolve_config
+from node.evidence import protection_reason
 from node.federation.outbox import retract as federation_retract
 from node.runtime import Node, on_stop_signals
 from node.store import Store
-from node.sweeps.actions import apply_run, quarantined_record, release
+from node.sweeps.actions import apply_run, evidence_guard, quarantined_record, release
 from node.sweeps.engine import Mode, Progress, Sweep, SweepOptions, SweepStats
 from node.sweeps.records import UNDER_WAY_ACTIONS, SweepRecords, public_url, source_identity
 from node.sweeps.report import parse_since, render, report_rows
@@ -67,9 +68,9 @@ def _count_in_background(source: Source, progress: Progress) -> None:
     threading.Thread(target=count, name="sweep-count", daemon=True).start()
 
 
-def _error(message: str) -> int:
+def _error(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -81,7 +82,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             mode=mode, since_seconds=parse_duration(args.since) if args.since else None,
             interval=parse_duration(args.interval), workers=args.workers,
             action="dry-run" if args.dry_run else args.action, on_unreadable=args.on_unreadable,
-            on_video=args.on_video)
+            on_video=args.on_video, force=args.force)
         source_options = parse_options(args.option)
     except ValueError as exc:
         return _error(str(exc))
@@ -179,9 +180,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(f"note: run {args.run} was not a dry run ({run['action']}); acting on any positives it "
                   f"left unacted", file=sys.stderr)
         counts = await _on_source(run, args.source, options, lambda source: apply_run(
-            records, args.run, source, action=args.action, actor_id=node.actor_id))
+            records, args.run, source, action=args.action, actor_id=node.actor_id,
+            protect=evidence_guard(node.evidence, force=args.force)))
+        for record in records.run_items(args.run, outcome="block", action="refused"):
+            if (record.action_error or "").startswith("evidence record "):
+                print(f"refused: {record.key}: {record.action_error}", file=sys.stderr)
         print(json.dumps({"run": args.run, **counts}, sort_keys=True))
-        return 0 if counts["failed"] == 0 else 1
+        return 0 if counts["failed"] == 0 and counts["protected"] == 0 else 1
 
     return _run_action(node, main)
 
@@ -204,6 +209,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         # An item whose quarantine a crash cut short is released too: release() settles it first.
         record = next((r for r in records.find(args.item) if r.action in UNDER_WAY_ACTIONS and r.location),
                       None) or quarantined_record(records, args.item)
+        kept = node.evidence.protecting(record.sha256, location=record.location)
+        if kept is not None and not args.force:
+            return _error(f"not released: {protection_reason(kept)}", 1)
         run = records.get_run(record.run_id) if record.run_id is not None else None
         local_dir = _quarantine_dir_of(record.location)
         if "quarantine_dir" not in options and local_dir is not None:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from node.sweeps.actions import ACTIONS, MEDIA_ACTIONS, act
+from node.sweeps.actions import ACTIONS, MEDIA_ACTIONS, act, evidence_guard
 from node.sweeps.recovery import reconcile
 from node.sweeps.records import ItemRecord, SweepRecords, source_identity
 from scanners.backoff import Backoff
@@ -56,6 +56,7 @@ class SweepOptions:
     commit_seconds: float = 1.0          # how often rows + cursor are written
     commit_items: int = 256
     batch_size: int = 256
+    force: bool = False                  # delete even what an evidence record keeps (node.evidence)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -386,7 +387,8 @@ class Sweep:
             stats.unknown += 1
         if action == "leave":
             return record
-        done = await act(self.source, item, record, action, self.records, actor_id=self.node.actor_id)
+        done = await act(self.source, item, record, action, self.records, actor_id=self.node.actor_id,
+                         protect=evidence_guard(self.node.evidence, force=opts.force))
         if done.action == "quarantined":
             stats.quarantined += 1
         elif done.action == "deleted":

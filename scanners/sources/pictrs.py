@@ -189,7 +189,13 @@ class PictrsSource(Source):
             return await self._request("GET", f"/image/original/{quote(item.key)}", key=item.key, raw=True)
 
     async def _purge(self, key: str) -> list[str]:
-        body = await self._request("POST", f"/internal/purge?alias={quote(key)}", key=key)
+        try:
+            body = await self._request("POST", f"/internal/purge?alias={quote(key)}", key=key)
+        except ItemError as exc:
+            # pict-rs answers an alias it does not know with 400 "No images associated with provided alias".
+            if "No images associated" in str(exc):
+                raise ItemGone(key, "no such alias") from None
+            raise
         if not isinstance(body, dict) or body.get("msg") != "ok":
             raise ItemError(key, f"purge refused: {str(body)[:200]}")
         aliases = body.get("aliases") or []
