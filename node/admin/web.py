@@ -25,6 +25,7 @@ from node.admin.sessions import COOKIE, Session
 log = logging.getLogger("verdict_node.admin")
 
 CONSOLE_KEY: web.AppKey[Console] = web.AppKey("console", Console)
+SESSION_KEY: web.RequestKey[Session] = web.RequestKey("session", Session)
 STATIC = Path(__file__).parent / "static"
 PUBLIC = ("/login", "/static/console.css")
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
@@ -41,7 +42,7 @@ def console_of(request: web.Request) -> Console:
 
 
 def session_of(request: web.Request) -> Session:
-    return request["session"]
+    return request[SESSION_KEY]
 
 
 def client_of(request: web.Request) -> str | None:
@@ -53,7 +54,7 @@ def html_response(text: str, status: int = 200) -> web.Response:
 
 
 def refusal_page(request: web.Request, status: int, title: str, message: str) -> web.Response:
-    session = request.get("session")
+    session = request.get(SESSION_KEY)
     body = f'<p class="msg error" role="alert">{e(message)}</p><p><a href="/queue">Back to the review queue</a></p>'
     return html_response(page(title, body, account=session.account if session else None,
                               csrf=session.csrf if session else None), status)
@@ -91,7 +92,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise redirect("/login")
         return html_response(page("Not logged in", '<p class="msg error" role="alert">Not logged in (or the session '
                                   'ended): <a href="/login">log in</a> again.</p>'), 401)
-    request["session"] = session
+    request[SESSION_KEY] = session
     if request.method == "POST":
         data = await request.post()
         if not session.csrf_ok(data.get("csrf") if isinstance(data.get("csrf"), str) else None):
