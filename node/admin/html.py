@@ -48,24 +48,29 @@ def field(label: str, name: str, value: Any = "", *, kind: str = "text", require
           extra: str = "") -> str:
     ident = f"f-{name}"
     req = " required" if required else ""
-    return (f'<label for="{ident}">{e(label)}</label>'
-            f'<input id="{ident}" type="{kind}" name="{e(name)}" value="{e(value)}"{req} {extra}>')
+    return (f'<div class="field"><label for="{ident}">{e(label)}</label>'
+            f'<input id="{ident}" type="{kind}" name="{e(name)}" value="{e(value)}"{req} {extra}></div>')
 
 
 def select(label: str, name: str, options: Iterable[tuple[str, str]], chosen: str) -> str:
     ident = f"f-{name}"
     opts = "".join(f'<option value="{e(v)}"{" selected" if v == chosen else ""}>{e(t)}</option>' for v, t in options)
-    return f'<label for="{ident}">{e(label)}</label><select id="{ident}" name="{e(name)}">{opts}</select>'
+    return (f'<div class="field"><label for="{ident}">{e(label)}</label>'
+            f'<select id="{ident}" name="{e(name)}">{opts}</select></div>')
 
 
-def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, caption: str = "", empty: str = "") -> str:
-    """Cells are HTML already (escape what goes in)."""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, caption: str = "", empty: str = "",
+          cls: str = "") -> str:
+    """Cells are HTML already (escape what goes in). On a phone, ``cls="rowcards"`` shows each row as a card
+    whose cells carry their column's name."""
+    headers = list(headers)
+    body = "".join("<tr>" + "".join(f'<td data-label="{e(h)}">{c}</td>' for h, c in zip(headers, row)) + "</tr>"
+                   for row in rows)
     if not body:
         return f'<p class="empty">{e(empty)}</p>'
     cap = f"<caption>{e(caption)}</caption>" if caption else ""
     head = "".join(f'<th scope="col">{e(h)}</th>' for h in headers)
-    return f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return f'<div class="scroll"><table class="{e(cls)}">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def messages(lines: Iterable[tuple[str, str]]) -> str:

@@ -60,14 +60,14 @@ async def queue_page(request: web.Request) -> web.Response:
         peers = ", ".join(sorted(item.issuers)) or ("own" if any(v.own for v in item.verdicts) else item.origin or "")
         rows.append([
             f'<input type="checkbox" name="item" value="{e(item.ref)}" id="pick-{e(item.ref)}" form="bulk">'
-            f'<label for="pick-{e(item.ref)}" class="sr">select {e(item.key or item.ref)}</label>',
+            f'<label for="pick-{e(item.ref)}" class="sr">select {e(item.label)}</label>',
             _thumb(item),
-            f'{link("/item/" + item.ref, item.key or "(no alias)")}<br><span class="muted">{e(item.kind)} · '
+            f'{link("/item/" + item.ref, item.label)}<br><span class="muted">{e(item.kind)} · '
             f'{e(item.source)}</span>',
             _scores(item, thresholds), e(peers), e(when(item.decided_at))])
     listing = table(["", "Preview", "Item", "Scores against thresholds", "Decided by", "Decided"], rows,
                     caption=f"{result.total} item(s) awaiting review, page {result.page} of {result.pages}",
-                    empty="Nothing awaits review with these filters.")
+                    empty="Nothing awaits review with these filters.", cls="rowcards")
     bulk = form("/queue/bulk", session.csrf,
                 field("Reason (recorded; for release: sent to peers with the retraction)", "reason", "")
                 + button("Confirm selected as positives", name="action", value="confirm")

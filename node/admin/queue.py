@@ -79,9 +79,15 @@ class QueueItem:
             return self.scores.get(category, 0.0)
         return max(self.scores.values(), default=0.0)
 
+    @property
+    def label(self) -> str:
+        """The item's name in lists: its storage key, or for an upload pict-rs named no alias of, its bytes."""
+        return self.key or f"upload {(self.sha256 or '?')[:12]}…"
+
     def title(self) -> str:
-        where = self.key or "(no alias: pict-rs names none)"
-        return f"{self.kind} item {where} (sha256 {(self.sha256 or '?')[:12]}…)"
+        if not self.key:
+            return f"{self.kind} item: upload sha256 {(self.sha256 or '?')[:12]}… (pict-rs names no alias)"
+        return f"{self.kind} item {self.key} (sha256 {(self.sha256 or '?')[:12]}…)"
 
 
 @dataclass(frozen=True)
