@@ -93,8 +93,9 @@ class ReviewActions:
                         stored_at=item.first_seen, decision=decision)
 
     async def confirm(self, item: QueueItem, admin: str, note: str = "", client: str | None = None) -> str:
+        target = item.audit_target
         if not item.sha256:
-            raise self._refuse(admin, "confirm", item.ref, f"{item.title()} has no sha256: nothing to record", client)
+            raise self._refuse(admin, "confirm", target, f"{item.title()} has no sha256: nothing to record", client)
         record_id = self.node.evidence.confirm(self.positive(item), reviewer=admin, note=note)
         attributed = ""
         if self.node.attribution is not None:
@@ -105,7 +106,7 @@ class ReviewActions:
             attributed = f"; attribution: {found.summary}"
         self.queue.mark_reviewed(item, "confirmed", admin, note)
         kept = f"the quarantined file {item.location} is kept as evidence" if item.has_file else "no file kept"
-        return self._done(admin, "confirm", item.ref,
+        return self._done(admin, "confirm", target,
                           f"confirmed {item.title()} as a positive: evidence record {record_id} written ({kept}, "
                           f"protected for evidence.retain_days = {self.node.evidence.retain_days:g} days){attributed}",
                           client)
@@ -113,23 +114,24 @@ class ReviewActions:
     # -- release -----------------------------------------------------------------------------------
 
     async def release(self, item: QueueItem, admin: str, reason: str, client: str | None = None) -> str:
+        target = item.audit_target
         reason = reason.strip() or f"false positive (released by {admin} in the review console)"
         if not item.sha256:
-            raise self._refuse(admin, "release", item.ref, f"{item.title()} has no sha256: cannot release", client)
+            raise self._refuse(admin, "release", target, f"{item.title()} has no sha256: cannot release", client)
         lines: list[str] = []
         if item.has_file:
             if self.links.release_file is None:
-                raise self._refuse(admin, "release", item.ref, "the sweeps feature is not installed here", client)
+                raise self._refuse(admin, "release", target, "the sweeps feature is not installed here", client)
             try:
                 outcome = await self.links.release_file(item, reason)
             except Exception as exc:  # noqa: BLE001 - the storage's refusal (SourceError, LookupError), for the admin
-                raise self._refuse(admin, "release", item.ref, f"{item.title()} was not released: {exc}", client) from exc
+                raise self._refuse(admin, "release", target, f"{item.title()} was not released: {exc}", client) from exc
             lines.append(f"restored to {outcome.get('restored_key') or item.key} in {item.source}")
             lines += [f"verdict: {r}" for r in outcome.get("retracted", [])]
             lines += [f"problem: {p}" for p in outcome.get("problems", [])]
         else:
             if self.links.add_override is None or self.links.retract is None:
-                raise self._refuse(admin, "release", item.ref, "the sweeps and federation features are needed", client)
+                raise self._refuse(admin, "release", target, "the sweeps and federation features are needed", client)
             self.links.add_override(item.sha256, item.pixel_sha256, reason, item.source, item.key or None)
             lines.append("no file to restore (pict-rs keeps none of a rejected upload: it is accepted when uploaded "
                          "again)" if item.kind == "hook" else "no file to restore")
@@ -143,28 +145,29 @@ class ReviewActions:
                     lines.append(f"problem: {exc}")
         self.node.sync_with_store()
         self.queue.mark_reviewed(item, "released", admin, reason)
-        return self._done(admin, "release", item.ref, f"released {item.title()} as a false positive ({reason}): "
+        return self._done(admin, "release", target, f"released {item.title()} as a false positive ({reason}): "
                           f"sweeps and the hook accept these bytes from now on; " + "; ".join(lines), client)
 
     # -- delete ------------------------------------------------------------------------------------
 
     async def delete(self, item: QueueItem, admin: str, *, force: bool, client: str | None = None) -> str:
+        target = item.audit_target
         if not item.has_file:
-            raise self._refuse(admin, "delete", item.ref, f"{item.title()}: no file kept, nothing to delete", client)
+            raise self._refuse(admin, "delete", target, f"{item.title()}: no file kept, nothing to delete", client)
         protecting = self.node.evidence.protecting(item.sha256, location=item.location)
         if protecting is not None and not force:
             why = protection_reason(protecting).replace("pass --force", "tick 'force'")
-            raise self._refuse(admin, "delete", item.ref, f"{item.location} not deleted: {why}", client)
+            raise self._refuse(admin, "delete", target, f"{item.location} not deleted: {why}", client)
         if self.links.discard_file is None:
-            raise self._refuse(admin, "delete", item.ref, "the sweeps feature is not installed here", client)
+            raise self._refuse(admin, "delete", target, "the sweeps feature is not installed here", client)
         try:
             line = await self.links.discard_file(item)
         except (LookupError, OSError) as exc:
-            raise self._refuse(admin, "delete", item.ref, f"{item.location} not deleted: {exc}", client) from exc
+            raise self._refuse(admin, "delete", target, f"{item.location} not deleted: {exc}", client) from exc
         self.queue.mark_reviewed(item, "deleted", admin, "forced past evidence retention" if protecting else "")
         kept = (f"; evidence record {protecting['id']} stays (forced past its retention)" if protecting
                 else "; any evidence record stays")
-        return self._done(admin, "delete", item.ref, f"deleted {item.title()}: {line}{kept}", client)
+        return self._done(admin, "delete", target, f"deleted {item.title()}: {line}{kept}", client)
 
     # -- a peer's verdict ----------------------------------------------------------------------------
 

@@ -84,6 +84,11 @@ class QueueItem:
         """The item's name in lists: its storage key, or for an upload pict-rs named no alias of, its bytes."""
         return self.key or f"upload {(self.sha256 or '?')[:12]}…"
 
+    @property
+    def audit_target(self) -> str:
+        """How the audit log names the item: its reference, where it was, and its bytes."""
+        return f"{self.ref} {self.source} {self.label} sha256 {self.sha256 or '?'}"
+
     def title(self) -> str:
         if not self.key:
             return f"{self.kind} item: upload sha256 {(self.sha256 or '?')[:12]}… (pict-rs names no alias)"
