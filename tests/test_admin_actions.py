@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import os
+import urllib.error
+import urllib.request
 
 import aiohttp
 import numpy as np
@@ -18,7 +20,7 @@ from node.admin.queue import Filters
 from node.cli import main as cli_main
 from tests.admin_helpers import (ASKING, FOLLOWER, NEW_PASSWORD, PEER, FakeAttributor, build_world, csrf_of, login,
                                  with_console)
-from tests.node_helpers import run, running_node
+from tests.node_helpers import free_port, make_data_dir, run, running_node, serve_process
 
 
 @pytest.fixture
@@ -93,7 +95,8 @@ def test_login_wrong_password_rate_limit_cookie_logout(world):
         old = await client.post("/login", data={"name": "ada", "password": password}, allow_redirects=False)
         assert old.status == 401
         actions = [(a.action, a.result.split(":")[0]) for a in console.audit.entries()]
-        assert ("login", "refused") in actions and ("login", "logged in") in actions and ("logout", "logged out") in actions
+        for expected in (("login", "refused"), ("login", "logged in"), ("logout", "logged out")):
+            assert expected in actions
     with_console(world, body)
 
 
@@ -211,7 +214,8 @@ def test_release_restores_file_records_override_and_queues_retraction(world):
         verdict_id = world.verdicts["hubble_deep_field"]
         assert world.query("SELECT retract_reason FROM verdicts WHERE verdict_id = ?", verdict_id) == [("a galaxy",)]
         (seq,) = world.query("SELECT seq FROM outbox WHERE type = 'Delete' AND object_id = ?", verdict_id)[0]
-        assert world.query("SELECT inbox FROM deliveries WHERE outbox_seq = ?", seq) == [("https://follower.example/inbox",)]
+        assert world.query("SELECT inbox FROM deliveries WHERE outbox_seq = ?", seq) == \
+            [("https://follower.example/inbox",)]
         hook = await console.node.pipeline.check(data, source="pictrs")
         assert hook.decision == "accept" and "released" in hook.reason
         assert console.queue.review_of(ref)["decision"] == "released"
@@ -373,3 +377,19 @@ def test_account_cli_add_list_remove_ends_sessions(world, capsys):
     assert "one-time password" in capsys.readouterr().out
     assert cli_main(["admin", "ensure", "admin", *config_arg]) == 0
     assert "log in as admin" in capsys.readouterr().out
+
+
+def test_serve_console_flag_starts_the_console_on_its_own_listener(tmp_path):
+    port = free_port()
+    config = make_data_dir(tmp_path / "data", admin={"listen": f"127.0.0.1:{port}"})
+    assert config.admin.enabled is False
+    console = f"http://127.0.0.1:{port}"
+    with pytest.raises(urllib.error.URLError):  # off by default: nothing listens there
+        with serve_process(config):
+            urllib.request.urlopen(console + "/login", timeout=5)
+    with serve_process(config, extra_args=("--console",)) as (_proc, base):
+        with urllib.request.urlopen(console + "/login", timeout=5) as response:
+            assert response.status == 200 and response.headers["Cache-Control"] == "no-store"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/login", timeout=5)
+        assert missing.value.code == 404

@@ -55,11 +55,11 @@ def links_for(node: Node) -> Links:
     records = SweepRecords(node.store)
 
     def retract(verdict_id: str, reason: str) -> str:
-        held = node.store.get_verdict(verdict_id)
-        if held is None:
+        row = node.store.conn.execute("SELECT retracted_at FROM verdicts WHERE verdict_id = ?",
+                                      (verdict_id,)).fetchone()
+        if row is None:
             raise LookupError(f"{verdict_id}: not in the verdict store")
-        row = node.store.conn.execute("SELECT retracted_at FROM verdicts WHERE verdict_id = ?", (verdict_id,)).fetchone()
-        if row and row[0] is not None:
+        if row[0] is not None:
             return f"{verdict_id} was already retracted"
         return federation_retract(node.store, node.config, node.ed25519_key, verdict_id, reason)
 
@@ -99,8 +99,8 @@ def links_for(node: Node) -> Links:
         if hub is None:
             return None
         cutoff = hub.clock() - hub.settings.stale_after_s
-        return [f"{name}: last request {hub.clock() - p.last_seen:.0f} s ago" for name, p in sorted(hub.presence.items())
-                if p.last_seen >= cutoff]
+        return [f"{name}: last request {hub.clock() - p.last_seen:.0f} s ago"
+                for name, p in sorted(hub.presence.items()) if p.last_seen >= cutoff]
 
     return Links(
         release_file=release_file, discard_file=discard_file,

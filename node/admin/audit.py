@@ -46,8 +46,8 @@ class AuditLog:
             where.append("action = ?")
             params.append(action)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self.store.conn.execute(f"SELECT id, at, actor, action, target, result, client FROM admin_audit {clause} "
-                                       f"ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset))
+        rows = self.store.conn.execute(f"SELECT id, at, actor, action, target, result, client FROM admin_audit"
+                                       f" {clause} ORDER BY id DESC LIMIT ? OFFSET ?", (*params, limit, offset))
         return [AuditEntry(*r) for r in rows]
 
     def count(self) -> int:

@@ -70,7 +70,8 @@ def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, caption: str
         return f'<p class="empty">{e(empty)}</p>'
     cap = f"<caption>{e(caption)}</caption>" if caption else ""
     head = "".join(f'<th scope="col">{e(h)}</th>' for h in headers)
-    return f'<div class="scroll"><table class="{e(cls)}">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    return (f'<div class="scroll"><table class="{e(cls)}">{cap}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></div>')
 
 
 def messages(lines: Iterable[tuple[str, str]]) -> str:

@@ -39,7 +39,8 @@ def read_quarantined(location: str, max_bytes: int) -> bytes:
     except FileNotFoundError:
         raise PreviewError(f"{location}: the quarantined file is gone") from None
     except OSError as exc:
-        raise PreviewError(f"{location}: cannot be opened ({exc.strerror or exc}); a symbolic link is refused") from None
+        raise PreviewError(f"{location}: cannot be opened ({exc.strerror or exc}); a symbolic link is "
+                           f"refused") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

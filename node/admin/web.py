@@ -77,6 +77,10 @@ async def headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         exc.headers.update(SECURITY_HEADERS)
         raise
+    except Exception:  # noqa: BLE001 - a bug still answers with the headers, and says so
+        log.exception("console: %s %s failed", request.method, request.path)
+        response = html_response(page("Internal error", '<p class="msg error" role="alert">The console failed on '
+                                      'this request; nothing more was done. The node\'s log has the details.</p>'), 500)
     response.headers.update(SECURITY_HEADERS)
     return response
 
