@@ -10,7 +10,7 @@ A small fake Attributor stands in for the attribution feature (its contract is n
 """
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -64,8 +64,6 @@ class World:
         return f"sweep-{rowid}"
 
     def bytes_ref(self, photo: str) -> str:
-        import hashlib  # noqa: PLC0415 - stdlib; tests are not held to the import rules
-
         return "bytes-" + hashlib.sha256(self.images[photo]).hexdigest()
 
 
@@ -190,6 +188,3 @@ async def csrf_of(client: TestClient, path: str) -> str:
     start = text.index(marker) + len(marker)
     return text[start:text.index('"', start)]
 
-
-def sleep(seconds: float) -> None:
-    asyncio.run(asyncio.sleep(seconds))

@@ -14,10 +14,14 @@ import urllib.request
 import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from node.admin import Console, console_app
 from node.admin.queue import Filters
 from node.cli import main as cli_main
+from node.serve import open_serving_node
 from tests.admin_helpers import (ASKING, FOLLOWER, NEW_PASSWORD, PEER, FakeAttributor, build_world, csrf_of, login,
                                  with_console)
 from tests.node_helpers import free_port, make_data_dir, run, running_node, serve_process
@@ -393,3 +397,27 @@ def test_serve_console_flag_starts_the_console_on_its_own_listener(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(base + "/login", timeout=5)
         assert missing.value.code == 404
+
+
+def test_session_cookie_is_secure_when_the_request_came_over_https(world):
+    @web.middleware
+    async def over_https(request, handler):  # as a TLS listener (or the scheme a trusted proxy set) reports it
+        return await handler(request.clone(scheme="https"))
+
+    async def body():
+        node = open_serving_node(world.config, load_model=False)
+        console = node.features.get(Console)
+        app = console_app(console)
+        app.middlewares.insert(0, over_https)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        try:
+            password = console.accounts.add("ada")
+            response = await client.post("/login", data={"name": "ada", "password": password},
+                                         allow_redirects=False)
+            cookie = response.headers["Set-Cookie"]
+            assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        finally:
+            await client.close()
+            await node.close()
+    run(body())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from node.admin.accounts import AccountError, Accounts
 from node.datadir import resolve_config
@@ -37,7 +38,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
             where = console_url(config.admin.listen)
             if accounts.any():
                 names = ", ".join(a.name for a in accounts.list())
-                print(f"review console: {where} (log in as {names}; `verdict-node admin add NAME` for another)")
+                print(f"review console: {where} (log in as {names}; `verdict-node admin add NAME` for another "
+                      f"account; a lost password: `verdict-node admin remove NAME`, then add it again)")
                 return 0
             password = accounts.add(args.name)
             print(f"review console: {where}\n  log in as {args.name} with the one-time password {password}\n"
@@ -52,8 +54,9 @@ def cmd_admin(args: argparse.Namespace) -> int:
                 print("no accounts: add one with `verdict-node admin add NAME`")
             for a in rows if not args.json else []:
                 state = "one-time password not yet changed" if a.must_change else "password set"
-                print(f"{a.name}  {state}  sessions: {a.sessions}  last login: "
-                      f"{'never' if a.last_login_at is None else f'{a.last_login_at:.0f}'}")
+                last = "never" if a.last_login_at is None else \
+                    time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(a.last_login_at))
+                print(f"{a.name}  {state}  sessions: {a.sessions}  last login: {last}")
             return 0
         try:
             ended = accounts.remove(args.name)
