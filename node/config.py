@@ -424,6 +424,9 @@ class AdminSection:
                                       min=1, max=1000)
     login_window_seconds: float = setting(300, "The window of login_max_failures.", min=10, max=86400)
     preview_side: int = setting(160, "Longest side of a preview, in pixels.", min=32, max=1024)
+    trust_proxy: bool = setting(False, "The console is reached only through your own reverse proxy: take the client's address\n"
+                                       "from the last X-Forwarded-For value (the login limit counts per address) and\n"
+                                       "X-Forwarded-Proto: https marks the session cookie Secure.")
 
     @property
     def host(self) -> str:

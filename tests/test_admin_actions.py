@@ -421,3 +421,27 @@ def test_session_cookie_is_secure_when_the_request_came_over_https(world):
             await client.close()
             await node.close()
     run(body())
+
+
+@pytest.mark.parametrize("trust_proxy", [False, True])
+def test_client_address_behind_a_trusted_proxy_only(tmp_path, trust_proxy):
+    world = build_world(tmp_path, trust_proxy=trust_proxy)
+
+    async def body(console, client):
+        console.accounts.add("ada")
+        headers = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7", "X-Forwarded-Proto": "https"}
+        await client.post("/login", data={"name": "ada", "password": "wrong"}, headers=headers)
+        (entry,) = console.audit.entries(action="login")
+        assert entry.client == ("198.51.100.7" if trust_proxy else "127.0.0.1")
+        # Another address is not held back by the first one's failures (the account's own limit still counts).
+        for _ in range(console.settings.login_max_failures):
+            await client.post("/login", data={"name": "eve", "password": "x"}, headers=headers)
+        other = await client.post("/login", data={"name": "bob", "password": "x"},
+                                  headers={"X-Forwarded-For": "192.0.2.1"}, allow_redirects=False)
+        assert other.status == (401 if trust_proxy else 429)
+        if trust_proxy:  # the proxy says the browser came over https: the cookie is Secure
+            password = console.accounts.add("carol")
+            ok = await client.post("/login", data={"name": "carol", "password": password}, allow_redirects=False,
+                                   headers={"X-Forwarded-For": "192.0.2.55", "X-Forwarded-Proto": "https"})
+            assert ok.status == 303 and "Secure" in ok.headers["Set-Cookie"]
+    with_console(world, body)

@@ -228,11 +228,19 @@ async def audit_page(request: web.Request) -> web.Response:
     console, session = console_of(request), session_of(request)
     raw = request.query.get("page", "1")
     number = int(raw) if raw.isdigit() and int(raw) > 0 else 1
-    entries = console.audit.entries(limit=100, offset=(number - 1) * 100)
+    actor, action = request.query.get("actor", "").strip(), request.query.get("action", "").strip()
+    entries = console.audit.entries(limit=100, offset=(number - 1) * 100, actor=actor or None,
+                                    action=action or None)
     rows = [[e(when(a.at)), e(a.actor), e(a.action), e(a.target), e(a.result), e(a.client or "")] for a in entries]
-    more = link("/audit", "older entries →", {"page": str(number + 1)}) if len(entries) == 100 else ""
-    body = table(["When", "Who", "Action", "Target", "Result", "From"], rows, caption=f"{console.audit.count()} "
-                 "entries, newest first", empty="Nothing recorded yet.") + (f"<p>{more}</p>" if more else "")
+    kept = {k: v for k, v in (("actor", actor), ("action", action)) if v}
+    more = link("/audit", "older entries →", {**kept, "page": str(number + 1)}) if len(entries) == 100 else ""
+    filters = ('<form method="get" action="/audit" class="filters" aria-label="filter the audit log">'
+               + field("Who", "actor", actor) + field("Action", "action", action,
+                                                      extra='placeholder="reveal, release, login…"')
+               + button("Filter") + "</form>")
+    body = filters + table(["When", "Who", "Action", "Target", "Result", "From"], rows,
+                           caption=f"{console.audit.count()} entries in all, newest first",
+                           empty="Nothing recorded (with these filters).") + (f"<p>{more}</p>" if more else "")
     return html_response(page("Audit log", body, account=session.account, csrf=session.csrf, current="/audit"))
 
 

@@ -46,7 +46,20 @@ def session_of(request: web.Request) -> Session:
 
 
 def client_of(request: web.Request) -> str | None:
+    """The client's address: the socket's peer, or behind a trusted proxy (``admin.trust_proxy``) the
+    address that proxy appended last to X-Forwarded-For (everything before it the client wrote)."""
+    if console_of(request).settings.trust_proxy:
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", []))
+        if forwarded:
+            return forwarded.split(",")[-1].strip()
     return request.remote
+
+
+def over_https(request: web.Request) -> bool:
+    if request.secure:
+        return True
+    return console_of(request).settings.trust_proxy and \
+        request.headers.get("X-Forwarded-Proto", "").split(",")[-1].strip().lower() == "https"
 
 
 def html_response(text: str, status: int = 200) -> web.Response:
@@ -160,7 +173,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     console.accounts.logged_in(name)
     console.audit.write(name, "login", name, "logged in", client)
     response = redirect("/")
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/",
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=over_https(request), path="/",
                         max_age=int(console.settings.session_max_hours * 3600))
     raise response
 
