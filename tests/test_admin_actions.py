@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -181,6 +182,8 @@ def test_confirm_writes_evidence_with_hashes_verdicts_and_attribution(world):
         ref = world.item_ref("a/astronaut")
         page = await (await client.get(f"/item/{ref}")).text()
         assert "uploaded by alice" in page and "Purge post 42 via Lemmy" in page
+        ids = re.findall(r' id="([^"]+)"', page)
+        assert len(ids) == len(set(ids))  # every label names one field
         response = await client.post(f"/item/{ref}/confirm", data={"csrf": csrf, "note": "reported to NCMEC"},
                                      allow_redirects=False)
         assert response.status == 303

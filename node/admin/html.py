@@ -45,8 +45,9 @@ def button(text: str, *, name: str = "", value: str = "", cls: str = "") -> str:
 
 
 def field(label: str, name: str, value: Any = "", *, kind: str = "text", required: bool = False,
-          extra: str = "") -> str:
-    ident = f"f-{name}"
+          extra: str = "", ident: str = "") -> str:
+    """A labelled input; ``ident`` makes its id unique where a page repeats the form (one per row)."""
+    ident = ident or f"f-{name}"
     req = " required" if required else ""
     return (f'<div class="field"><label for="{ident}">{e(label)}</label>'
             f'<input id="{ident}" type="{kind}" name="{e(name)}" value="{e(value)}"{req} {extra}></div>')

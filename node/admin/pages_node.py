@@ -152,12 +152,12 @@ async def verdicts_page(request: web.Request) -> web.Response:
     query = request.query.get("q", "")
     results, summary = search_verdicts(console.node, query) if query else ([], "")
     rows = []
-    for r, how in results:
+    for index, (r, how) in enumerate(results):
         act = ""
         if r["own"] and r["retracted_at"] is None:
             act = form("/verdicts/retract", session.csrf, f'<input type="hidden" name="verdict_id" '
                        f'value="{e(r["verdict_id"])}"><input type="hidden" name="q" value="{e(query)}">'
-                       + field("Reason (sent to peers)", "reason", "", extra="required")
+                       + field("Reason (sent to peers)", "reason", "", extra="required", ident=f"f-retract-{index}")
                        + button("Retract at every peer", cls="warn"), cls="stack")
         rows.append([e(r["verdict_id"]), e("this node" if r["own"] else r["issuer"]), e(r["label"]),
                      " ".join(f"{e(k)} {v:.3f}" for k, v in sorted(r["scores"].items())), e(how),

@@ -110,8 +110,8 @@ def _attribution(request: web.Request, item: QueueItem, found: Any) -> str:
         out.append(form(f"/item/{item.ref}/purge", session.csrf,
                         f'<input type="hidden" name="kind" value="{e(kind)}"><input type="hidden" name="target" '
                         f'value="{target_id}">' + f"<span>{e(label)}</span>"
-                        + field(f"Reason to purge {kind} {target_id}", f"reason-{kind}-{target_id}", "",
-                                extra='required').replace(f'name="reason-{kind}-{target_id}"', 'name="reason"')
+                        + field(f"Reason to purge {kind} {target_id}", "reason", "", extra='required',
+                                ident=f"f-purge-{kind}-{target_id}")
                         + button(f"Purge {kind} {target_id} via Lemmy", cls="danger"),
                         cls="stack purge", label=f"purge {kind} {target_id}"))
     return "".join(out)
@@ -130,12 +130,12 @@ async def item_page(request: web.Request) -> web.Response:
              ("Times seen", item.times_seen), ("Quarantined at", item.location or "no file kept")]
     dl = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts)
     verdict_rows = []
-    for v in item.verdicts:
+    for index, v in enumerate(item.verdicts):
         retract = ""
         if not v.own and not v.retracted:
             retract = form(f"/item/{item.ref}/retract-peer", session.csrf,
                            f'<input type="hidden" name="verdict_id" value="{e(v.verdict_id)}">'
-                           + field("Reason", "reason", "", extra="required")
+                           + field("Reason", "reason", "", extra="required", ident=f"f-retract-{index}")
                            + button("Retract this peer's verdict locally", cls="warn"), cls="stack")
         verdict_rows.append([e(v.verdict_id), e("this node" if v.own else v.issuer), e(v.label),
                              " ".join(f"{e(k)} {s:.3f}" for k, s in sorted(v.scores.items())),
@@ -155,7 +155,7 @@ async def item_page(request: web.Request) -> web.Response:
                         + button("Confirm: keep as evidence", cls="primary"), cls="stack", label="confirm")
                    + form(f"/item/{item.ref}/release", session.csrf,
                           field("Reason (sent to peers with the retraction)", "reason", "",
-                                extra='placeholder="false positive: a galaxy"')
+                                extra='placeholder="false positive: a galaxy"', ident="f-release-reason")
                           + button("Release: false positive", cls="warn"), cls="stack", label="release"))
         if item.has_file:
             actions += form(f"/item/{item.ref}/delete", session.csrf, button("Delete the file…", cls="danger"),
