@@ -136,6 +136,8 @@ def test_reveal_one_behind_a_warning_audited(browser, site):
     shot(browser, site, "item")
     ids = browser.execute_script("return Array.from(document.querySelectorAll('[id]')).map(e => e.id)")
     assert len(ids) == len(set(ids))
+    browser.execute_script("document.querySelector('.actions').scrollIntoView()")
+    shot(browser, site, "item-actions")
     submit(browser, browser.find_element(by("LINK_TEXT"), "Reveal the unblurred image…"))
     assert "may be child sexual abuse material" in page_text(browser)
     shot(browser, site, "reveal-warning")

@@ -158,7 +158,9 @@ async def item_page(request: web.Request) -> web.Response:
                                 extra='placeholder="false positive: a galaxy"', ident="f-release-reason")
                           + button("Release: false positive", cls="warn"), cls="stack", label="release"))
         if item.has_file:
-            actions += form(f"/item/{item.ref}/delete", session.csrf, button("Delete the file…", cls="danger"),
+            actions += form(f"/item/{item.ref}/delete", session.csrf,
+                            '<p class="hint">Destroys the quarantined file for good (you are asked again first); '
+                            'any evidence record stays.</p>' + button("Delete the file…", cls="danger"),
                             cls="stack", label="delete")
     found = None
     if console.node.attribution is not None and item.sha256:
