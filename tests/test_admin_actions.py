@@ -256,8 +256,9 @@ def test_delete_takes_two_steps_and_respects_evidence_unless_forced(world):
         assert open(location, "rb").read()  # the first step changes nothing
         skipped = await client.post(f"/item/{ref}/delete/confirm", data={"csrf": csrf}, allow_redirects=False)
         assert skipped.status == 303 and open(location, "rb").read()
-        # Evidence protects the file: refused without force, named in the message.
-        console.node.evidence.confirm(console.actions.positive(item), reviewer="bob")
+        # Once confirmed, the file is evidence: deleting it is refused without force, naming the record.
+        await client.post(f"/item/{ref}/confirm", data={"csrf": csrf, "note": "evidence"})
+        assert "Delete the file" in await (await client.get(f"/item/{ref}")).text()
         assert "force" in await (await client.post(f"/item/{ref}/delete", data={"csrf": csrf})).text()
         refused = await client.post(f"/item/{ref}/delete/confirm", data={"csrf": csrf, "confirm": "delete"})
         assert "not deleted: evidence record" in await refused.text() and open(location, "rb").read()

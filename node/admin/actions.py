@@ -18,6 +18,7 @@ log, whatever its result, and returns the one line the admin reads.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -96,7 +97,8 @@ class ReviewActions:
         target = item.audit_target
         if not item.sha256:
             raise self._refuse(admin, "confirm", target, f"{item.title()} has no sha256: nothing to record", client)
-        record_id = self.node.evidence.confirm(self.positive(item), reviewer=admin, note=note)
+        positive = await asyncio.to_thread(self.positive, item)  # reads the quarantined file for its md5
+        record_id = self.node.evidence.confirm(positive, reviewer=admin, note=note)
         attributed = ""
         if self.node.attribution is not None:
             found = await self.node.attribution.attribute(item.sha256, source=item.source, key=item.key or None)

@@ -150,6 +150,11 @@ async def item_page(request: web.Request) -> web.Response:
     if review:
         actions = (f'<p class="msg ok">Reviewed: {e(review["decision"])} by {e(review["reviewer"])} at '
                    f'{e(when(review["reviewed_at"]))}{": " + e(review["note"]) if review["note"] else ""}.</p>')
+        if review["decision"] == "confirmed" and item.has_file:  # evidence may be destroyed once it is not needed
+            actions += form(f"/item/{item.ref}/delete", session.csrf,
+                            '<p class="hint">The file is kept as evidence. Deleting it asks again, and needs "force" '
+                            'while its evidence record protects it.</p>' + button("Delete the file…", cls="danger"),
+                            cls="stack", label="delete")
     else:
         actions = (form(f"/item/{item.ref}/confirm", session.csrf, field("Note (kept with the evidence)", "note", "")
                         + button("Confirm: keep as evidence", cls="primary"), cls="stack", label="confirm")
@@ -249,8 +254,10 @@ async def _act(request: web.Request, what: str) -> web.StreamResponse:
     data = await request.post()
     client = client_of(request)
     back = f"/item/{item.ref}"
-    if console.queue.review_of(item.ref) and what in ("confirm", "release", "delete-confirm"):
-        raise done(request, back, "warn", f"{item.title()} was reviewed already: nothing done.")
+    review = console.queue.review_of(item.ref)
+    if review and (what in ("confirm", "release") or (what == "delete-confirm" and review["decision"] != "confirmed")):
+        raise done(request, back, "warn", f"{item.title()} was reviewed already ({review['decision']} by "
+                   f"{review['reviewer']}): nothing done.")
     try:
         if what == "confirm":
             line = await console.actions.confirm(item, session.account, str(data.get("note", "")), client)
