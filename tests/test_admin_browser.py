@@ -232,6 +232,7 @@ def test_logout_and_no_route_without_a_session(browser, site):
     log_in(browser, site)
     submit(browser, browser.find_element(by("XPATH"), "//button[contains(., 'Log out')]"))
     assert "You are logged out" in page_text(browser)
+    shot(browser, site, "logged-out")
     ref = site["world"].item_ref("b/coffee")
     for path in ("/", "/queue", f"/item/{ref}", f"/item/{ref}/preview.png", "/peers", "/verdicts", "/evidence",
                  "/audit", "/evidence/1"):
