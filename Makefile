@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt torch==2.13.0 torchvision==0.28.0 -e '.[test,pdq]'
 	touch $@
 
+# The review console comes up on loopback beside it (admin.listen, 127.0.0.1:8081); the first run adds an
+# account named admin and prints its one-time password.
 run: $(STAMP)
-	$(VENV)/bin/verdict-node serve
+	$(VENV)/bin/verdict-node admin ensure admin
+	$(VENV)/bin/verdict-node serve --console
 
 # Tests run real servers: sshd (SSH source), PostgreSQL (Lemmy/Mastodon attribution) and Chromium with
 # ChromeDriver (the review console). Install what is missing when we run as root; otherwise say what to install.

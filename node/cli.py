@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(p)
     p.add_argument("--host", default=None, help="listen address (overrides node.yaml)")
     p.add_argument("--port", type=int, default=None, help="listen port (overrides node.yaml)")
+    p.add_argument("--console", action="store_true",
+                   help="serve the review console on admin.listen (as admin.enabled: true does)")
     p.set_defaults(handler=_lazy("node.serve", "cmd_serve"))
 
     p = sub.add_parser("check", help="fingerprint and classify image files, one JSON line each")
@@ -165,6 +167,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name", metavar="NAME")
     _add_config_option(q)
     p.set_defaults(handler=_lazy("node.banks.commands", "cmd_exchange_tokens"))
+
+    # -- the review console (node/admin/) --
+    p = sub.add_parser("admin", help="review console accounts: add, list, remove")
+    admin_sub = p.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    q = admin_sub.add_parser("add", help="create an account and print its one-time password (only its hash is kept)")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    q = admin_sub.add_parser("list", help="accounts with their sessions and last login")
+    q.add_argument("--json", action="store_true", help="JSON instead of text")
+    _add_config_option(q)
+    q = admin_sub.add_parser("remove", help="delete an account and end its sessions")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    q = admin_sub.add_parser("ensure", help="print the console's URL; add account NAME (printing its one-time "
+                                            "password) when there is no account yet (what `make run` does)")
+    q.add_argument("name", metavar="NAME")
+    _add_config_option(q)
+    p.set_defaults(handler=_lazy("node.admin.commands", "cmd_admin"))
 
     # -- storage sweeps (node/sweeps/) --
     def source_options(q: argparse.ArgumentParser) -> None:

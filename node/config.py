@@ -457,6 +457,42 @@ class AttributionSection:
                                            "peer block) in the background and keep it in the cache.")
 
 
+def _check_listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, e.g. 127.0.0.1:8081"
+    return None
+
+
+@dataclass
+class AdminSection:
+    enabled: bool = setting(False, "Serve the review console (a web page for reviewing blocked images, peers and evidence)\n"
+                                   "on its own listener. Accounts: `verdict-node admin add NAME`.")
+    listen: str = setting("127.0.0.1:8081", "HOST:PORT of the console's listener, apart from the federation listener. Keep it\n"
+                                            "on loopback (reach it through an SSH tunnel) or behind an HTTPS proxy with\n"
+                                            "its own access control.", check=_check_listen)
+    allow_reveal: bool = setting(True, "Offer 'reveal' (an unblurred preview, after a warning, audited). false removes the\n"
+                                       "button and the route refuses.")
+    session_idle_minutes: float = setting(30, "A session ends after this many minutes without a request.", min=1, max=1440)
+    session_max_hours: float = setting(12, "A session ends this many hours after the login, however busy.", min=0.1, max=720)
+    login_max_failures: int = setting(5, "Failed logins per account, and per client address, within login_window_seconds\n"
+                                         "before further attempts are refused (429) until the window has passed.",
+                                      min=1, max=1000)
+    login_window_seconds: float = setting(300, "The window of login_max_failures.", min=10, max=86400)
+    preview_side: int = setting(160, "Longest side of a preview, in pixels.", min=32, max=1024)
+    trust_proxy: bool = setting(False, "The console is reached only through your own reverse proxy: take the client's address\n"
+                                       "from the last X-Forwarded-For value (the login limit counts per address) and\n"
+                                       "X-Forwarded-Proto: https marks the session cookie Secure.")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 @dataclass
 class NodeConfig:
     """All of node.yaml. `data_dir` is where node.yaml lives; relative paths are resolved against it."""
@@ -472,6 +508,7 @@ class NodeConfig:
     banks: BanksSection = section(BanksSection, "Hash banks: imported lists of known-bad hashes (never shared with anyone).")
     evidence: EvidenceSection = section(EvidenceSection, "Evidence records of confirmed positives (for reports to the authorities).")
     attribution: AttributionSection = section(AttributionSection, "Who uploaded an image and where it is used (read-only: pict-rs, Lemmy, Mastodon).")
+    admin: AdminSection = section(AdminSection, "The review console (its own listener; off unless enabled).")
     database: str = setting("verdict-node.db", "SQLite database (relative to the data directory).")
     keys_dir: str = setting("keys", "Directory of the node's private keys (relative to the data directory).")
     peers_file: str = setting("peers.yaml", "Trusted peers (see peers.example.yaml), relative to the data directory.")

@@ -331,4 +331,43 @@ CREATE TABLE attribution_progress (
     position REAL NOT NULL
 );
 """),
+    # The review console (node/admin/): accounts (argon2id hashes only), sessions (token hashes only, with
+    # their CSRF token), the audit log of every admin action and reveal, and the reviews that take an item
+    # out of the queue. `item` is the queue's reference of the item (node/admin/queue.py).
+    Migration("review console", """
+CREATE TABLE admin_accounts (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,            -- argon2id, PHC string
+    created_at REAL NOT NULL,
+    must_change INTEGER NOT NULL DEFAULT 1, -- 1 while the one-time password printed by `admin add` is in use
+    last_login_at REAL
+);
+CREATE TABLE admin_sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    account TEXT NOT NULL REFERENCES admin_accounts(name) ON DELETE CASCADE,
+    csrf TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    last_seen_at REAL NOT NULL,
+    client TEXT
+);
+CREATE INDEX admin_sessions_account ON admin_sessions(account);
+CREATE TABLE admin_audit (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,                    -- the account, or the name tried at a failed login
+    action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL,
+    client TEXT
+);
+CREATE INDEX admin_audit_at ON admin_audit(at);
+CREATE TABLE admin_reviews (
+    item TEXT PRIMARY KEY,
+    sha256 TEXT,
+    decision TEXT NOT NULL,                 -- confirmed | released | deleted | retracted-peer
+    reviewer TEXT NOT NULL,
+    reviewed_at REAL NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+"""),
 ]

@@ -15,9 +15,11 @@ import sys
 
 from aiohttp import web
 
-from node import attribution, banks, federation, peers_file, workers
+from node import admin, attribution, banks, federation, peers_file, workers
+from node.admin import Console, console_app
 from node.config import NodeConfig
 from node.datadir import pictrs_urls, resolve_config
+from node.http_limits import DeadlineAppRunner, Deadlines
 from node.runtime import Node, on_reload_signal, on_stop_signals
 from node.server import app_runner
 from node.store import SchemaTooNew
@@ -27,13 +29,16 @@ log = logging.getLogger("verdict_node.server")
 
 def open_serving_node(config: NodeConfig, *, load_model: bool = True) -> Node:
     """Node.open plus what `serve` adds: federation (routes, delivery, backfill, lookups), hash banks and
-    the exchange feed, with ``workers.enabled`` the remote worker queue, and with an ``attribution:``
-    section the attribution of positives (node.attribution)."""
+    the exchange feed, with ``workers.enabled`` the remote worker queue, with an ``attribution:`` section
+    the attribution of positives (node.attribution), and with ``admin.enabled`` the review console (served
+    on its own listener by ``serve``)."""
     node = Node.open(config, load_model=load_model)
     federation.install(node)
     banks.install(node)
     workers.install(node)
     attribution.install(node)
+    if config.admin.enabled:
+        admin.install(node)
     node.background.append(watch_peers_file)
     return node
 
@@ -43,12 +48,36 @@ async def watch_peers_file(node: Node) -> None:
     await peers_file.watch(node.reload_peers, node.config.peers_path, lambda: node.peers_signature)
 
 
+async def start_console(node: Node) -> web.AppRunner | None:
+    """The review console on its own listener (``admin.listen``), when installed: never on the federation
+    listener, which peers and pict-rs reach. The node's lifecycle stays with the main application."""
+    console = node.features.get(Console)
+    if console is None:
+        return None
+    runner = DeadlineAppRunner(console_app(console), deadlines=Deadlines.of(node.config), access_log=None,
+                               handle_signals=False)
+    await runner.setup()
+    settings = node.config.admin
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(exc.errno, f"{exc.strerror or exc} (the review console's admin.listen, {settings.listen})") from exc
+    log.info("review console on http://%s/ (accounts: verdict-node admin add NAME)", settings.listen)
+    return runner
+
+
 async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly (node.close flushes pending writes)."""
     runner = app_runner(node, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
+    try:
+        console_runner = await start_console(node)
+    except OSError:
+        await runner.cleanup()
+        raise
     stop = asyncio.Event()
     on_stop_signals(stop.set)
     on_reload_signal(node.reload_peers)
@@ -59,6 +88,8 @@ async def serve(node: Node, host: str, port: int, *, ready: asyncio.Event | None
         await stop.wait()
     finally:
         log.info("shutting down")
+        if console_runner is not None:
+            await console_runner.cleanup()
         await runner.cleanup()
 
 
@@ -71,6 +102,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config.listen.host = args.host
         if getattr(args, "port", None):
             config.listen.port = args.port
+        if getattr(args, "console", False):
+            config.admin.enabled = True
         if config.node.url == default_url:  # never set by the admin: follow the overrides
             config.node.url = f"http://{config.listen.host}:{config.listen.port}"
         node = open_serving_node(config)

@@ -1,0 +1,94 @@
+"""Looking without harm: previews drawn by the server from a quarantined file, on request, in memory.
+
+The default preview is small (``admin.preview_side``), greyscale and heavily blurred: enough to tell a
+galaxy from a person, not enough to see a person. Unblurred pixels leave the server only for a reveal that
+the admin asked for on that one item (a POST behind a warning, audited). Nothing is ever written to disk:
+the file is read into memory, decoded under the node's media limits (scanners.media.decode: hostile bytes
+never raise), and the PNG goes straight into the response, marked ``no-store``.
+
+The file is opened with O_NOFOLLOW and must be a regular file no larger than ``media.max_bytes``: a
+quarantine is a place others could have written to, and a link there must not make the console read
+something else.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+
+from PIL import Image, ImageFilter, ImageOps
+
+from scanners.media import Limits, decode
+
+#: Side of the coarse grid the blurred preview is reduced to before it is blurred again: fine detail
+#: (faces, skin texture) does not survive it.
+BLUR_GRID = 12
+REVEAL_SIDE = 480
+
+
+class PreviewError(Exception):
+    """No preview can be drawn; the message says why, naming the file."""
+
+
+def read_quarantined(location: str, max_bytes: int) -> bytes:
+    """The bytes of a quarantined file: a regular file, not through a symbolic link, at most max_bytes."""
+    if not os.path.isabs(location):
+        raise PreviewError(f"{location}: the quarantine is not on this machine (a remote source): no preview")
+    try:
+        fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise PreviewError(f"{location}: the quarantined file is gone") from None
+    except OSError as exc:
+        raise PreviewError(f"{location}: cannot be opened ({exc.strerror or exc}); a symbolic link is "
+                           f"refused") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise PreviewError(f"{location}: not a regular file: no preview")
+        if info.st_size > max_bytes:
+            raise PreviewError(f"{location}: {info.st_size} bytes, over media.max_bytes ({max_bytes}): no preview")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise PreviewError(f"{location}: grew over media.max_bytes while read: no preview")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _first_frame(data: bytes, limits: Limits, what: str) -> Image.Image:
+    media = decode(data, limits)
+    if media.outcome != "image" or not media.frames:
+        raise PreviewError(f"{what}: not drawn ({media.reason or media.outcome})")
+    return media.frames[0]
+
+
+def blurred_png(data: bytes, limits: Limits, side: int, what: str = "the file") -> bytes:
+    """Small, greyscale, blurred: the preview every page shows."""
+    frame = ImageOps.grayscale(_first_frame(data, limits, what))
+    frame.thumbnail((side, side), Image.Resampling.LANCZOS)
+    width, height = frame.size
+    scale = BLUR_GRID / max(width, height)
+    coarse = frame.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.Resampling.BOX)
+    out = coarse.resize((width, height), Image.Resampling.BILINEAR)
+    out = out.filter(ImageFilter.GaussianBlur(radius=max(2.0, side / 20)))
+    return _png(out)
+
+
+def revealed_png(data: bytes, limits: Limits, what: str = "the file") -> bytes:
+    """The unblurred picture, for a reveal only (at most REVEAL_SIDE pixels)."""
+    frame = _first_frame(data, limits, what).convert("RGB")
+    frame.thumbnail((REVEAL_SIDE, REVEAL_SIDE), Image.Resampling.LANCZOS)
+    return _png(frame)
+
+
+def _png(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=False)
+    return buf.getvalue()
