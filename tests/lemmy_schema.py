@@ -16,6 +16,40 @@ THUMB_ALIAS = "8e2d44c1-5b6a-47f0-8d3c-bb02.jpeg"
 DELETED_ALIAS = "c0ffee00-1111-2222-3333-cc03.webp"
 UNUSED_ALIAS = "d00d0000-4444-5555-6666-dd04.png"
 
+
+def _people(actor_column: str, published_column: str) -> str:
+    """The same four people in either schema (the columns were renamed in 1.0)."""
+    return f"""
+INSERT INTO person (id, name, {actor_column}, local, {published_column}, deleted) VALUES
+    (1, 'alice', '{LEMMY}/u/alice', true, '2024-01-02T03:04:05Z', false),
+    (2, 'bob', '{LEMMY}/u/bob', true, '2024-02-01T00:00:00Z', false),
+    (3, 'carol', '{REMOTE}/u/carol', false, '2023-06-01T00:00:00Z', false),
+    (4, 'mallory', '{LEMMY}/u/mallory', true, '2024-03-01T00:00:00Z', true);
+INSERT INTO local_user (id, person_id, password_encrypted) VALUES (11, 1, 'x'), (12, 2, 'x'), (14, 4, 'x');
+"""
+
+
+def _posts_and_comments(published_column: str) -> str:
+    """The same posts and comments in either schema: two posts and a comment use alice's image."""
+    return f"""
+INSERT INTO post (id, name, url, thumbnail_url, creator_id, body, ap_id, local, {published_column}) VALUES
+    (101, 'first use', '{LEMMY}/pictrs/image/{ALICE_ALIAS}', NULL, 1, NULL, '{LEMMY}/post/101', true,
+        '2024-05-01T10:01:00Z'),
+    (102, 'crosspost', 'https://elsewhere.example/article', '{LEMMY}/pictrs/image/{ALICE_ALIAS}?format=webp', 2,
+        'see link', '{LEMMY}/post/102', true, '2024-05-01T11:00:00Z'),
+    (103, 'remote post', 'https://news.example/story', '{LEMMY}/pictrs/image/{THUMB_ALIAS}', 3, NULL,
+        '{REMOTE}/post/77', false, '2024-05-02T10:00:00Z'),
+    (104, 'deleted user post', '{LEMMY}/pictrs/image/{DELETED_ALIAS}', NULL, 4, NULL, '{LEMMY}/post/104', true,
+        '2024-05-03T10:01:00Z'),
+    (105, 'unrelated', 'https://other.example/x{ALICE_ALIAS}', NULL, 2, 'nothing here', '{LEMMY}/post/105', true,
+        '2024-05-05T00:00:00Z');
+INSERT INTO comment (id, content, creator_id, post_id, ap_id, {published_column}) VALUES
+    (201, 'look ![img]({LEMMY}/pictrs/image/{ALICE_ALIAS}) again', 2, 101, '{LEMMY}/comment/201',
+        '2024-05-01T12:00:00Z'),
+    (202, 'plain text', 1, 101, '{LEMMY}/comment/202', '2024-05-01T12:30:00Z');
+"""
+
+
 LEMMY_019 = f"""
 CREATE TABLE person (id serial PRIMARY KEY, name text NOT NULL, display_name text, actor_id text NOT NULL,
     local boolean NOT NULL DEFAULT true, published timestamptz NOT NULL, deleted boolean NOT NULL DEFAULT false,
@@ -31,33 +65,13 @@ CREATE TABLE comment (id serial PRIMARY KEY, content text NOT NULL, creator_id i
     ap_id text NOT NULL, local boolean NOT NULL DEFAULT true, published timestamptz NOT NULL,
     deleted boolean NOT NULL DEFAULT false, removed boolean NOT NULL DEFAULT false);
 
-INSERT INTO person (id, name, actor_id, local, published, deleted) VALUES
-    (1, 'alice', '{LEMMY}/u/alice', true, '2024-01-02T03:04:05Z', false),
-    (2, 'bob', '{LEMMY}/u/bob', true, '2024-02-01T00:00:00Z', false),
-    (3, 'carol', '{REMOTE}/u/carol', false, '2023-06-01T00:00:00Z', false),
-    (4, 'mallory', '{LEMMY}/u/mallory', true, '2024-03-01T00:00:00Z', true);
-INSERT INTO local_user (id, person_id, password_encrypted) VALUES (11, 1, 'x'), (12, 2, 'x'), (14, 4, 'x');
+""" + _people("actor_id", "published") + f"""
 INSERT INTO local_image (pictrs_alias, local_user_id, pictrs_delete_token, published) VALUES
     ('{ALICE_ALIAS}', 11, 'tok1', '2024-05-01T10:00:00Z'),
     ('{THUMB_ALIAS}', NULL, 'tok2', '2024-05-02T10:00:00Z'),
     ('{DELETED_ALIAS}', 14, 'tok3', '2024-05-03T10:00:00Z'),
     ('{UNUSED_ALIAS}', 12, 'tok4', '2024-05-04T10:00:00Z');
-INSERT INTO post (id, name, url, thumbnail_url, creator_id, body, ap_id, local, published) VALUES
-    (101, 'first use', '{LEMMY}/pictrs/image/{ALICE_ALIAS}', NULL, 1, NULL, '{LEMMY}/post/101', true,
-        '2024-05-01T10:01:00Z'),
-    (102, 'crosspost', 'https://elsewhere.example/article', '{LEMMY}/pictrs/image/{ALICE_ALIAS}?format=webp', 2,
-        'see link', '{LEMMY}/post/102', true, '2024-05-01T11:00:00Z'),
-    (103, 'remote post', 'https://news.example/story', '{LEMMY}/pictrs/image/{THUMB_ALIAS}', 3, NULL,
-        '{REMOTE}/post/77', false, '2024-05-02T10:00:00Z'),
-    (104, 'deleted user post', '{LEMMY}/pictrs/image/{DELETED_ALIAS}', NULL, 4, NULL, '{LEMMY}/post/104', true,
-        '2024-05-03T10:01:00Z'),
-    (105, 'unrelated', 'https://other.example/x{ALICE_ALIAS}', NULL, 2, 'nothing here', '{LEMMY}/post/105', true,
-        '2024-05-05T00:00:00Z');
-INSERT INTO comment (id, content, creator_id, post_id, ap_id, published) VALUES
-    (201, 'look ![img]({LEMMY}/pictrs/image/{ALICE_ALIAS}) again', 2, 101, '{LEMMY}/comment/201',
-        '2024-05-01T12:00:00Z'),
-    (202, 'plain text', 1, 101, '{LEMMY}/comment/202', '2024-05-01T12:30:00Z');
-"""
+""" + _posts_and_comments("published")
 
 # Lemmy 1.0: local_image names the person and the post a thumbnail is for; timestamps are *_at and the
 # actor URL of a person is ap_id.
@@ -74,33 +88,13 @@ CREATE TABLE comment (id serial PRIMARY KEY, content text NOT NULL, creator_id i
     ap_id text NOT NULL, local boolean NOT NULL DEFAULT true, published_at timestamptz NOT NULL,
     deleted boolean NOT NULL DEFAULT false, removed boolean NOT NULL DEFAULT false);
 
-INSERT INTO person (id, name, ap_id, local, published_at, deleted) VALUES
-    (1, 'alice', '{LEMMY}/u/alice', true, '2024-01-02T03:04:05Z', false),
-    (2, 'bob', '{LEMMY}/u/bob', true, '2024-02-01T00:00:00Z', false),
-    (3, 'carol', '{REMOTE}/u/carol', false, '2023-06-01T00:00:00Z', false),
-    (4, 'mallory', '{LEMMY}/u/mallory', true, '2024-03-01T00:00:00Z', true);
-INSERT INTO local_user (id, person_id, password_encrypted) VALUES (11, 1, 'x'), (12, 2, 'x'), (14, 4, 'x');
+""" + _people("ap_id", "published_at") + f"""
 INSERT INTO local_image (pictrs_alias, person_id, thumbnail_for_post_id, published_at) VALUES
     ('{ALICE_ALIAS}', 1, NULL, '2024-05-01T10:00:00Z'),
     ('{THUMB_ALIAS}', NULL, 103, '2024-05-02T10:00:00Z'),
     ('{DELETED_ALIAS}', 4, NULL, '2024-05-03T10:00:00Z'),
     ('{UNUSED_ALIAS}', 2, NULL, '2024-05-04T10:00:00Z');
-INSERT INTO post (id, name, url, thumbnail_url, creator_id, body, ap_id, local, published_at) VALUES
-    (101, 'first use', '{LEMMY}/pictrs/image/{ALICE_ALIAS}', NULL, 1, NULL, '{LEMMY}/post/101', true,
-        '2024-05-01T10:01:00Z'),
-    (102, 'crosspost', 'https://elsewhere.example/article', '{LEMMY}/pictrs/image/{ALICE_ALIAS}?format=webp', 2,
-        'see link', '{LEMMY}/post/102', true, '2024-05-01T11:00:00Z'),
-    (103, 'remote post', 'https://news.example/story', '{LEMMY}/pictrs/image/{THUMB_ALIAS}', 3, NULL,
-        '{REMOTE}/post/77', false, '2024-05-02T10:00:00Z'),
-    (104, 'deleted user post', '{LEMMY}/pictrs/image/{DELETED_ALIAS}', NULL, 4, NULL, '{LEMMY}/post/104', true,
-        '2024-05-03T10:01:00Z'),
-    (105, 'unrelated', 'https://other.example/x{ALICE_ALIAS}', NULL, 2, 'nothing here', '{LEMMY}/post/105', true,
-        '2024-05-05T00:00:00Z');
-INSERT INTO comment (id, content, creator_id, post_id, ap_id, published_at) VALUES
-    (201, 'look ![img]({LEMMY}/pictrs/image/{ALICE_ALIAS}) again', 2, 101, '{LEMMY}/comment/201',
-        '2024-05-01T12:00:00Z'),
-    (202, 'plain text', 1, 101, '{LEMMY}/comment/202', '2024-05-01T12:30:00Z');
-"""
+""" + _posts_and_comments("published_at")
 
 MASTODON_HOST = "https://mastodon.example"
 LOCAL_MEDIA_ID = 109876543210987654
