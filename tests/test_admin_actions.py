@@ -22,6 +22,7 @@ from PIL import Image
 from node.admin import Console, console_app
 from node.admin.queue import Filters
 from node.cli import main as cli_main
+from node.evidence import Positive
 from node.serve import open_serving_node
 from tests.admin_helpers import (ASKING, FOLLOWER, NEW_PASSWORD, PEER, FakeAttributor, build_world, csrf_of, login,
                                  with_console)
@@ -227,6 +228,24 @@ def test_release_restores_file_records_override_and_queues_retraction(world):
         assert hook.decision == "accept" and "released" in hook.reason
         assert console.queue.review_of(ref)["decision"] == "released"
         assert "released" in console.audit.entries(action="release")[0].result
+    with_console(world, body)
+
+
+def test_release_of_bytes_that_evidence_keeps_is_refused_and_the_file_stays_in_quarantine(world):
+    """The same bytes confirmed elsewhere (another copy, the CLI) are evidence: one click must not publish them."""
+    async def body(console, client):
+        csrf = await login(console, client)
+        ref = world.item_ref("a/galaxy")
+        location = console.queue.get(ref).location
+        sha = hashlib.sha256(world.images["hubble_deep_field"]).hexdigest()
+        console.node.evidence.confirm(Positive(sha256=sha, source="file:///elsewhere", key="copy.png"), reviewer="bob")
+        refused = await (await client.post(f"/item/{ref}/release", data={"csrf": csrf, "reason": "oops"})).text()
+        assert "not released: evidence record" in refused and "--force" in refused
+        assert open(location, "rb").read() and not (world.root / "a/galaxy").exists()
+        assert world.query("SELECT count(*) FROM sweep_overrides WHERE sha256 = ?", sha) == [(0,)]
+        assert world.query("SELECT retracted_at FROM verdicts WHERE verdict_id = ?",
+                           world.verdicts["hubble_deep_field"]) == [(None,)]
+        assert "refused" in console.audit.entries(action="release")[0].result
     with_console(world, body)
 
 

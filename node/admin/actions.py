@@ -121,6 +121,15 @@ class ReviewActions:
         if not item.sha256:
             raise self._refuse(admin, "release", target, f"{item.title()} has no sha256: cannot release", client)
         lines: list[str] = []
+        protecting = self.node.evidence.protecting(item.sha256, location=item.location) if item.has_file else None
+        if protecting is not None:
+            # A confirmed positive put back into public storage by one click is the worst mistake this page
+            # could make; undoing a confirmation is a deliberate step at the command line.
+            why = protection_reason(protecting).replace(
+                "pass --force to destroy it anyway",
+                f"releasing it would publish it again; if the confirmation was wrong, run `verdict-node release "
+                f"--force {item.location}`")
+            raise self._refuse(admin, "release", target, f"{item.title()} was not released: {why}", client)
         if item.has_file:
             if self.links.release_file is None:
                 raise self._refuse(admin, "release", target, "the sweeps feature is not installed here", client)
