@@ -11,6 +11,7 @@ Login, logout and the password change live here too; the pages are node.admin.pa
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -163,7 +164,8 @@ async def login(request: web.Request) -> web.StreamResponse:
             f"{console.settings.login_window_seconds:g} s).", name)), 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
-    if not name or not console.accounts.verify(name, password):
+    # argon2id costs tens of milliseconds of CPU and 64 MiB: off the event loop, which also answers pict-rs.
+    if not name or not await asyncio.to_thread(console.accounts.verify, name, password):
         console.limiter.failed(name, client)
         console.audit.write(name or "?", "login", name, "refused: wrong account name or password", client)
         return html_response(page("Log in", _login_form("Wrong account name or password: nothing was logged in. "
@@ -220,12 +222,12 @@ async def change_password(request: web.Request) -> web.StreamResponse:
         return html_response(page("Password", _password_form(session.csrf, forced, message), account=session.account,
                                   csrf=session.csrf), status)
 
-    if not console.accounts.verify(session.account, str(data.get("current", ""))):
+    if not await asyncio.to_thread(console.accounts.verify, session.account, str(data.get("current", ""))):
         return again("The current password is wrong: the password was not changed.", 403)
     if data.get("new") != data.get("again"):
         return again("The two new passwords differ: the password was not changed.")
     try:
-        console.accounts.set_password(session.account, str(data.get("new", "")))
+        await asyncio.to_thread(console.accounts.set_password, session.account, str(data.get("new", "")))
     except AccountError as exc:
         return again(f"{exc}: the password was not changed.")
     console.sessions.end_others(session)
