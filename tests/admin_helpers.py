@@ -133,8 +133,10 @@ class FakeAttributor:
                         refresh: bool = False, search_text: bool = False) -> Attribution:
         return Attribution(looked_up_at=time.time(), found=True,
                            summary="uploaded by alice (https://lemmy.example/u/alice), in 1 post",
-                           details={"uploader": {"id": 7, "name": "alice", "url": "https://lemmy.example/u/alice"},
-                                    "posts": [{"id": 42, "url": "https://lemmy.example/post/42"}], "comments": []},
+                           details={"lemmy": {  # node.attribution.lemmy's shape (tests/test_console_attribution.py)
+                               "uploads": [{"alias": "a.png", "uploader": {
+                                   "person_id": 7, "name": "alice", "actor_url": "https://lemmy.example/u/alice"}}],
+                               "posts": [{"post_id": 42, "ap_id": "https://lemmy.example/post/42"}], "comments": []}},
                            problems=("mastodon database not configured",))
 
     async def purge(self, kind: str, target_id: int, *, reason: str, actor: str) -> str:

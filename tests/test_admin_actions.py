@@ -195,7 +195,7 @@ def test_confirm_writes_evidence_with_hashes_verdicts_and_attribution(world):
         assert record["location"] and open(record["location"], "rb").read() == data  # kept as evidence
         assert [(v["id"], v["issuer"]) for v in record["decision"]["verdicts"]] == \
             [(world.verdicts["astronaut"], console.node.actor_id)]
-        assert record["attribution"]["uploader"]["name"] == "alice"
+        assert record["attribution"]["lemmy"]["uploads"][0]["uploader"]["name"] == "alice"
         assert ref not in {i.ref for i in console.queue.all()}
         flash = await (await client.get("/queue")).text()
         assert f"evidence record {record['id']} written" in flash

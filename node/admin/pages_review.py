@@ -91,25 +91,45 @@ def _item_or_404(request: web.Request) -> QueueItem:
     return item
 
 
+def _public(url: Any) -> str:
+    """A link to the instance's own page of a person, post or comment: only http(s) (the URL comes from
+    another system's database), never sending this page as referrer."""
+    if isinstance(url, str) and url.startswith(("https://", "http://")):
+        return f'<a href="{e(url)}" rel="noreferrer">{e(url)}</a>'
+    return '<span class="muted">no public link</span>'
+
+
+def _purge_targets(details: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(kind, Lemmy id, label as HTML) of the uploaders, posts and comments an attribution names, in the shape
+    node.attribution's Lemmy reader gives them: ``details["lemmy"]`` with ``uploads`` (each with its
+    ``uploader``, a person_id), ``posts`` (post_id) and ``comments`` (comment_id), each with its public link."""
+    lemmy = details.get("lemmy") if isinstance(details.get("lemmy"), dict) else {}
+    targets: list[tuple[str, int, str]] = []
+    for upload in lemmy.get("uploads") or []:
+        person = upload.get("uploader") if isinstance(upload, dict) else None
+        if isinstance(person, dict) and isinstance(person.get("person_id"), int) and \
+                all(t[:2] != ("person", person["person_id"]) for t in targets):
+            targets.append(("person", person["person_id"],
+                            f"uploader {e(person.get('name'))} {_public(person.get('actor_url'))}"))
+    for kind, key in (("post", "posts"), ("comment", "comments")):
+        for entry in lemmy.get(key) or []:
+            if isinstance(entry, dict) and isinstance(entry.get(f"{kind}_id"), int):
+                target_id = entry[f"{kind}_id"]
+                targets.append((kind, target_id, f"{kind} {target_id} {_public(entry.get('ap_id'))}"))
+    return targets
+
+
 def _attribution(request: web.Request, item: QueueItem, found: Any) -> str:
     session = session_of(request)
     if found is None:
         return '<p class="muted">Attribution is not installed: no uploader or posts to show.</p>'
     out = [f"<p>{e(found.summary)}</p>"]
     out += [f'<p class="msg warn">{e(p)}</p>' for p in found.problems]
-    details = found.details or {}
-    targets: list[tuple[str, int, str]] = []
-    uploader = details.get("uploader") or {}
-    if isinstance(uploader, dict) and isinstance(uploader.get("id"), int):
-        targets.append(("person", uploader["id"], f"uploader {uploader.get('name', uploader['id'])}"))
-    for kind, key in (("post", "posts"), ("comment", "comments")):
-        for entry in details.get(key) or []:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), int):
-                targets.append((kind, entry["id"], f"{kind} {entry['id']} {entry.get('url', '')}".strip()))
+    targets = _purge_targets(found.details or {})
     for kind, target_id, label in targets:
         out.append(form(f"/item/{item.ref}/purge", session.csrf,
                         f'<input type="hidden" name="kind" value="{e(kind)}"><input type="hidden" name="target" '
-                        f'value="{target_id}">' + f"<span>{e(label)}</span>"
+                        f'value="{target_id}">' + f"<span>{label}</span>"
                         + field(f"Reason to purge {kind} {target_id}", "reason", "", extra='required',
                                 ident=f"f-purge-{kind}-{target_id}")
                         + button(f"Purge {kind} {target_id} via Lemmy", cls="danger"),
