@@ -53,8 +53,11 @@ class Attribution:
     """Who uploaded an image and where it is used, as the instance's own records say (the attribution feature
     reads pict-rs, Lemmy's and Mastodon's databases, never writing to them). ``summary`` is one line for the
     log and the console ("uploaded by alice (https://lemmy.example/u/alice), in 2 posts and 1 comment", or
-    "not found: no pict-rs alias for these bytes"); ``details`` is JSON-serialisable (aliases, uploader, posts,
-    comments, media attachments, their public links) and goes into evidence records as it is; ``problems``
+    "not found: no pict-rs alias for these bytes"); ``details`` is JSON-serialisable and goes into evidence
+    records as it is, one key per source asked: ``pictrs`` ({aliases, ...}), ``lemmy`` ({version, uploads:
+    [{alias, uploader: {person_id, name, actor_url, ...} | None, thumbnail_for_post_id, ...}], posts: [{post_id,
+    ap_id, url, thumbnail_url, ...}], comments: [{comment_id, ap_id, ...}]}), ``mastodon`` ([{attachment,
+    account, status, ...}]); readers (the console, the export) must take a missing key as "not asked"; ``problems``
     says, in our own words, which source could not be asked and why (``lemmy database unreachable: ...``)."""
 
     looked_up_at: float

@@ -94,6 +94,9 @@ def test_item_page_confirm_export_and_purge_name_alice_from_lemmys_own_records(w
             assert f"Purge post {post} via Lemmy" in page
         assert f'href="{schema.LEMMY}/u/alice"' in page and "Purge person 1 via Lemmy" in page
         assert "Purge post 105" not in page, "the post that merely mentions the alias is not a use of it"
+        assert "Purge comment 201" not in page and "?search_text=1" in page, "bodies are searched only when asked"
+        searched = await (await client.get(f"/item/{ref}?search_text=1")).text()
+        assert f'href="{schema.LEMMY}/comment/201"' in searched and "Purge comment 201 via Lemmy" in searched
 
         confirmed = await client.post(f"/item/{ref}/confirm", data={"csrf": csrf, "note": "reported"},
                                       allow_redirects=False)

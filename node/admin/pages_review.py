@@ -125,6 +125,10 @@ def _attribution(request: web.Request, item: QueueItem, found: Any) -> str:
         return '<p class="muted">Attribution is not installed: no uploader or posts to show.</p>'
     out = [f"<p>{e(found.summary)}</p>"]
     out += [f'<p class="msg warn">{e(p)}</p>' for p in found.problems]
+    if request.query.get("search_text") != "1":
+        out.append(f'<p class="hint">Posts are matched by their link and thumbnail. '
+                   f'{link(f"/item/{item.ref}?search_text=1", "Also search post and comment text")} '
+                   f'(a full scan of those tables: slow on a big instance).</p>')
     targets = _purge_targets(found.details or {})
     for kind, target_id, label in targets:
         out.append(form(f"/item/{item.ref}/purge", session.csrf,
@@ -189,7 +193,8 @@ async def item_page(request: web.Request) -> web.Response:
                             cls="stack", label="delete")
     found = None
     if console.node.attribution is not None and item.sha256:
-        found = await console.node.attribution.attribute(item.sha256, source=item.source, key=item.key or None)
+        found = await console.node.attribution.attribute(item.sha256, source=item.source, key=item.key or None,
+                                                         search_text=request.query.get("search_text") == "1")
     body = (f'<div class="item"><div class="look">{preview}{reveal}</div>'
             f'<div class="facts"><h2>Scores against this node\'s thresholds</h2><p>{_scores(item, thresholds)}</p>'
             f'<dl>{dl}</dl></div></div>'
