@@ -57,8 +57,8 @@ class Attribution:
     records as it is, one key per source asked: ``pictrs`` ({aliases, ...}), ``lemmy`` ({version, uploads:
     [{alias, uploader: {person_id, name, actor_url, ...} | None, thumbnail_for_post_id, ...}], posts: [{post_id,
     ap_id, url, thumbnail_url, ...}], comments: [{comment_id, ap_id, ...}]}), ``mastodon`` ([{attachment_id,
-    path, found, account, status, ...}]); readers (the console, the export) must take a missing key as "not asked"; ``problems``
-    says, in our own words, which source could not be asked and why (``lemmy database unreachable: ...``)."""
+    path, found, account, status, ...}]); readers (the console, the export) take a missing key as "not
+    asked". ``problems`` says, in our own words, which source could not be asked and why (``lemmy database unreachable: ...``)."""
 
     looked_up_at: float
     found: bool
