@@ -64,12 +64,23 @@ def log_in(driver: Any, site: dict, name: str = "ada", password: str = PASSWORD)
 
 def submit(driver: Any, element: Any) -> None:
     """Click a button that submits a form and wait for the next page (the old one goes stale)."""
-    from selenium.webdriver.support import expected_conditions
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(by("TAG_NAME"), "html")
     element.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+
+    def old_page_gone(_driver: Any) -> bool:
+        # chromedriver reports an element of a replaced document either as stale or, when the check races
+        # the navigation, as "Node with given id does not belong to the document": both mean it is gone.
+        try:
+            old.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(driver, 15).until(old_page_gone)
+    WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def page_text(driver: Any) -> str:
