@@ -170,7 +170,7 @@ async def login(console: Console, client: TestClient, name: str = "ada", passwor
     token of the session."""
     if password is None:
         password = console.accounts.add(name)
-    response = await client.post("/login", data={"name": name, "password": password}, allow_redirects=False)
+    response = await post_login(client, name, password)
     assert response.status == 303, await response.text()
     account = console.accounts.get(name)
     if account is not None and account.must_change:
@@ -182,6 +182,13 @@ async def login(console: Console, client: TestClient, name: str = "ada", passwor
 
 
 NEW_PASSWORD = "correct horse battery staple"
+
+
+async def post_login(client: TestClient, name: str, password: str, **kwargs: Any) -> Any:
+    """What a browser does: load the login form (its token and cookie), then post it."""
+    token = await csrf_of(client, "/login")
+    kwargs.setdefault("allow_redirects", False)
+    return await client.post("/login", data={"name": name, "password": password, "csrf": token}, **kwargs)
 
 
 async def csrf_of(client: TestClient, path: str) -> str:

@@ -25,13 +25,19 @@ from node.cli import main as cli_main
 from node.evidence import Positive
 from node.serve import open_serving_node
 from tests.admin_helpers import (ASKING, FOLLOWER, NEW_PASSWORD, PEER, FakeAttributor, build_world, csrf_of, login,
-                                 with_console)
+                                 post_login, with_console)
 from tests.node_helpers import free_port, make_data_dir, run, running_node, serve_process
 
 
 @pytest.fixture
 def world(tmp_path):
     return build_world(tmp_path)
+
+
+def session_cookie(response) -> str:
+    """The Set-Cookie header of the session (a login also ends the login form's own cookie)."""
+    (cookie,) = [c for c in response.headers.getall("Set-Cookie") if c.startswith("vn_console=")]
+    return cookie
 
 
 def laplacian_energy(png: bytes) -> float:
@@ -72,17 +78,17 @@ def test_every_route_needs_a_session_and_every_answer_has_the_security_headers(w
 def test_login_wrong_password_rate_limit_cookie_logout(world):
     async def body(console, client):
         password = console.accounts.add("ada")
-        wrong = await client.post("/login", data={"name": "ada", "password": "guess"}, allow_redirects=False)
+        wrong = await post_login(client, "ada", "guess", allow_redirects=False)
         assert wrong.status == 401 and "Wrong account name or password" in await wrong.text()
         for _ in range(console.settings.login_max_failures - 1):
-            await client.post("/login", data={"name": "ada", "password": "guess"})
-        limited = await client.post("/login", data={"name": "ada", "password": password}, allow_redirects=False)
+            await post_login(client, "ada", "guess")
+        limited = await post_login(client, "ada", password, allow_redirects=False)
         assert limited.status == 429 and int(limited.headers["Retry-After"]) > 200
         assert "try again in" in await limited.text()
         console.limiter = type(console.limiter)(5, 300)  # the window has passed
-        ok = await client.post("/login", data={"name": "ada", "password": password}, allow_redirects=False)
+        ok = await post_login(client, "ada", password, allow_redirects=False)
         assert ok.status == 303
-        cookie = ok.headers["Set-Cookie"]
+        cookie = session_cookie(ok)
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie  # plain http here
         # The one-time password must be replaced before anything else.
         first = await client.get("/queue", allow_redirects=False)
@@ -98,7 +104,7 @@ def test_login_wrong_password_rate_limit_cookie_logout(world):
         assert logout.status == 200 and world.query("SELECT count(*) FROM admin_sessions") == [(0,)]
         assert (await client.get("/queue", allow_redirects=False)).status == 303
         # The old password no longer works; failures and the login are in the audit log.
-        old = await client.post("/login", data={"name": "ada", "password": password}, allow_redirects=False)
+        old = await post_login(client, "ada", password, allow_redirects=False)
         assert old.status == 401
         actions = [(a.action, a.result.split(":")[0]) for a in console.audit.entries()]
         for expected in (("login", "refused"), ("login", "logged in"), ("logout", "logged out")):
@@ -116,6 +122,24 @@ def test_csrf_token_is_checked_on_every_post(world):
         assert missing.status == 403
         assert console.node.evidence.count() == 0 and console.queue.review_of(ref) is None
         assert console.audit.entries(action="csrf-refused")
+    with_console(world, body)
+
+
+def test_login_form_token_is_checked(world):
+    """Login CSRF: a page elsewhere that posts the attacker's own name and password must not log the
+    browser in, with no token or with a token that is not this browser's login cookie."""
+    async def body(console, client):
+        password = console.accounts.add("mallory")
+        bare = await client.post("/login", data={"name": "mallory", "password": password}, allow_redirects=False)
+        assert bare.status == 403 and "nothing was logged in" in await bare.text()
+        await csrf_of(client, "/login")  # this browser now has a login cookie
+        forged = await client.post("/login", data={"name": "mallory", "password": password, "csrf": "x" * 43},
+                                   allow_redirects=False)
+        assert forged.status == 403 and "vn_console" not in forged.cookies
+        assert world.query("SELECT count(*) FROM admin_sessions") == [(0,)]
+        assert [a.result for a in console.audit.entries(action="login")][:2] == \
+            ["refused: the login form's token did not match"] * 2
+        assert (await post_login(client, "mallory", password)).status == 303
     with_console(world, body)
 
 
@@ -436,9 +460,16 @@ def test_session_cookie_is_secure_when_the_request_came_over_https(world):
         await client.start_server()
         try:
             password = console.accounts.add("ada")
-            response = await client.post("/login", data={"name": "ada", "password": password},
-                                         allow_redirects=False)
-            cookie = response.headers["Set-Cookie"]
+            form = await client.get("/login")
+            login_cookie = [c for c in form.headers.getall("Set-Cookie") if c.startswith("vn_login=")][0]
+            assert "Secure" in login_cookie, "the login form's own cookie is Secure over https too"
+            token = await csrf_of(client, "/login")
+            # The test client speaks plain http, so its jar keeps Secure cookies to itself: send it as a browser
+            # on https would.
+            client.session.cookie_jar.clear()
+            response = await client.post("/login", data={"name": "ada", "password": password, "csrf": token},
+                                         headers={"Cookie": f"vn_login={token}"}, allow_redirects=False)
+            cookie = session_cookie(response)
             assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         finally:
             await client.close()
@@ -453,18 +484,18 @@ def test_client_address_behind_a_trusted_proxy_only(tmp_path, trust_proxy):
     async def body(console, client):
         console.accounts.add("ada")
         headers = {"X-Forwarded-For": "203.0.113.9, 198.51.100.7", "X-Forwarded-Proto": "https"}
-        await client.post("/login", data={"name": "ada", "password": "wrong"}, headers=headers)
+        await post_login(client, "ada", "wrong", headers=headers)
         (entry,) = console.audit.entries(action="login")
         assert entry.client == ("198.51.100.7" if trust_proxy else "127.0.0.1")
         # Another address is not held back by the first one's failures (the account's own limit still counts).
         for _ in range(console.settings.login_max_failures):
-            await client.post("/login", data={"name": "eve", "password": "x"}, headers=headers)
-        other = await client.post("/login", data={"name": "bob", "password": "x"},
+            await post_login(client, "eve", "x", headers=headers)
+        other = await post_login(client, "bob", "x",
                                   headers={"X-Forwarded-For": "192.0.2.1"}, allow_redirects=False)
         assert other.status == (401 if trust_proxy else 429)
         if trust_proxy:  # the proxy says the browser came over https: the cookie is Secure
             password = console.accounts.add("carol")
-            ok = await client.post("/login", data={"name": "carol", "password": password}, allow_redirects=False,
+            ok = await post_login(client, "carol", password, allow_redirects=False,
                                    headers={"X-Forwarded-For": "192.0.2.55", "X-Forwarded-Proto": "https"})
-            assert ok.status == 303 and "Secure" in ok.headers["Set-Cookie"]
+            assert ok.status == 303 and "Secure" in session_cookie(ok)
     with_console(world, body)

@@ -12,7 +12,9 @@ Login, logout and the password change live here too; the pages are node.admin.pa
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -20,7 +22,7 @@ from aiohttp import web
 
 from node.admin.accounts import AccountError
 from node.admin.console import Console
-from node.admin.html import button, e, field, form, page
+from node.admin.html import button, csrf_field, e, field, form, page
 from node.admin.sessions import COOKIE, Session
 
 log = logging.getLogger("verdict_node.admin")
@@ -135,10 +137,27 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 # -- login, logout, password ----------------------------------------------------------------------------
 
-def _login_form(message: str = "", name: str = "") -> str:
+LOGIN_COOKIE = "vn_login"
+
+
+def _login_token(request: web.Request) -> str:
+    """The login form's CSRF token: there is no session yet, so the token is a cookie of its own (HttpOnly,
+    SameSite=Strict, for /login only) that the form repeats. A page elsewhere cannot read it, so it cannot
+    log a browser into an account of the attacker's choosing (login CSRF)."""
+    token = request.cookies.get(LOGIN_COOKIE, "")
+    return token if len(token) == 43 and token.replace("-", "").replace("_", "").isalnum() else secrets.token_urlsafe(32)
+
+
+def _with_login_token(response: web.Response, request: web.Request, token: str) -> web.Response:
+    response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=over_https(request),
+                        path="/login", max_age=3600)
+    return response
+
+
+def _login_form(token: str, message: str = "", name: str = "") -> str:
     note = f'<p class="msg error" role="alert">{e(message)}</p>' if message else ""
     return note + (
-        '<form method="post" action="/login" class="stack">'
+        f'<form method="post" action="/login" class="stack">{csrf_field(token)}'
         + field("Account", "name", name, required=True, extra='autocomplete="username" autofocus')
         + field("Password", "password", kind="password", required=True, extra='autocomplete="current-password"')
         + button("Log in", cls="primary") + "</form>"
@@ -147,7 +166,8 @@ def _login_form(message: str = "", name: str = "") -> str:
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return html_response(page("Log in", _login_form()))
+    token = _login_token(request)
+    return _with_login_token(html_response(page("Log in", _login_form(token))), request, token)
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -155,11 +175,19 @@ async def login(request: web.Request) -> web.StreamResponse:
     data = await request.post()
     name, password = str(data.get("name", "")).strip(), str(data.get("password", ""))
     client = client_of(request)
+    token = _login_token(request)
+    given = data.get("csrf")
+    if not (isinstance(given, str) and request.cookies.get(LOGIN_COOKIE)
+            and hmac.compare_digest(given.encode(), request.cookies[LOGIN_COOKIE].encode())):
+        console.audit.write(name or "?", "login", name, "refused: the login form's token did not match", client)
+        return _with_login_token(html_response(page("Log in", _login_form(
+            token, "This login form had expired or did not come from this console: nothing was logged in. "
+                   "Enter your password again.", name)), 403), request, token)
     wait = console.limiter.retry_after(name, client)
     if wait is not None:
         console.audit.write(name or "?", "login", name, f"refused: rate limited for {wait:.0f} s more", client)
         response = html_response(page("Log in", _login_form(
-            f"Too many failed logins for this account or from this address: try again in {wait:.0f} seconds "
+            token, f"Too many failed logins for this account or from this address: try again in {wait:.0f} seconds "
             f"(admin.login_max_failures = {console.settings.login_max_failures} within "
             f"{console.settings.login_window_seconds:g} s).", name)), 429)
         response.headers["Retry-After"] = str(int(wait) + 1)
@@ -168,14 +196,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not name or not await asyncio.to_thread(console.accounts.verify, name, password):
         console.limiter.failed(name, client)
         console.audit.write(name or "?", "login", name, "refused: wrong account name or password", client)
-        return html_response(page("Log in", _login_form("Wrong account name or password: nothing was logged in. "
-                                                        "Check both and try again.", name)), 401)
+        wrong = "Wrong account name or password: nothing was logged in. Check both and try again."
+        return html_response(page("Log in", _login_form(token, wrong, name)), 401)
     console.limiter.succeeded(name)
-    token = console.sessions.start(name, client)
+    session_token = console.sessions.start(name, client)
     console.accounts.logged_in(name)
     console.audit.write(name, "login", name, "logged in", client)
     response = redirect("/")
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=over_https(request), path="/",
+    response.del_cookie(LOGIN_COOKIE, path="/login")
+    response.set_cookie(COOKIE, session_token, httponly=True, samesite="Strict", secure=over_https(request), path="/",
                         max_age=int(console.settings.session_max_hours * 3600))
     raise response
 
