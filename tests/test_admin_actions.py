@@ -215,6 +215,7 @@ def test_confirm_writes_evidence_with_hashes_verdicts_and_attribution(world):
         (record,) = console.node.evidence.list()
         data = world.images["astronaut"]
         assert record["md5"] == hashlib.md5(data).hexdigest() and record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert record["media_type"] == "image/" + Image.open(io.BytesIO(data)).format.lower()
         assert record["reviewer"] == "ada" and record["review_note"] == "reported to NCMEC"
         assert record["location"] and open(record["location"], "rb").read() == data  # kept as evidence
         assert [(v["id"], v["issuer"]) for v in record["decision"]["verdicts"]] == \

@@ -28,8 +28,16 @@ from node.admin.previews import PreviewError, read_quarantined
 from node.admin.queue import QueueItem, ReviewQueue
 from node.evidence import Positive, protection_reason
 from node.runtime import Node
+from scanners.media import sniff
 
 PURGE_KINDS = ("post", "comment", "person")
+
+
+# What scanners.media.sniff names, as the media type a report states (pict-rs's hook sends its own).
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif", "webp": "image/webp", "bmp": "image/bmp",
+               "tiff": "image/tiff", "avif": "image/avif", "heif": "image/heif", "jxl": "image/jxl",
+               "ico": "image/x-icon", "svg": "image/svg+xml", "mp4": "video/mp4", "mov": "video/quicktime",
+               "webm": "video/webm", "avi": "video/x-msvideo", "html": "text/html"}
 
 
 class ActionRefused(Exception):
@@ -75,12 +83,14 @@ class ReviewActions:
     # -- confirm -----------------------------------------------------------------------------------
 
     def positive(self, item: QueueItem) -> Positive:
-        """The evidence of one item: hashes (the md5 computed from the quarantined file when there is one)."""
-        md5, size = None, item.size
+        """The evidence of one item: hashes and the file's type (the md5 and the type read from the quarantined
+        file when there is one: a sweep records neither)."""
+        md5, size, media_type = None, item.size, item.media_type
         if item.has_file:
             try:
                 data = read_quarantined(item.location or "", self.node.config.media.max_bytes)
                 md5, size = hashlib.md5(data).hexdigest(), len(data)
+                media_type = media_type or MEDIA_TYPES.get(sniff(data) or "")
             except PreviewError:
                 pass
         decision = {"outcome": "block", "kind": item.kind, "reason": item.reason, "origin": item.origin,
@@ -90,7 +100,7 @@ class ReviewActions:
                     "media_flags": item.media_flags, "times_seen": item.times_seen}
         return Positive(sha256=item.sha256 or "", source=item.source, key=item.key, md5=md5,
                         pixel_sha256=item.pixel_sha256, pdq256=item.pdq256, phash64=item.phash64, size=size,
-                        media_type=item.media_type, location=item.location if item.has_file else None,
+                        media_type=media_type, location=item.location if item.has_file else None,
                         stored_at=item.first_seen, decision=decision)
 
     async def confirm(self, item: QueueItem, admin: str, note: str = "", client: str | None = None) -> str:
