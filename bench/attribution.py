@@ -1,11 +1,11 @@
-"""How long attribution takes on a Lemmy of some size, and what it costs the pict-rs hook.
+"""How long attribution takes on a Lemmy of some size: cold, warm, with text search, and from the cache.
 
 Makes a throwaway PostgreSQL cluster (tests/postgres_server.py), a Lemmy 0.19 and a 1.0 schema with
 POSTS posts, IMAGES local_image rows and COMMENTS comments, and times `attribute()` through the read-only
 role: cold (first query: connection, schema), warm (pool open, cache bypassed with refresh=True), with
 --search-text (sequential scans of post.body and comment.content), and from the cache.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/attribution_bench.py [POSTS]
+    .venv/bin/python -m bench.attribution [POSTS]
 """
 from __future__ import annotations
 
