@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from node.admin import Console, console_app
+from node.admin.charts import nice_top
 from node.admin.queue import Filters
 from node.cli import main as cli_main
 from node.evidence import Positive
@@ -393,6 +394,22 @@ def test_verdict_search_by_hashes_and_own_retraction(world):
     with_console(world, body)
 
 
+def test_queue_depth_per_day_counts_an_item_from_its_decision_to_its_review(world):
+    async def body(console, client):
+        csrf = await login(console, client)
+        items = console.queue.all()
+        first, last = min(i.decided_at for i in items), max(i.decided_at for i in items)
+        assert console.queue.depth_at([first - 1, last]) == [0, len(items)]
+        ref = world.item_ref("a/astronaut")
+        await client.post(f"/item/{ref}/confirm", data={"csrf": csrf})
+        reviewed_at = world.query("SELECT reviewed_at FROM admin_reviews WHERE item = ?", ref)[0][0]
+        assert console.queue.depth_at([reviewed_at - 1e-3, reviewed_at + 1]) == [len(items), len(items) - 1]
+        overview = await (await client.get("/")).text()
+        assert "Items awaiting review at the end of each day" in overview
+        assert f'<td data-label="awaiting review">{len(items) - 1}</td></tr></tbody>' in overview, "today's depth"
+    with_console(world, body)
+
+
 def test_federation_listener_serves_no_console_route(world):
     async def body():
         async with running_node(world.config, load_model=False) as (node, base):
@@ -500,3 +517,7 @@ def test_client_address_behind_a_trusted_proxy_only(tmp_path, trust_proxy):
                                    headers={"X-Forwarded-For": "192.0.2.55", "X-Forwarded-Proto": "https"})
             assert ok.status == 303 and "Secure" in session_cookie(ok)
     with_console(world, body)
+
+
+def test_chart_axes_end_on_round_numbers():
+    assert [nice_top(v) for v in (7, 6, 0.291, 1, 13, 250, 0)] == [8, 8, 0.4, 1, 20, 400, 1.0]

@@ -43,8 +43,13 @@ def site(tmp_path_factory):
 
 
 def shot(driver: Any, site: dict, name: str) -> Path:
+    """The whole page, not only the window: the window grows to the page's height for the picture."""
     path = site["shots"] / f"{name}.png"
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, max(height, min(int(full) + 140, 6000)))
     driver.save_screenshot(str(path))
+    driver.set_window_size(width, height)
     return path
 
 

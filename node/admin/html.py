@@ -60,6 +60,12 @@ def select(label: str, name: str, options: Iterable[tuple[str, str]], chosen: st
             f'<select id="{ident}" name="{e(name)}">{opts}</select></div>')
 
 
+def long_text(text: str) -> str:
+    """Escaped text that may break anywhere (paths, URLs, hashes, error lines), so that a table column of
+    such tokens wraps instead of running off the page, while short words in other columns stay whole."""
+    return f'<span class="long">{e(text)}</span>'
+
+
 def table(headers: Iterable[str], rows: Iterable[Iterable[str]], *, caption: str = "", empty: str = "",
           cls: str = "") -> str:
     """Cells are HTML already (escape what goes in). On a phone, ``cls="rowcards"`` shows each row as a card

@@ -12,8 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from node.admin.actions import ActionRefused
-from node.admin.charts import daily_stats, lines, stacked_bars
-from node.admin.html import button, e, field, form, link, page, table, when
+from node.admin.charts import daily_stats, day_ends, lines, stacked_bars
+from node.admin.html import button, e, field, form, link, long_text, page, table, when
 from node.admin.web import client_of, console_of, done, html_response, session_of
 from scanners.fingerprint import hamming
 
@@ -24,6 +24,7 @@ async def overview(request: web.Request) -> web.Response:
     console, session = console_of(request), session_of(request)
     stats = await asyncio.to_thread(daily_stats, console.node.store)
     depth = await asyncio.to_thread(console.queue.depth)
+    depths = await asyncio.to_thread(console.queue.depth_at, day_ends(stats))
     workers = console.links.workers()
     if workers is None:
         worker_text = "<p>No remote workers: this node classifies with its own backend (or none).</p>"
@@ -33,10 +34,10 @@ async def overview(request: web.Request) -> web.Response:
         worker_text = "<ul>" + "".join(f"<li>{e(w)}</li>" for w in workers) + "</ul>"
     problem = console.node.classifier_problem()
     shares = [f"{s:.0%}" if s is not None else "–" for s in stats.peer_share]
-    numbers = table(["Day", *stats.by_origin, "peer share", "p50 ms", "p95 ms"],
+    numbers = table(["Day", *stats.by_origin, "peer share", "p50 ms", "p95 ms", "awaiting review"],
                     [[e(d), *[str(stats.by_origin[o][i]) for o in stats.by_origin], e(shares[i]),
                       e(f"{stats.p50[i]:.0f}" if stats.p50[i] is not None else "–"),
-                      e(f"{stats.p95[i]:.0f}" if stats.p95[i] is not None else "–")]
+                      e(f"{stats.p95[i]:.0f}" if stats.p95[i] is not None else "–"), str(depths[i])]
                      for i, d in enumerate(stats.days)], caption="The charts' numbers")
     body = (f'<div class="cards"><p class="card"><span class="big">{depth}</span> item(s) '
             f'{link("/queue", "await review")}</p>'
@@ -45,6 +46,8 @@ async def overview(request: web.Request) -> web.Response:
             "<h2>Inference skipped thanks to peers</h2><p>Of the images that needed a classifier or a peer, the share "
             "a peer's verdict decided.</p>"
             + lines(stats, {"share": stats.peer_share}, "Share of inference skipped thanks to peers", "", top=1.0)
+            + "<h2>Review queue</h2>" + lines(stats, {"awaiting review": depths},
+                                              "Items awaiting review at the end of each day", "")
             + "<h2>Hook latency</h2>" + lines(stats, {"p50": stats.p50, "p95": stats.p95},
                                                "pict-rs hook latency per day (ms)", " ms")
             + f"<h2>Workers</h2>{worker_text}<details><summary>The numbers</summary>{numbers}</details>")
@@ -82,7 +85,7 @@ async def peers_page(request: web.Request) -> web.Response:
         rows.append([e(p["actor"]), e(p["trust"] or "not in peers.yaml: its verdicts are not used"),
                      e(f.get("model") or "–"), str(f.get("verdicts", 0)), e(when(last)),
                      e(f"follows us: {p['they_follow_us']}; we follow: {p['we_follow_them']}"),
-                     e(f"{p['queued_deliveries']} queued, {f.get('failing', 0)} failing"
+                     long_text(f"{p['queued_deliveries']} queued, {f.get('failing', 0)} failing"
                        + (f"; last error: {p['last_error']}" if p.get("last_error") else ""))])
     body = ("<h2>Follow requests</h2>" + table(["Actor", "Trust", "Decide"], pending,
                                               empty="No follow request is waiting.")
@@ -231,7 +234,8 @@ async def audit_page(request: web.Request) -> web.Response:
     actor, action = request.query.get("actor", "").strip(), request.query.get("action", "").strip()
     entries = console.audit.entries(limit=100, offset=(number - 1) * 100, actor=actor or None,
                                     action=action or None)
-    rows = [[e(when(a.at)), e(a.actor), e(a.action), e(a.target), e(a.result), e(a.client or "")] for a in entries]
+    rows = [[e(when(a.at)), e(a.actor), e(a.action), long_text(a.target), long_text(a.result), e(a.client or "")]
+            for a in entries]
     kept = {k: v for k, v in (("actor", actor), ("action", action)) if v}
     more = link("/audit", "older entries →", {**kept, "page": str(number + 1)}) if len(entries) == 100 else ""
     filters = ('<form method="get" action="/audit" class="filters" aria-label="filter the audit log">'

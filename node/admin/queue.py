@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from node.policy import Thresholds
 from protocol.verdict import CATEGORIES
@@ -217,6 +217,14 @@ class ReviewQueue:
 
     def depth(self) -> int:
         return len(self.all())
+
+    def depth_at(self, moments: Sequence[float]) -> list[int]:
+        """How many items awaited review at each moment (the overview's depth per day): an item counts from
+        its decision until its review."""
+        reviewed = dict(self.store.conn.execute("SELECT item, reviewed_at FROM admin_reviews"))
+        spans = [(i.decided_at, reviewed.get(i.ref))
+                 for i in self._sweep_items(reviewed_too=True) + self._decision_items(reviewed_too=True)]
+        return [sum(1 for start, end in spans if start <= t and (end is None or end > t)) for t in moments]
 
     def get(self, ref: str, *, reviewed_too: bool = False) -> QueueItem | None:
         """One item by reference (also once reviewed, with ``reviewed_too``: its page stays readable)."""
