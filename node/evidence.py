@@ -137,10 +137,13 @@ class EvidenceRecords:
         return _record(row) if row else None
 
 
+_REFUSAL = "evidence record "
+
+
 def protection_reason(record: dict[str, Any]) -> str:
     """One line for a refusal: which record keeps the file and until when."""
     until = time.strftime("%Y-%m-%d", time.gmtime(record["retain_until"]))
-    return (f"evidence record {record['id']} (sha256 {record['sha256'][:16]}…, confirmed by {record['reviewer']})"
+    return (f"{_REFUSAL}{record['id']} (sha256 {record['sha256'][:16]}…, confirmed by {record['reviewer']})"
             f" keeps this file until {until} (evidence.retain_days); pass --force to destroy it anyway")
 
 
@@ -200,6 +203,26 @@ def export_record(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refused_for_evidence(action_error: str | None) -> bool:
+    """Whether a sweep item's refusal (its action_error) was this retention, not a changed or linked file."""
+    return (action_error or "").startswith(_REFUSAL)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula: text from another system's database
+# (a user name, a post title) or a review note must stay text when the export is opened.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 #: CSV columns, in order; lists and mappings are written as JSON in their cell.
 CSV_COLUMNS = ("id", "sha256", "md5", "pixel_sha256", "pdq256", "phash64", "size", "media_type", "source", "key",
                "location", "stored_at_utc", "created_at_utc", "outcome", "reason", "origin", "verdicts",
@@ -218,6 +241,5 @@ def render_export(records: list[dict[str, Any]], fmt: str) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow(["" if row.get(c) is None else json.dumps(row[c], sort_keys=True, ensure_ascii=False)
-                         if isinstance(row.get(c), (list, dict)) else row[c] for c in CSV_COLUMNS])
+        writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
     return buffer.getvalue()

@@ -2,7 +2,10 @@
 duplicates, and that retention protects a file by its bytes or by its quarantine location, then lets go."""
 from __future__ import annotations
 
-from node.evidence import DAY, EvidenceRecords, Positive, protection_reason
+import csv
+import io
+
+from node.evidence import DAY, EvidenceRecords, Positive, protection_reason, render_export
 from node.store import Store
 
 
@@ -39,3 +42,14 @@ def test_retention_protects_by_bytes_and_by_location_until_it_ends(tmp_path):
     assert records.protecting(None, now=10.0) is None
     assert records.protecting("a" * 64, now=DAY + 1) is None, "retention ends"
     assert "--force" in protection_reason(records.get(1))
+
+
+def test_csv_export_keeps_text_from_outside_as_text(tmp_path):
+    """A user name or note that starts like a formula must not run when the export is opened in a spreadsheet."""
+    records = EvidenceRecords(Store(tmp_path / "db.sqlite"), retain_days=1)
+    record_id = records.confirm(_positive(), reviewer="alice", note='=HYPERLINK("https://evil.example")', now=0.0)
+    records.attach_attribution(record_id, {"summary": "@mallory uploaded it", "lemmy": {"uploads": []}}, 1.0)
+    (row,) = list(csv.DictReader(io.StringIO(render_export(records.every(), "csv"))))
+    assert row["review_note"] == '\'=HYPERLINK("https://evil.example")'
+    assert row["attribution_summary"] == "'@mallory uploaded it"
+    assert row["sha256"] == "a" * 64 and row["size"] == "1234"

@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from node.evidence import EvidenceRecords, protection_reason
+from node.evidence import EvidenceRecords, protection_reason, refused_for_evidence
 from node.sweeps.recovery import reconcile
 from node.sweeps.records import ItemRecord, SweepRecords, UNDER_WAY_ACTIONS
 from scanners.sources import Item, ItemError, ItemGone, ItemRefused, Source, SourceError
@@ -39,14 +39,15 @@ Protection = Callable[[str | None, str | None], "str | None"]
 
 
 def evidence_guard(evidence: EvidenceRecords, *, force: bool = False) -> Protection:
-    """The retention check of node.evidence for `act`: refuses by the record's reason, or with ``force``
-    lets the deletion go ahead, saying so in the log."""
+    """The retention check of node.evidence for whatever would destroy or publish a file (`act`'s deletion,
+    `release`): refuses by the record's reason, or with ``force`` lets it go ahead, saying so in the log."""
     def protect(sha256: str | None, location: str | None) -> str | None:
         record = evidence.protecting(sha256, location=location)
         if record is None:
             return None
         if force:
-            log.warning("destroying a file evidence record %d still keeps (--force): sha256 %s", record["id"], sha256)
+            log.warning("--force: acting on a file that evidence record %d still keeps (sha256 %s, %s)",
+                        record["id"], sha256, location)
             return None
         return protection_reason(record)
     return protect
@@ -137,7 +138,7 @@ async def apply_run(records: SweepRecords, run_id: int, source: Source, *, actio
             counts["changed"] += 1
             continue
         done = await act(source, item, record, action, records, actor_id=actor_id, protect=protect)
-        if done.action == "refused" and (done.action_error or "").startswith("evidence record "):
+        if done.action == "refused" and refused_for_evidence(done.action_error):
             counts["protected"] += 1
             continue
         key = {"quarantined": "quarantined", "deleted": "deleted", "gone": "gone"}.get(done.action, "failed")

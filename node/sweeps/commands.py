@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 
 from node import banks, federation, workers
 from node.datadir import resolve_config
-from node.evidence import protection_reason
+from node.evidence import refused_for_evidence
 from node.federation.outbox import retract as federation_retract
 from node.runtime import Node, on_stop_signals
 from node.store import Store
@@ -183,7 +183,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             records, args.run, source, action=args.action, actor_id=node.actor_id,
             protect=evidence_guard(node.evidence, force=args.force)))
         for record in records.run_items(args.run, outcome="block", action="refused"):
-            if (record.action_error or "").startswith("evidence record "):
+            if refused_for_evidence(record.action_error):
                 print(f"refused: {record.key}: {record.action_error}", file=sys.stderr)
         print(json.dumps({"run": args.run, **counts}, sort_keys=True))
         return 0 if counts["failed"] == 0 and counts["protected"] == 0 else 1
@@ -209,9 +209,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         # An item whose quarantine a crash cut short is released too: release() settles it first.
         record = next((r for r in records.find(args.item) if r.action in UNDER_WAY_ACTIONS and r.location),
                       None) or quarantined_record(records, args.item)
-        kept = node.evidence.protecting(record.sha256, location=record.location)
-        if kept is not None and not args.force:
-            return _error(f"not released: {protection_reason(kept)}", 1)
+        kept = evidence_guard(node.evidence, force=args.force)(record.sha256, record.location)
+        if kept:
+            return _error(f"not released: {kept}", 1)
         run = records.get_run(record.run_id) if record.run_id is not None else None
         local_dir = _quarantine_dir_of(record.location)
         if "quarantine_dir" not in options and local_dir is not None:
