@@ -11,7 +11,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-__all__ = ["photo_names", "photo_image", "photo_bytes", "synthetic_image", "synthetic_image_bytes", "encode"]
+__all__ = ["photo_names", "photo_image", "photo_bytes", "synthetic_image", "synthetic_image_bytes", "encode",
+           "fine_detail"]
 
 # Distinct colour photos available offline in skimage.data (motorcycle_right is left out on purpose: it
 # is a stereo near-duplicate of motorcycle_left; colorwheel and logo are synthetic graphics).
@@ -99,3 +100,14 @@ def synthetic_image_bytes(seed: int, fmt: str = "jpeg", size: int | tuple[int, i
                           quality: int = 90) -> bytes:
     """``synthetic_image`` encoded as ``fmt``: for test sets larger than the handful of real photos."""
     return encode(synthetic_image(seed, size), fmt, quality)
+
+
+def fine_detail(data: bytes, size: tuple[int, int] | None = None) -> float:
+    """Mean absolute Laplacian of the image in grey (scaled to ``size`` first when given): how much fine
+    detail survives. The review console's blurred previews are judged by it against the original."""
+    im = Image.open(io.BytesIO(data)).convert("L")
+    if size is not None:
+        im = im.resize(size)
+    grey = np.asarray(im, dtype=np.float64)
+    lap = -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
+    return float(np.abs(lap).mean())

@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 
 import aiohttp
-import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -27,6 +26,7 @@ from node.evidence import Positive
 from node.serve import open_serving_node
 from tests.admin_helpers import (ASKING, FOLLOWER, NEW_PASSWORD, PEER, FakeAttributor, build_world, csrf_of, login,
                                  post_login, with_console)
+from tests.images import fine_detail
 from tests.node_helpers import free_port, make_data_dir, run, running_node, serve_process
 
 
@@ -39,13 +39,6 @@ def session_cookie(response) -> str:
     """The Set-Cookie header of the session (a login also ends the login form's own cookie)."""
     (cookie,) = [c for c in response.headers.getall("Set-Cookie") if c.startswith("vn_console=")]
     return cookie
-
-
-def laplacian_energy(png: bytes) -> float:
-    """Mean absolute Laplacian of the grey image: how much fine detail survives."""
-    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
-    lap = -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
-    return float(np.abs(lap).mean())
 
 
 def test_every_route_needs_a_session_and_every_answer_has_the_security_headers(world):
@@ -169,7 +162,7 @@ def test_preview_is_small_grey_and_blurred_and_reveal_is_one_time_and_audited(wo
         image = Image.open(io.BytesIO(png))
         assert image.mode == "L" and max(image.size) <= console.settings.preview_side
         original = world.images["astronaut"]
-        assert laplacian_energy(png) < laplacian_energy(original) / 10
+        assert fine_detail(png) < fine_detail(original) / 10
         page = await (await client.get(f"/item/{ref}")).text()
         assert f"/item/{ref}/reveal" in page
         warning = await (await client.get(f"/item/{ref}/reveal")).text()

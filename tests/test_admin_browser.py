@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,6 +20,7 @@ from node.admin.accounts import Accounts
 from node.store import Store
 from tests.admin_helpers import ASKING, build_world
 from tests.browser import DESKTOP, PHONE, browser  # noqa: F401 - the session's browser fixture
+from tests.images import fine_detail
 from tests.node_helpers import serve_process
 
 PASSWORD = "a long password for the browser"
@@ -103,12 +103,6 @@ def fetch(driver: Any, url: str) -> tuple[int, bytes, dict]:
         return exc.code, exc.read(), dict(exc.headers)
 
 
-def laplacian_energy(data: bytes) -> float:
-    grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float64)
-    lap = -4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:]
-    return float(np.abs(lap).mean())
-
-
 def query(site: dict, sql: str, *params: Any) -> list[tuple]:
     with sqlite3.connect(site["world"].db, timeout=30) as conn:
         return conn.execute(sql, params).fetchall()
@@ -140,8 +134,8 @@ def test_queue_shows_blurred_greyscale_previews(browser, site):
     assert status == 200 and headers["Cache-Control"] == "no-store"
     image = Image.open(io.BytesIO(png))
     assert image.mode == "L" and max(image.size) <= 160
-    original = laplacian_energy(world.images["astronaut"])
-    assert laplacian_energy(png) < original / 10, (laplacian_energy(png), original)
+    original = fine_detail(world.images["astronaut"])
+    assert fine_detail(png) < original / 10, (fine_detail(png), original)
     assert all(b.get_property("naturalWidth") > 0 for b in thumbs)  # the browser drew them (CSP allows self)
 
 
