@@ -95,6 +95,9 @@ def test_mastodon_paths_name_the_attachment_its_account_and_status(tmp_path, dat
     assert attachment_of("/srv/mastodon/public/system/" + schema.REMOTE_MEDIA_KEY) == (
         schema.REMOTE_MEDIA_ID, True, "small")
     assert attachment_of("accounts/avatars/000/000/001/original/a.png") is None
+    assert attachment_of("media_attachments/files/000/000/042/original/old.png") == (42, False, "original")
+    # Seven groups is no Mastodon partition: a key crafted to look like one names no attachment.
+    assert attachment_of("x/media_attachments/files/000/000/000/000/000/000/001/original/a.png") is None
 
     async def main():
         service = _service(tmp_path, None, mastodon_url=databases["mastodon"])

@@ -32,6 +32,9 @@ LOG = "verdict_node.attribution"
 def test_redacted_urls_keep_everything_but_the_password():
     assert redacted("postgresql://ro:s3cret@db:5432/lemmy") == "postgresql://ro@db:5432/lemmy"
     assert redacted("postgresql://ro@db/lemmy") == "postgresql://ro@db/lemmy"
+    # libpq also takes the password as a query parameter: it must not reach a log line either.
+    assert redacted("postgresql://ro@db/lemmy?password=s3cret&sslmode=require") == \
+        "postgresql://ro@db/lemmy?sslmode=require"
 
 
 def test_a_wrong_password_is_one_clear_line_and_a_problem(tmp_path, databases, caplog):  # noqa: F811

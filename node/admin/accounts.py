@@ -6,6 +6,7 @@ a new one (``must_change``), so the printed password stops working once it has b
 """
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 import time
@@ -20,8 +21,11 @@ NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}\Z")
 MIN_PASSWORD = 12
 
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended costs
-#: Verified against when the account does not exist, so that a login takes as long for an unknown name.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the account does not exist, so that a login takes as long for an unknown name
+    (made on first use: hashing costs 64 MiB and tens of ms, not to be paid by every import)."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class AccountError(ValueError):
@@ -80,7 +84,7 @@ class Accounts:
         """Whether the password is this account's. An unknown name costs the same hashing work."""
         row = self.store.conn.execute("SELECT password_hash FROM admin_accounts WHERE name = ?", (name,)).fetchone()
         try:
-            ok = _HASHER.verify(row[0] if row else _DUMMY_HASH, password)
+            ok = _HASHER.verify(row[0] if row else _dummy_hash(), password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
         if not row:

@@ -23,8 +23,8 @@ HEX = re.compile(r"[0-9a-f]+\Z")
 async def overview(request: web.Request) -> web.Response:
     console, session = console_of(request), session_of(request)
     stats = await asyncio.to_thread(daily_stats, console.node.store)
-    depth = await asyncio.to_thread(console.queue.depth)
     depths = await asyncio.to_thread(console.queue.depth_at, day_ends(stats))
+    depth = depths[-1]  # the last moment is now
     workers = console.links.workers()
     if workers is None:
         worker_text = "<p>No remote workers: this node classifies with its own backend (or none).</p>"

@@ -241,7 +241,7 @@ async def reveal_warning(request: web.Request) -> web.Response:
             'nobody should review alone for long.</p></div>'
             + form(f"/item/{item.ref}/reveal", session.csrf, button("I understand: reveal this image once",
                                                                    cls="danger"), cls="stack")
-            + f'<p>{link("/item/" + item.audit_target, "No, go back")}</p>')
+            + f'<p>{link("/item/" + item.ref, "No, go back")}</p>')
     return html_response(page(f"Reveal {item.key}?", body, account=session.account, csrf=session.csrf,
                               current="/queue"))
 
@@ -254,7 +254,7 @@ async def reveal(request: web.Request) -> web.Response:
     console.audit.write(session.account, "reveal", item.audit_target, f"revealed {item.location}", client_of(request))
     body = (f'<p class="msg warn">Revealed once for you (audited). Reloading will not show it again.</p>'
             f'<img class="revealed" src="/item/{e(item.ref)}/revealed.png?grant={e(grant)}" alt="unblurred image '
-            f'{e(item.key)}"><p>{link("/item/" + item.audit_target, "Back to the item (blurred)")}</p>')
+            f'{e(item.key)}"><p>{link("/item/" + item.ref, "Back to the item (blurred)")}</p>')
     return html_response(page(f"Revealed: {item.key}", body, account=session.account, csrf=session.csrf,
                               current="/queue"))
 
@@ -345,7 +345,7 @@ async def delete_step_one(request: web.Request) -> web.Response:
             + form(f"/item/{item.ref}/delete/confirm", session.csrf,
                    guard + '<input type="hidden" name="confirm" value="delete">'
                    + button("Yes, delete the file for good", cls="danger"), cls="stack")
-            + f'<p>{link("/item/" + item.audit_target, "No, keep it")}</p>')
+            + f'<p>{link("/item/" + item.ref, "No, keep it")}</p>')
     return html_response(page(f"Delete {item.key}?", body, account=session.account, csrf=session.csrf,
                               current="/queue"))
 

@@ -12,6 +12,7 @@ something else.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import stat
@@ -63,7 +64,7 @@ def read_quarantined(location: str, max_bytes: int) -> bytes:
 
 
 def _first_frame(data: bytes, limits: Limits, what: str) -> Image.Image:
-    media = decode(data, limits)
+    media = decode(data, dataclasses.replace(limits, max_frames=1))  # a preview draws the first frame only
     if media.outcome != "image" or not media.frames:
         raise PreviewError(f"{what}: not drawn ({media.reason or media.outcome})")
     return media.frames[0]

@@ -9,20 +9,16 @@ logout, or when its account is removed.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass
 
 from node.store import Store
+from node.tokens import token_sha256
 
 COOKIE = "vn_console"
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ class Sessions:
             conn.execute("DELETE FROM admin_sessions WHERE last_seen_at < ? OR created_at < ?",
                          (now - self.idle_seconds, now - self.max_seconds))
             conn.execute("INSERT INTO admin_sessions (token_sha256, account, csrf, created_at, last_seen_at, client) "
-                         "VALUES (?,?,?,?,?,?)", (_digest(token), account, secrets.token_urlsafe(32), now, now, client))
+                         "VALUES (?,?,?,?,?,?)", (token_sha256(token), account, secrets.token_urlsafe(32), now, now, client))
         return token
 
     def find(self, token: str | None, *, now: float | None = None) -> Session | None:
@@ -61,7 +57,7 @@ class Sessions:
         if not token:
             return None
         now = time.time() if now is None else now
-        digest = _digest(token)
+        digest = token_sha256(token)
         row = self.store.conn.execute("SELECT account, csrf, created_at, last_seen_at FROM admin_sessions "
                                       "WHERE token_sha256 = ?", (digest,)).fetchone()
         if row is None:
@@ -90,12 +86,18 @@ class LoginLimiter:
     def __init__(self, max_failures: int, window: float) -> None:
         self.max_failures = max_failures
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures[key]
+        """The failures still in the window; a key whose failures all left it is forgotten, so that names
+        and addresses tried once do not pile up in memory."""
+        times = self._failures.get(key)
+        if times is None:
+            return deque()
         while times and times[0] <= now - self.window:
             times.popleft()
+        if not times:
+            del self._failures[key]
         return times
 
     def retry_after(self, name: str, client: str | None, now: float | None = None) -> float | None:
@@ -111,7 +113,8 @@ class LoginLimiter:
     def failed(self, name: str, client: str | None, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for key in (f"account:{name}", f"client:{client}"):
-            self._recent(key, now).append(now)
+            self._recent(key, now)
+            self._failures.setdefault(key, deque()).append(now)
 
     def succeeded(self, name: str) -> None:
         self._failures.pop(f"account:{name}", None)

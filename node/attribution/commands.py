@@ -200,9 +200,11 @@ def cmd_evidence(args: argparse.Namespace) -> int:
             asyncio.run(_attribute_missing(config, store, evidence))
         text = render_export(evidence.every(), args.format)
     if args.output:
-        with open(args.output, "w", encoding="utf-8", newline="") as fh:
+        # 0600 from the first byte: the file names uploaders (O_EXCL-free, so an old export is replaced).
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        os.chmod(args.output, 0o600)
         print(f"{args.output}: {evidence_count(text, args.format)} evidence record(s)", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -16,7 +16,8 @@ import asyncio
 import logging
 import time
 from typing import Any, Sequence
-from urllib.parse import urlsplit, urlunsplit
+
+from node.urls import redacted  # noqa: F401 - also this package's name for it
 
 log = logging.getLogger("verdict_node.attribution")
 
@@ -25,20 +26,6 @@ RETRY_SECONDS = 30.0
 
 class DatabaseUnavailable(Exception):
     """The database could not be asked; the message is the one line for the admin (no password in it)."""
-
-
-def redacted(url: str) -> str:
-    """The URL without its password (for log lines and problems)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _reason(exc: BaseException) -> str:

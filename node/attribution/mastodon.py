@@ -13,7 +13,9 @@ from typing import Any
 
 from node.attribution.database import ReadOnlyDatabase
 
-_PATH = re.compile(r"(?:^|/)(cache/)?media_attachments/files/((?:\d{3}/){5,}\d{3})/(\w+)/([^/]+)$")
+# Mastodon partitions an attachment id into groups of three digits: three for the small ids of old
+# instances (zero-padded to nine), six for today's 18-digit snowflakes; never more.
+_PATH = re.compile(r"^(?:[^/]+/)*?(cache/)?media_attachments/files/((?:\d{3}/){2,5}\d{3})/(\w+)/([^/]+)$")
 TABLES = ("media_attachments", "accounts", "statuses")
 
 

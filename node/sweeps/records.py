@@ -14,9 +14,10 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from node.store import Store
+from node.urls import public_url  # noqa: F401 - sweeps commands take it from here
 from scanners.sources import Item
 
 #: Outcomes that are final for an unchanged item: a later sweep skips it without reading it. Not
@@ -30,17 +31,6 @@ UNDER_WAY_ACTIONS = ("quarantining", "deleting")
 #: a swapped file: tried again, so it is acted on once the cause is gone, and stays in the report).
 REDO_ACTIONS = (*UNDER_WAY_ACTIONS, "failed", "refused")
 
-#: Query parameters never written to the database (they are passed again by option or environment).
-SECRET_PARAMETERS = frozenset({"secret_key", "api_key", "passphrase", "token", "password", "session_token"})
-
-
-def public_url(url: str) -> str:
-    """The source URL without secret query parameters (what runs record, to reopen the source later)."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in SECRET_PARAMETERS]
-    return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
 def source_identity(url: str) -> str:
