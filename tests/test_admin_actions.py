@@ -4,6 +4,7 @@ federation listener serves no console route. The world comes from tests.admin_he
 quarantine, real signed verdicts, a real hook rejection)."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -180,6 +181,48 @@ def test_preview_is_small_grey_and_blurred_and_reveal_is_one_time_and_audited(wo
     with_console(world, body)
 
 
+def test_a_swapped_or_linked_quarantine_file_is_never_shown_nor_recorded(world):
+    """Whatever sits at the quarantined path is shown, revealed or hashed into evidence only when it is the
+    file the sweep quarantined (no link followed, its sidecar's bytes, the item's sha256)."""
+    async def body(console, client):
+        csrf = await login(console, client)
+        ref = world.item_ref("a/astronaut")
+        location = console.queue.get(ref).location
+        os.replace(location, location + ".kept")
+        with open(location, "wb") as fh:  # other bytes under the same name (the sidecar still says astronaut)
+            fh.write(world.images["coffee"])
+        swapped = await client.get(f"/item/{ref}/preview.png")
+        assert swapped.status == 404 and "do not match" in await swapped.text()
+        os.remove(location)
+        os.symlink(location + ".kept", location)  # the right bytes, but through a link
+        linked = await client.get(f"/item/{ref}/preview.png")
+        assert linked.status == 404
+        await client.post(f"/item/{ref}/confirm", data={"csrf": csrf})
+        (record,) = console.node.evidence.list()
+        assert record["md5"] is None, "nothing read through the link went into the evidence record"
+    with_console(world, body)
+
+
+def test_a_reveal_grant_serves_one_item_to_one_session_once(world):
+    async def body(console, client):
+        csrf = await login(console, client)
+        ref, other = world.item_ref("a/astronaut"), world.item_ref("b/coffee")
+        text = await (await client.post(f"/item/{ref}/reveal", data={"csrf": csrf})).text()
+        start = text.index(f"/item/{ref}/revealed.png?grant=")
+        url = text[start:text.index('"', start)]
+        grant = url.split("grant=")[1]
+        assert (await client.get(f"/item/{other}/revealed.png?grant={grant}")).status == 403, "another item"
+        assert (await client.get(f"/item/{ref}/revealed.png")).status == 403, "no grant"
+        async with TestClient(TestServer(console_app(console))) as second:
+            await login(console, second, "bob")
+            assert (await second.get(url)).status == 403, "another session"
+        assert (await client.get(url)).status == 403, "a grant tried on another item is spent"
+        text = await (await client.post(f"/item/{ref}/reveal", data={"csrf": csrf})).text()
+        start = text.index(f"/item/{ref}/revealed.png?grant=")
+        assert (await client.get(text[start:text.index('"', start)])).status == 200, "a new reveal works"
+    with_console(world, body)
+
+
 def test_reveal_switched_off(tmp_path):
     world = build_world(tmp_path, allow_reveal=False)
 
@@ -224,6 +267,35 @@ def test_confirm_writes_evidence_with_hashes_verdicts_and_attribution(world):
         assert purged.status == 303 and attributor.purged == [("post", 42, "CSAM", "ada")]
         assert [a.result for a in console.audit.entries(action="purge")] == ["lemmy purged post 42 (asked by ada)"]
     with_console(world, body, attributor)
+
+
+def test_purge_takes_only_what_the_items_attribution_names(world):
+    """A form posted by hand (or from another item's page) with any other Lemmy id purges nothing."""
+    attributor = FakeAttributor()
+
+    async def body(console, client):
+        csrf = await login(console, client)
+        ref = world.item_ref("a/astronaut")
+        for kind, target in (("post", "999"), ("person", "42"), ("comment", "42")):
+            refused = await client.post(f"/item/{ref}/purge", data={"csrf": csrf, "kind": kind, "target": target,
+                                                                    "reason": "CSAM"})
+            assert "nothing purged" in await refused.text(), (kind, target)
+        assert attributor.purged == []
+        assert all(a.result.startswith("refused") for a in console.audit.entries(action="purge"))
+    with_console(world, body, attributor)
+
+
+def test_only_our_own_verdicts_are_retracted_everywhere_from_the_verdicts_page(world):
+    async def body(console, client):
+        csrf = await login(console, client)
+        peer_verdict = world.query("SELECT verdict_id FROM verdicts WHERE own = 0 LIMIT 1")[0][0]
+        refused = await client.post("/verdicts/retract", data={"csrf": csrf, "verdict_id": peer_verdict,
+                                                               "reason": "looks wrong"})
+        assert "only its issuer retracts it" in await refused.text()
+        assert world.query("SELECT retracted_at FROM verdicts WHERE verdict_id = ?", peer_verdict) == [(None,)]
+        assert world.query("SELECT count(*) FROM outbox WHERE type = 'Delete' AND object_id = ?", peer_verdict) == \
+            [(0,)]
+    with_console(world, body)
 
 
 def test_release_restores_file_records_override_and_queues_retraction(world):
@@ -514,3 +586,16 @@ def test_client_address_behind_a_trusted_proxy_only(tmp_path, trust_proxy):
 
 def test_chart_axes_end_on_round_numbers():
     assert [nice_top(v) for v in (7, 6, 0.291, 1, 13, 250, 0)] == [8, 8, 0.4, 1, 20, 400, 1.0]
+
+
+def test_two_confirmations_at_once_write_one_evidence_record(world):
+    """A double click, or two admins: the second confirmation of an item while the first runs does nothing."""
+    async def body(console, client):
+        csrf = await login(console, client)
+        ref = world.item_ref("a/astronaut")
+        first, second = await asyncio.gather(*(client.post(f"/item/{ref}/confirm", data={"csrf": csrf})
+                                               for _ in range(2)))
+        texts = [await first.text(), await second.text()]
+        assert console.node.evidence.count() == 1
+        assert any("being reviewed right now" in t or "reviewed already" in t for t in texts), texts
+    with_console(world, body)

@@ -71,6 +71,7 @@ class ReviewActions:
         self.queue = queue
         self.audit = audit
         self.links = links
+        self._busy: set[str] = set()  # refs with an action running (see _exclusive)
 
     def _done(self, admin: str, action: str, target: str, result: str, client: str | None) -> str:
         self.audit.write(admin, action, target, result, client)
@@ -80,6 +81,37 @@ class ReviewActions:
         self.audit.write(admin, action, target, f"refused: {why}", client)
         return ActionRefused(why)
 
+    # -- one review at a time per item ----------------------------------------------------------------
+
+    async def _exclusive(self, item: QueueItem, admin: str, action: str, client: str | None,
+                         run: Callable[[], Awaitable[str]]) -> str:
+        """Run one action on an item while no other runs on it, and confirm or release only an item nobody
+        reviewed meanwhile: a double click, a bulk action beside a single one, or two admins must not write
+        two evidence records or release twice (the checks before run awaited the file and attribution)."""
+        if item.ref in self._busy:
+            raise self._refuse(admin, action, item.audit_target, f"{item.title()} is being reviewed right now "
+                               "(another click or another admin): nothing done", client)
+        self._busy.add(item.ref)
+        try:
+            review = self.queue.review_of(item.ref)
+            if review and action in ("confirm", "release"):
+                raise self._refuse(admin, action, item.audit_target, f"{item.title()} was reviewed already "
+                                   f"({review['decision']} by {review['reviewer']}): nothing done", client)
+            return await run()
+        finally:
+            self._busy.discard(item.ref)
+
+    async def confirm(self, item: QueueItem, admin: str, note: str = "", client: str | None = None) -> str:
+        return await self._exclusive(item, admin, "confirm", client, lambda: self._confirm(item, admin, note, client))
+
+    async def release(self, item: QueueItem, admin: str, reason: str, client: str | None = None) -> str:
+        return await self._exclusive(item, admin, "release", client,
+                                     lambda: self._release(item, admin, reason, client))
+
+    async def delete(self, item: QueueItem, admin: str, *, force: bool, client: str | None = None) -> str:
+        return await self._exclusive(item, admin, "delete", client,
+                                     lambda: self._delete(item, admin, force=force, client=client))
+
     # -- confirm -----------------------------------------------------------------------------------
 
     def positive(self, item: QueueItem) -> Positive:
@@ -88,7 +120,7 @@ class ReviewActions:
         md5, size, media_type = None, item.size, item.media_type
         if item.has_file:
             try:
-                data = read_quarantined(item.location or "", self.node.config.media.max_bytes)
+                data = read_quarantined(item.location or "", self.node.config.media.max_bytes, item.sha256)
                 md5, size = hashlib.md5(data).hexdigest(), len(data)
                 media_type = media_type or MEDIA_TYPES.get(sniff(data) or "")
             except PreviewError:
@@ -103,7 +135,7 @@ class ReviewActions:
                         media_type=media_type, location=item.location if item.has_file else None,
                         stored_at=item.first_seen, decision=decision)
 
-    async def confirm(self, item: QueueItem, admin: str, note: str = "", client: str | None = None) -> str:
+    async def _confirm(self, item: QueueItem, admin: str, note: str = "", client: str | None = None) -> str:
         target = item.audit_target
         if not item.sha256:
             raise self._refuse(admin, "confirm", target, f"{item.title()} has no sha256: nothing to record", client)
@@ -125,7 +157,7 @@ class ReviewActions:
 
     # -- release -----------------------------------------------------------------------------------
 
-    async def release(self, item: QueueItem, admin: str, reason: str, client: str | None = None) -> str:
+    async def _release(self, item: QueueItem, admin: str, reason: str, client: str | None = None) -> str:
         target = item.audit_target
         reason = reason.strip() or f"false positive (released by {admin} in the review console)"
         if not item.sha256:
@@ -171,7 +203,7 @@ class ReviewActions:
 
     # -- delete ------------------------------------------------------------------------------------
 
-    async def delete(self, item: QueueItem, admin: str, *, force: bool, client: str | None = None) -> str:
+    async def _delete(self, item: QueueItem, admin: str, *, force: bool, client: str | None = None) -> str:
         target = item.audit_target
         if not item.has_file:
             raise self._refuse(admin, "delete", target, f"{item.title()}: no file kept, nothing to delete", client)
@@ -215,6 +247,11 @@ class ReviewActions:
             raise self._refuse(admin, "retract-verdict", verdict_id, "give a reason: peers receive it", client)
         if self.links.retract is None:
             raise self._refuse(admin, "retract-verdict", verdict_id, "the federation feature is needed", client)
+        stored = self.node.store.get_verdict(verdict_id)
+        if stored is not None and not stored.own:
+            raise self._refuse(admin, "retract-verdict", verdict_id, f"{verdict_id} is {stored.verdict.issuer}'s "
+                               "verdict: only its issuer retracts it everywhere (retract it locally from its item)",
+                               client)
         try:
             line = self.links.retract(verdict_id, reason.strip())
         except LookupError as exc:
@@ -224,12 +261,18 @@ class ReviewActions:
 
     # -- purge via Lemmy -------------------------------------------------------------------------------
 
-    async def purge(self, kind: str, target_id: int, admin: str, reason: str, client: str | None = None) -> str:
+    async def purge(self, kind: str, target_id: int, admin: str, reason: str, client: str | None = None, *,
+                    item: QueueItem, named: set[tuple[str, int]]) -> str:
+        """Purge one of the posts, comments or uploaders that this item's attribution ``named``: a form posted
+        with any other id is refused (the console purges what it showed about an image, nothing else)."""
         target = f"lemmy {kind} {target_id}"
         if self.node.attribution is None:
             raise self._refuse(admin, "purge", target, "attribution is not installed: no Lemmy to ask", client)
         if kind not in PURGE_KINDS:
             raise self._refuse(admin, "purge", target, f"cannot purge a {kind!r} (post, comment or person)", client)
+        if (kind, target_id) not in named:
+            raise self._refuse(admin, "purge", target, f"Lemmy {kind} {target_id} is not among what the attribution "
+                               f"of {item.title()} ({item.ref}) names: nothing purged", client)
         if not reason.strip():
             raise self._refuse(admin, "purge", target, "give a reason: Lemmy records it with the purge", client)
         answer = await self.node.attribution.purge(kind, target_id, reason=reason.strip(), actor=admin)

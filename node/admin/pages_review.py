@@ -213,7 +213,8 @@ async def preview(request: web.Request) -> web.Response:
     if not item.has_file:
         raise web.HTTPNotFound(text=f"{item.title()}: no file kept")
     try:
-        data = await asyncio.to_thread(read_quarantined, item.location or "", console.node.config.media.max_bytes)
+        data = await asyncio.to_thread(read_quarantined, item.location or "", console.node.config.media.max_bytes,
+                                      item.sha256)
         png = await asyncio.to_thread(blurred_png, data, console.node.config.media_limits(),
                                       console.settings.preview_side, item.location or "")
     except PreviewError as exc:
@@ -266,7 +267,8 @@ async def revealed(request: web.Request) -> web.Response:
     if not console.use_reveal(request.query.get("grant", ""), session.token_sha256, item.ref):
         raise web.HTTPForbidden(text="this reveal was used or has expired: confirm the reveal again")
     try:
-        data = await asyncio.to_thread(read_quarantined, item.location or "", console.node.config.media.max_bytes)
+        data = await asyncio.to_thread(read_quarantined, item.location or "", console.node.config.media.max_bytes,
+                                      item.sha256)
         png = await asyncio.to_thread(revealed_png, data, console.node.config.media_limits(), item.location or "")
     except PreviewError as exc:
         raise web.HTTPNotFound(text=str(exc)) from None
@@ -300,8 +302,13 @@ async def _act(request: web.Request, what: str) -> web.StreamResponse:
             target = str(data.get("target", ""))
             if not target.isdigit():
                 raise ActionRefused(f"purge: {target!r} is not a Lemmy id")
+            found = None
+            if console.node.attribution is not None and item.sha256:
+                found = await console.node.attribution.attribute(item.sha256, source=item.source,
+                                                                 key=item.key or None)
+            named = {(kind, ident) for kind, ident, _ in _purge_targets(found.details or {})} if found else set()
             line = await console.actions.purge(str(data.get("kind", "")), int(target), session.account,
-                                               str(data.get("reason", "")), client)
+                                               str(data.get("reason", "")), client, item=item, named=named)
     except ActionRefused as exc:
         raise done(request, back, "error", str(exc)) from None
     raise done(request, "/queue" if what in ("confirm", "release", "delete-confirm") else back, "ok", line)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-import stat
 
 from PIL import Image, ImageFilter, ImageOps
 
 from scanners.media import Limits, decode
+from scanners.sources import SourceError
+from scanners.sources.quarantine_dir import QuarantineDir
 
 #: Side of the coarse grid the blurred preview is reduced to before it is blurred again: fine detail
 #: (faces, skin texture) does not survive it.
@@ -31,36 +32,21 @@ class PreviewError(Exception):
     """No preview can be drawn; the message says why, naming the file."""
 
 
-def read_quarantined(location: str, max_bytes: int) -> bytes:
-    """The bytes of a quarantined file: a regular file, not through a symbolic link, at most max_bytes."""
+def read_quarantined(location: str, max_bytes: int, sha256: str | None) -> bytes:
+    """The bytes of a quarantined file, read as the sweeps read them to release it (node's QuarantineDir: no
+    link followed on the way, a regular file, bytes that match the sidecar), and only when they are the bytes
+    this item was judged on (``sha256``): a file swapped in the quarantine is never shown nor recorded."""
     if not os.path.isabs(location):
         raise PreviewError(f"{location}: the quarantine is not on this machine (a remote source): no preview")
     try:
-        fd = os.open(location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise PreviewError(f"{location}: the quarantined file is gone") from None
-    except OSError as exc:
-        raise PreviewError(f"{location}: cannot be opened ({exc.strerror or exc}); a symbolic link is "
-                           f"refused") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PreviewError(f"{location}: not a regular file: no preview")
-        if info.st_size > max_bytes:
-            raise PreviewError(f"{location}: {info.st_size} bytes, over media.max_bytes ({max_bytes}): no preview")
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > max_bytes:
-            raise PreviewError(f"{location}: grew over media.max_bytes while read: no preview")
-        return data
-    finally:
-        os.close(fd)
+        sidecar, data = QuarantineDir(os.path.dirname(location)).read(location)
+    except (SourceError, OSError) as exc:
+        raise PreviewError(f"{location}: not read: {exc}") from None
+    if sha256 is not None and sidecar.get("sha256") != sha256:
+        raise PreviewError(f"{location}: holds other bytes than the item's (sha256 {sha256[:16]}…): not shown")
+    if len(data) > max_bytes:
+        raise PreviewError(f"{location}: {len(data)} bytes, over media.max_bytes ({max_bytes}): no preview")
+    return data
 
 
 def _first_frame(data: bytes, limits: Limits, what: str) -> Image.Image:
