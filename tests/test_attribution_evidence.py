@@ -5,6 +5,7 @@ and CSV; `attribute` prints a readable report; `attribution purge` goes through 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import csv
 import hashlib
 import io
@@ -13,7 +14,6 @@ import os
 import subprocess
 import sys
 
-import yaml
 
 from node.evidence import Positive
 from node.sweeps.actions import apply_run, evidence_guard
@@ -159,7 +159,9 @@ def test_evidence_export_attribute_report_and_purge_from_the_command_line(tmp_pa
             assert not_id.returncode == 2 and "named by Lemmy's id" in not_id.stderr
             actions = await asyncio.to_thread(_cli, config, "attribution", "actions")
             assert "alice: purge post 101 (CSAM): done" in actions.stdout and "NOT DONE" in actions.stdout
-            raw = yaml.safe_load((config.data_dir / "node.yaml").read_text())
-            assert raw["attribution"]["lemmy"]["api_jwt"] is None, "the token stays in its file"
+            printed = "".join(r.stdout + r.stderr for r in (refused, image, not_id, actions))
+            with sqlite3.connect(config.database_path) as db:
+                recorded = str(db.execute("SELECT * FROM attribution_actions").fetchall())
+            assert ADMIN_JWT not in printed and ADMIN_JWT not in recorded, "the token is never printed nor recorded"
 
     asyncio.run(main())
