@@ -2,8 +2,9 @@
 
 Makes a throwaway PostgreSQL cluster (tests/postgres_server.py), a Lemmy 0.19 and a 1.0 schema with
 POSTS posts, 3 x POSTS comments and POSTS / 20 people (local_image keeps the test schema's four uploads),
-and times `attribute()` of a known alias through the read-only role (no pict-rs paging): cold (first query: connection, schema), warm (pool open, cache bypassed with refresh=True), with
---search-text (sequential scans of post.body and comment.content), and from the cache.
+and times `attribute()` of a known alias through the read-only role (no pict-rs paging): cold (first
+query: connection, schema), warm (pool open, cache bypassed with refresh=True), with --search-text (post
+bodies and comments searched too), and from the cache.
 
     .venv/bin/python -m bench.attribution [POSTS]
 """
