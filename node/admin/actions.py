@@ -235,9 +235,13 @@ class ReviewActions:
                                "retraction", client)
         if self.links.retract is None:
             raise self._refuse(admin, "retract-peer-verdict", verdict_id, "the federation feature is needed", client)
-        line = self.links.retract(verdict_id, reason.strip())
+        try:
+            line = self.links.retract(verdict_id, reason.strip())
+        except LookupError as exc:
+            raise self._refuse(admin, "retract-peer-verdict", verdict_id, str(exc), client) from exc
         self.node.sync_with_store()
-        if all(v.retracted or v.verdict_id == verdict_id or v.own for v in item.verdicts):
+        # The item leaves the queue only once no verdict blocks it any more (our own included).
+        if all(v.retracted or v.verdict_id == verdict_id for v in item.verdicts):
             self.queue.mark_reviewed(item, "retracted-peer", admin, reason)
         return self._done(admin, "retract-peer-verdict", verdict_id,
                           f"{line}; {verdict.issuer}'s verdict no longer decides anything on this node", client)
